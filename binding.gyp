@@ -1,0 +1,13 @@
+{
+  # One small N-API addon: syscalls Node lacks, nothing else (see src/native/README.md).
+  # Every src/native/*.c file is compiled in; each registers its functions itself
+  # (COVE_EXPORT in registry.h), so areas of the addon can be added without touching this file.
+  "targets": [
+    {
+      "target_name": "cove_native",
+      "sources": ["<!@(ls -1 src/native/*.c)"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-O2"],
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]
+    }
+  ]
+}

@@ -1,0 +1,124 @@
+/* Addon entry point: exports every function registered with COVE_EXPORT. */
+#include "registry.h"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+static cove_export *cove_exports = 0;
+
+void cove_register(cove_export *e) {
+  e->next = cove_exports;
+  cove_exports = e;
+}
+
+static const char *errno_name(int err) {
+  switch (err) {
+  case EPERM: return "EPERM";
+  case ENOENT: return "ENOENT";
+  case EINTR: return "EINTR";
+  case EIO: return "EIO";
+  case EBADF: return "EBADF";
+  case EAGAIN: return "EAGAIN";
+  case ENOMEM: return "ENOMEM";
+  case EACCES: return "EACCES";
+  case EFAULT: return "EFAULT";
+  case EBUSY: return "EBUSY";
+  case EEXIST: return "EEXIST";
+  case ENODEV: return "ENODEV";
+  case ENOTDIR: return "ENOTDIR";
+  case EINVAL: return "EINVAL";
+  case ENOSPC: return "ENOSPC";
+  case ENOSYS: return "ENOSYS";
+  case ENOTSUP: return "ENOTSUP";
+  case ECONNREFUSED: return "ECONNREFUSED";
+  case ECONNRESET: return "ECONNRESET";
+  case EADDRINUSE: return "EADDRINUSE";
+  case ENXIO: return "ENXIO";
+  case E2BIG: return "E2BIG";
+  case ERANGE: return "ERANGE";
+  case EMSGSIZE: return "EMSGSIZE";
+  default: return "EUNKNOWN";
+  }
+}
+
+napi_value cove_throw_errno(napi_env env, int err, const char *syscall) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s (%s)", syscall, strerror(err), errno_name(err));
+  napi_value code, message, error, errnum, sc;
+  napi_create_string_utf8(env, errno_name(err), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, code, message, &error);
+  napi_create_int32(env, -err, &errnum);
+  napi_set_named_property(env, error, "errno", errnum);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc);
+  napi_set_named_property(env, error, "syscall", sc);
+  napi_throw(env, error);
+  return NULL;
+}
+
+napi_value cove_throw(napi_env env, const char *msg) {
+  napi_throw_error(env, NULL, msg);
+  return NULL;
+}
+
+int cove_arg_int32(napi_env env, napi_value v, int32_t *out) {
+  if (napi_get_value_int32(env, v, out) != napi_ok) {
+    cove_throw(env, "expected a number");
+    return -1;
+  }
+  return 0;
+}
+
+int cove_arg_uint32(napi_env env, napi_value v, uint32_t *out) {
+  if (napi_get_value_uint32(env, v, out) != napi_ok) {
+    cove_throw(env, "expected a number");
+    return -1;
+  }
+  return 0;
+}
+
+int cove_arg_int64(napi_env env, napi_value v, int64_t *out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_bigint) {
+    bool lossless;
+    if (napi_get_value_bigint_int64(env, v, out, &lossless) != napi_ok) return cove_throw(env, "bad bigint"), -1;
+    return 0;
+  }
+  if (napi_get_value_int64(env, v, out) != napi_ok) {
+    cove_throw(env, "expected a number or bigint");
+    return -1;
+  }
+  return 0;
+}
+
+int cove_arg_string(napi_env env, napi_value v, char *buf, size_t len) {
+  size_t n;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &n) != napi_ok) return cove_throw(env, "expected a string"), -1;
+  if (n + 1 > len) return cove_throw(env, "string too long"), -1;
+  napi_get_value_string_utf8(env, v, buf, len, &n);
+  return 0;
+}
+
+napi_value cove_int32(napi_env env, int32_t v) {
+  napi_value r;
+  napi_create_int32(env, v, &r);
+  return r;
+}
+
+napi_value cove_undefined(napi_env env) {
+  napi_value r;
+  napi_get_undefined(env, &r);
+  return r;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  for (cove_export *e = cove_exports; e; e = e->next) {
+    napi_value fn;
+    napi_create_function(env, e->name, NAPI_AUTO_LENGTH, e->fn, NULL, &fn);
+    napi_set_named_property(env, exports, e->name, fn);
+  }
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
