@@ -1,0 +1,64 @@
+// The transport-agnostic device contract (DESIGN decision 1): a backend sees guest memory, its
+// queues, kicks and an interrupt sink. virtio-mmio (embedded VMM) and vhost-user (QEMU) both
+// drive devices only through this interface.
+import type { GuestMemory } from "./memory.ts";
+import type { Queue } from "./queue/queue.ts";
+
+export const VIRTIO_F_RING_INDIRECT_DESC = 28n;
+export const VIRTIO_F_RING_EVENT_IDX = 29n;
+export const VIRTIO_F_VERSION_1 = 32n;
+
+export const VIRTIO_ID_BLOCK = 2;
+export const VIRTIO_ID_VSOCK = 19;
+
+/** Device status bit the device sets when it hit an error it cannot recover from without reset. */
+export const VIRTIO_STATUS_DEVICE_NEEDS_RESET = 0x40;
+
+export function bit(n: bigint): bigint {
+  return 1n << n;
+}
+
+/** Where a device sends interrupts; the transport maps them to irqfd/MSI or vhost-user call fds. */
+export interface InterruptSink {
+  /** Used buffers were added to queue `index`. */
+  queue(index: number): void;
+  /** The configuration space changed (e.g. blk capacity). */
+  config(): void;
+}
+
+export interface ActivateContext {
+  mem: GuestMemory;
+  /** Queues by index; a transport may leave a queue the driver did not set up undefined. */
+  queues: (Queue | undefined)[];
+  interrupt: InterruptSink;
+  /** Negotiated feature bits. */
+  features: bigint;
+}
+
+export interface VirtioDevice {
+  readonly deviceType: number;
+  readonly name: string;
+  /** Maximum size of each queue; its length is the number of queues. */
+  readonly queueMaxSizes: readonly number[];
+  /** Feature bits offered to the driver (VIRTIO_F_VERSION_1 always included). */
+  readonly features: bigint;
+  readConfig(offset: number, length: number): Buffer;
+  writeConfig(offset: number, data: Buffer): void;
+  /** Called once the driver is DRIVER_OK (or vhost-user rings are started). */
+  activate(ctx: ActivateContext): void;
+  /** The driver kicked queue `index`. */
+  notify(index: number): void;
+  /** Stop all work and forget the queues; the device can be activated again afterwards. */
+  reset(): void;
+  /** Set when the guest broke the contract; the transport reports DEVICE_NEEDS_RESET. */
+  readonly needsReset: string | undefined;
+  /** Transport hook: called when needsReset becomes set. */
+  onNeedsReset?: (reason: string) => void;
+}
+
+/** Checks the driver accepted VIRTIO_F_VERSION_1 (legacy drivers are refused) and nothing unknown. */
+export function checkFeatures(offered: bigint, acked: bigint): string | undefined {
+  if (!(acked & bit(VIRTIO_F_VERSION_1))) return "driver did not accept VIRTIO_F_VERSION_1";
+  if (acked & ~offered) return `driver accepted unoffered features 0x${(acked & ~offered).toString(16)}`;
+  return undefined;
+}
