@@ -22,7 +22,9 @@ async function untar(
   const done = new Promise<void>((resolve, reject) => {
     ex.on("entry", (h, stream, next) => {
       const chunks: Buffer[] = [];
-      stream.on("data", (c: Buffer) => chunks.push(c));
+      stream.on("data", (c: unknown) => {
+        chunks.push(c as Buffer);
+      });
       stream.on("end", () => {
         out.set(h.name, {
           type: h.type ?? "file",
