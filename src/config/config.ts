@@ -1,0 +1,163 @@
+// cove.toml: where it is found, its keys, their defaults and their validation. The defaults here
+// are the values in config/cove.toml (a unit test keeps the two in step).
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parse } from "smol-toml";
+
+export type HypervisorChoice = "auto" | "embedded" | "qemu";
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal";
+
+export interface CoveConfig {
+  hypervisor: HypervisorChoice;
+  cacheDir: string;
+  guest: { kernel: string; image: string; vcpus: number; memoryMib: number };
+  qemu: { binary: string };
+  log: { level: LogLevel };
+  /** Where the values came from: a file path, or "built-in defaults". */
+  source: string;
+}
+
+export const DEFAULT_CONFIG_PATH = "/etc/cove/cove.toml";
+export const DEFAULT_CACHE_DIR = "/var/cache/cove";
+const LOG_LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "error", "fatal"];
+const HYPERVISORS: readonly HypervisorChoice[] = ["auto", "embedded", "qemu"];
+
+/** The guest kernel the guest build writes under a cache dir. */
+export function builtKernelPath(cacheDir: string): string {
+  return join(cacheDir, "guest", "kernel");
+}
+/** The guest image the guest build writes under a cache dir. */
+export function builtImagePath(cacheDir: string): string {
+  return join(cacheDir, "guest", "rootfs.erofs");
+}
+
+export class ConfigError extends Error {}
+
+export function defaultConfig(): CoveConfig {
+  return {
+    hypervisor: "auto",
+    cacheDir: DEFAULT_CACHE_DIR,
+    guest: {
+      kernel: builtKernelPath(DEFAULT_CACHE_DIR),
+      image: builtImagePath(DEFAULT_CACHE_DIR),
+      vcpus: 1,
+      memoryMib: 256,
+    },
+    qemu: { binary: "qemu-system-x86_64" },
+    log: { level: "info" },
+    source: "built-in defaults",
+  };
+}
+
+type Table = Record<string, unknown>;
+
+function isTable(v: unknown): v is Table {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
+}
+
+/** Checks a table has only known keys, so a typo is an error instead of a silently ignored setting. */
+function onlyKeys(t: Table, where: string, keys: readonly string[], file: string): void {
+  for (const k of Object.keys(t)) {
+    if (!keys.includes(k)) {
+      throw new ConfigError(`${file}: unknown key "${where}${k}" (known: ${keys.map((x) => where + x).join(", ")})`);
+    }
+  }
+}
+
+function str(t: Table, key: string, where: string, file: string, fallback: string): string {
+  const v = t[key];
+  if (v === undefined) return fallback;
+  if (typeof v !== "string") throw new ConfigError(`${file}: "${where}${key}" must be a string`);
+  return v;
+}
+
+function int(t: Table, key: string, where: string, file: string, fallback: number, min: number, max: number): number {
+  const v = t[key];
+  if (v === undefined) return fallback;
+  const n = typeof v === "bigint" ? Number(v) : v;
+  if (typeof n !== "number" || !Number.isInteger(n) || n < min || n > max) {
+    throw new ConfigError(`${file}: "${where}${key}" must be an integer from ${min} to ${max}`);
+  }
+  return n;
+}
+
+function subTable(t: Table, key: string, file: string): Table {
+  const v = t[key];
+  if (v === undefined) return {};
+  if (!isTable(v)) throw new ConfigError(`${file}: [${key}] must be a table`);
+  return v;
+}
+
+/** Parses cove.toml text; `file` names it in errors. Missing keys take the defaults. */
+export function parseConfig(text: string, file: string): CoveConfig {
+  let doc: Table;
+  try {
+    doc = parse(text) as Table;
+  } catch (e) {
+    throw new ConfigError(`${file}: not valid TOML: ${(e as Error).message}`);
+  }
+  const d = defaultConfig();
+  onlyKeys(doc, "", ["hypervisor", "cache_dir", "guest", "qemu", "log"], file);
+  const hypervisor = str(doc, "hypervisor", "", file, d.hypervisor);
+  if (!HYPERVISORS.includes(hypervisor as HypervisorChoice)) {
+    throw new ConfigError(`${file}: "hypervisor" must be one of ${HYPERVISORS.join(", ")} (got "${hypervisor}")`);
+  }
+  const cacheDir = str(doc, "cache_dir", "", file, d.cacheDir) || d.cacheDir;
+
+  const guest = subTable(doc, "guest", file);
+  onlyKeys(guest, "guest.", ["kernel", "image", "vcpus", "memory_mib"], file);
+  const qemu = subTable(doc, "qemu", file);
+  onlyKeys(qemu, "qemu.", ["binary"], file);
+  const log = subTable(doc, "log", file);
+  onlyKeys(log, "log.", ["level"], file);
+  const level = str(log, "level", "log.", file, d.log.level);
+  if (!LOG_LEVELS.includes(level as LogLevel)) {
+    throw new ConfigError(`${file}: "log.level" must be one of ${LOG_LEVELS.join(", ")} (got "${level}")`);
+  }
+
+  return {
+    hypervisor: hypervisor as HypervisorChoice,
+    cacheDir,
+    guest: {
+      // Empty means "what the guest build produced", which follows cache_dir.
+      kernel: str(guest, "kernel", "guest.", file, "") || builtKernelPath(cacheDir),
+      image: str(guest, "image", "guest.", file, "") || builtImagePath(cacheDir),
+      vcpus: int(guest, "vcpus", "guest.", file, d.guest.vcpus, 1, 255),
+      memoryMib: int(guest, "memory_mib", "guest.", file, d.guest.memoryMib, 64, 1 << 20),
+    },
+    qemu: { binary: str(qemu, "binary", "qemu.", file, d.qemu.binary) || d.qemu.binary },
+    log: { level: level as LogLevel },
+    source: file,
+  };
+}
+
+export interface ConfigLookup {
+  /** From the runtime options (runtimeoptions.v1.Options.config_path); wins over everything. */
+  configPath?: string;
+  env?: NodeJS.ProcessEnv;
+  /** The system-wide default file; overridable for tests. */
+  defaultPath?: string;
+}
+
+/** Which file to read: options' config_path, else $COVE_CONFIG, else /etc/cove/cove.toml if present. */
+export function resolveConfigPath(lookup: ConfigLookup = {}): { path?: string; required: boolean } {
+  const env = lookup.env ?? process.env;
+  if (lookup.configPath) return { path: lookup.configPath, required: true };
+  if (env.COVE_CONFIG) return { path: env.COVE_CONFIG, required: true };
+  const def = lookup.defaultPath ?? DEFAULT_CONFIG_PATH;
+  return existsSync(def) ? { path: def, required: false } : { required: false };
+}
+
+/** Loads the effective configuration. A path named explicitly must exist; the default file may not. */
+export function loadConfig(lookup: ConfigLookup = {}): CoveConfig {
+  const { path } = resolveConfigPath(lookup);
+  if (!path) return defaultConfig();
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ConfigError(`cannot read cove config ${path}: ${code ?? (e as Error).message}`);
+  }
+  return parseConfig(text, path);
+}

@@ -1,0 +1,230 @@
+// The shim binary's `start` and `delete` actions (containerd runs them as short-lived processes), kept
+// apart from the serving daemon. `start` stays light: no proto root, no logger, no sandbox code.
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { join } from "node:path";
+import protobuf from "protobufjs/minimal.js";
+import { addressPath, DEFAULT_SOCKET_DIR, groupingOf, socketAddress, socketPath } from "./address.ts";
+import { daemonArgs, type ShimFlags } from "./flags.ts";
+import { decodeStartOptions } from "./options.ts";
+
+/** The OCI annotations of the bundle's config.json (empty when there is none or it is unreadable). */
+export function bundleAnnotations(bundle: string): Record<string, string> {
+  try {
+    const spec = JSON.parse(readFileSync(join(bundle, "config.json"), "utf8")) as { annotations?: unknown };
+    const a = spec.annotations;
+    if (a && typeof a === "object" && !Array.isArray(a)) {
+      return Object.fromEntries(Object.entries(a).filter(([, v]) => typeof v === "string")) as Record<string, string>;
+    }
+  } catch {
+    // No or malformed config.json: the task is its own group.
+  }
+  return {};
+}
+
+/** True if something accepts connections on the unix socket at path (bounded by timeoutMs). */
+export function canConnect(path: string, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(path);
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    s.once("connect", () => done(true));
+    s.once("error", () => done(false));
+  });
+}
+
+function listenOnce(server: net.Server, path: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (e: Error) => {
+      server.off("listening", onListening);
+      reject(e);
+    };
+    const onListening = () => {
+      server.off("error", onError);
+      resolve();
+    };
+    server.once("error", onError);
+    server.once("listening", onListening);
+    // The socket must be 0600: only root (containerd) may talk to the shim.
+    const old = process.umask(0o177);
+    try {
+      server.listen(path);
+    } finally {
+      process.umask(old);
+    }
+  });
+}
+
+export type ListenResult = { kind: "listening"; server: net.Server } | { kind: "existing" };
+
+/**
+ * Listens on path; if a live shim already serves it (another task of the same pod), reports
+ * "existing"; a stale socket file (nobody accepting) is removed and the listen retried.
+ */
+export async function listenOrReuse(path: string): Promise<ListenResult> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const server = net.createServer();
+    try {
+      await listenOnce(server, path);
+      chmodSync(path, 0o600);
+      return { kind: "listening", server };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EADDRINUSE") throw e;
+      if (await canConnect(path)) return { kind: "existing" };
+      try {
+        unlinkSync(path);
+      } catch (u) {
+        if ((u as NodeJS.ErrnoException).code !== "ENOENT") throw u;
+      }
+    }
+  }
+  throw new Error(`cannot listen on ${path}: address stays in use`);
+}
+
+/** The listening socket's file descriptor (libuv exposes it on the handle). */
+function serverFd(server: net.Server): number {
+  const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== "number" || fd < 0) throw new Error("listening socket has no file descriptor");
+  return fd;
+}
+
+/** containerd's shim gets oom_score_adj one above containerd's, so the OOM killer prefers it. */
+function raiseOomScore(pid: number): void {
+  try {
+    const mine = Number.parseInt(readFileSync("/proc/self/oom_score_adj", "utf8"), 10);
+    writeFileSync(`/proc/${pid}/oom_score_adj`, String(Math.min(1000, mine + 1)));
+  } catch {
+    // Not fatal (e.g. not permitted in a user namespace).
+  }
+}
+
+export interface StartIO {
+  stdin: Uint8Array;
+  /** The bundle (containerd runs `start` with the bundle as cwd). */
+  cwd: string;
+  /** How to run this binary again as the daemon; default: this very process's node + script. */
+  self?: { command: string; args: string[] };
+  /** Override of the socket directory (tests); else BootstrapParams.socket_dir, else /run/containerd/s. */
+  socketDir?: string;
+}
+
+/** `start`: finds or creates the pod's shim daemon and returns the address to print. */
+export async function start(flags: ShimFlags, io: StartIO): Promise<string> {
+  if (!flags.id) throw new Error("start: -id is required");
+  if (!flags.namespace) throw new Error("start: -namespace is required");
+  const bundle = flags.bundle || io.cwd;
+  const opts = decodeStartOptions(io.stdin, flags.id);
+  const grouping = groupingOf(flags.id, bundleAnnotations(bundle));
+  const dir = io.socketDir ?? opts.socketDir ?? DEFAULT_SOCKET_DIR;
+  mkdirSync(dir, { recursive: true, mode: 0o711 });
+  const path = socketPath(flags.address, flags.namespace, grouping, dir);
+  const address = socketAddress(path);
+
+  const listened = await listenOrReuse(path);
+  if (listened.kind === "listening") {
+    const self = io.self ?? { command: process.execPath, args: [...process.execArgv, process.argv[1]!] };
+    const child = spawn(self.command, [...self.args, ...daemonArgs(flags, address, opts.configPath ?? "")], {
+      cwd: bundle,
+      detached: true, // own session and process group, as containerd's Setpgid
+      // Never inherit fds 1/2: they are containerd's CombinedOutput pipe, which it reads to EOF.
+      stdio: ["ignore", "ignore", "ignore", serverFd(listened.server)],
+      env: process.env,
+    });
+    const spawned = await new Promise<number>((resolve, reject) => {
+      child.once("spawn", () => resolve(child.pid!));
+      child.once("error", reject);
+    });
+    child.unref();
+    raiseOomScore(spawned);
+    // The daemon owns the socket now; ours is dropped at exit (closing it would unlink the path).
+  }
+  writeFileSync(join(bundle, "address"), address, { mode: 0o600 });
+  return address;
+}
+
+function encodeDeleteResponse(pid: number, exitStatus: number, at: Date): Uint8Array {
+  const w = protobuf.Writer.create();
+  if (pid) w.uint32((1 << 3) | 0).uint32(pid);
+  w.uint32((2 << 3) | 0).uint32(exitStatus);
+  const ms = at.getTime();
+  w.uint32((3 << 3) | 2)
+    .fork()
+    .uint32((1 << 3) | 0)
+    .int64(Math.floor(ms / 1000))
+    .uint32((2 << 3) | 0)
+    .int32((ms % 1000) * 1e6)
+    .ldelim();
+  return w.finish();
+}
+
+/** Mount points at or below dir, deepest first (from /proc/self/mountinfo, octal escapes decoded). */
+export function mountsUnder(dir: string, mountinfo?: string): string[] {
+  const text = mountinfo ?? readFileSync("/proc/self/mountinfo", "utf8");
+  const out: string[] = [];
+  for (const line of text.split("\n")) {
+    const raw = line.split(" ")[4];
+    if (!raw) continue;
+    const p = raw.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
+    if (p === dir || p.startsWith(`${dir}/`)) out.push(p);
+  }
+  return out.sort((a, b) => b.length - a.length);
+}
+
+export interface DeleteIO {
+  cwd: string;
+  /** Unmount hook (tests); default runs umount(8), since Node has no umount(2). */
+  unmount?: (path: string) => void;
+  warn?: (msg: string) => void;
+}
+
+/**
+ * `delete`: cleans what this id may have left after its shim went away, and returns the encoded
+ * DeleteResponse to print. Idempotent and per id; never touches a live pod shim's socket.
+ */
+export async function deleteTask(flags: ShimFlags, io: DeleteIO): Promise<Uint8Array> {
+  const bundle = flags.bundle || io.cwd;
+  const warn = io.warn ?? ((m: string) => process.stderr.write(`${m}\n`));
+  // cove never mounts the rootfs on the host, but a bundle may still carry mounts (e.g. left by a
+  // crashed older shim or by hand); unmount them so containerd can remove the bundle.
+  const unmount =
+    io.unmount ??
+    ((p: string) => {
+      const r = umount(p);
+      if (r) warn(r);
+    });
+  for (const m of mountsUnder(join(bundle, "rootfs"))) unmount(m);
+
+  const addrFile = join(bundle, "address");
+  if (existsSync(addrFile)) {
+    const sock = addressPath(readFileSync(addrFile, "utf8").trim());
+    // A socket nobody serves is stale (the daemon died); a live one may serve other tasks of the pod.
+    if (sock.startsWith("/") && existsSync(sock) && !(await canConnect(sock))) {
+      try {
+        unlinkSync(sock);
+      } catch (e) {
+        warn(`cannot remove stale socket ${sock}: ${(e as Error).message}`);
+      }
+    }
+  }
+  let pid = 0;
+  try {
+    pid = Number.parseInt(readFileSync(join(bundle, "init.pid"), "utf8"), 10) || 0;
+  } catch {
+    // No init process was ever started.
+  }
+  // 137 = killed by SIGKILL, what runc's shim reports for a task cleaned up this way.
+  return encodeDeleteResponse(pid, 137, new Date());
+}
+
+/** Unmounts with umount(8) (Node has no umount(2)); lazily if busy. Returns a warning on failure. */
+function umount(path: string): string | undefined {
+  const opts = { stdio: ["ignore", "ignore", "pipe"] as ("ignore" | "pipe")[], timeout: 10_000 };
+  if (spawnSync("umount", [path], opts).status === 0) return undefined;
+  const lazy = spawnSync("umount", ["-l", path], opts);
+  return lazy.status === 0 ? undefined : `cannot unmount ${path}: ${String(lazy.stderr ?? "").trim()}`;
+}
