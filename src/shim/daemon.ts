@@ -140,7 +140,7 @@ export async function serve(flags: ShimFlags): Promise<void> {
   const logger = createLogger({
     level,
     destination: dest,
-    base: { runtime: "io.containerd.cove.v2", id: flags.id, namespace: flags.namespace },
+    base: { runtime: "io.containerd.cove.v2", shim: flags.id, namespace: flags.namespace },
   });
   if (configNote) logger.warn({ err: configNote }, "cove config could not be loaded");
   process.on("uncaughtException", (e) => {
@@ -166,5 +166,5 @@ export async function serve(flags: ShimFlags): Promise<void> {
   });
   await listen(server, flags);
   for (const sig of ["SIGTERM", "SIGINT"] as const) process.on(sig, () => void daemon.stop(sig));
-  logger.info({ socket: flags.socket, pid: process.pid }, "shim serving");
+  logger.info({ socket: flags.socket }, "shim serving");
 }
