@@ -65,6 +65,11 @@ export interface ContainerdOptions {
   logLevel?: "trace" | "debug" | "info" | "warn";
   /** How long to wait for containerd to serve (`ctr version`). */
   startTimeoutMs?: number;
+  /**
+   * Put a recording wrapper in front of every shim: each invocation (start, delete, and a daemon
+   * re-exec through the same path) appends its cwd and argv to `shimCallsPath`; see shimCalls().
+   */
+  traceShims?: boolean;
   /** Parent of the temp dir (default os.tmpdir()). Keep it short: unix socket paths max 107 bytes. */
   parentDir?: string;
 }
@@ -138,6 +143,8 @@ export class Containerd {
   readonly logPath: string;
   /** First entry of containerd's PATH. */
   readonly binDir: string;
+  /** With traceShims: one line per shim invocation, cwd and argv separated by tabs. */
+  readonly shimCallsPath: string;
   private child: ChildProcess | undefined;
   private readonly opts: ContainerdOptions;
   private readonly onExit = () => this.child?.kill("SIGKILL");
@@ -152,6 +159,7 @@ export class Containerd {
     this.configPath = join(this.dir, "config.toml");
     this.logPath = join(this.dir, "containerd.log");
     this.binDir = join(this.dir, "bin");
+    this.shimCallsPath = join(this.dir, "shim-calls.log");
   }
 
   /** Writes the config, starts containerd and waits until `ctr version` answers. */
@@ -162,7 +170,10 @@ export class Containerd {
       mkdirSync(join(cd.dir, "cni", "bin"), { recursive: true });
       mkdirSync(join(cd.dir, "cni", "conf"), { recursive: true });
       const shims = opts.shims ?? { "containerd-shim-cove-v2": join(REPO_ROOT, "bin", "containerd-shim-cove-v2") };
-      for (const [name, target] of Object.entries(shims)) symlinkSync(target, join(cd.binDir, name));
+      for (const [name, target] of Object.entries(shims)) {
+        if (opts.traceShims) cd.writeTraceWrapper(name, target);
+        else symlinkSync(target, join(cd.binDir, name));
+      }
       writeFileSync(cd.configPath, stringify(containerdConfig(cd.dir, opts)));
       await cd.launch();
     } catch (e) {
@@ -170,6 +181,37 @@ export class Containerd {
       throw e;
     }
     return cd;
+  }
+
+  /** A sh wrapper that records the invocation and execs the real shim (so containerd still sees one process). */
+  private writeTraceWrapper(name: string, target: string): void {
+    const q = (x: string) => `'${x.replace(/'/g, "'\\''")}'`;
+    const script = [
+      "#!/bin/sh",
+      `{ printf '%s\\t%s' "$PWD" ${q(name)}; for a in "$@"; do printf '\\t%s' "$a"; done; printf '\\n'; } >> ${q(this.shimCallsPath)}`,
+      `exec ${q(target)} "$@"`,
+      "",
+    ].join("\n");
+    writeFileSync(join(this.binDir, name), script, { mode: 0o755 });
+  }
+
+  /** With traceShims: every shim invocation so far, in order. */
+  shimCalls(): { cwd: string; argv: string[]; action: string; id?: string }[] {
+    if (!existsSync(this.shimCallsPath)) return [];
+    return readFileSync(this.shimCallsPath, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => {
+        const [cwd, ...argv] = line.split("\t");
+        const idAt = argv.indexOf("-id");
+        const last = argv[argv.length - 1] ?? "";
+        return {
+          cwd: cwd!,
+          argv,
+          action: last === "start" || last === "delete" ? last : "serve",
+          id: idAt >= 0 ? argv[idAt + 1] : undefined,
+        };
+      });
   }
 
   get pid(): number | undefined {
