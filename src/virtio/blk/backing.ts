@@ -1,0 +1,122 @@
+// What a virtio-blk device reads and writes: a regular file or a block device, opened for
+// asynchronous positional I/O (fs.promises FileHandle: the work runs on libuv's thread pool,
+// never on the event loop).
+import { constants, type FileHandle, open } from "node:fs/promises";
+import {
+  blockDeviceSize,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fallocate,
+} from "../../native/blockio.ts";
+
+export class BlkBacking {
+  private constructor(
+    readonly path: string,
+    readonly fh: FileHandle,
+    readonly readOnly: boolean,
+    public size: number,
+    /** Regular files can punch holes / zero ranges; block devices go through plain writes. */
+    readonly isFile: boolean,
+  ) {}
+
+  static async open(path: string, readOnly: boolean): Promise<BlkBacking> {
+    const fh = await open(path, readOnly ? constants.O_RDONLY : constants.O_RDWR);
+    try {
+      const st = await fh.stat();
+      if (st.isBlockDevice()) return new BlkBacking(path, fh, readOnly, blockDeviceSize(fh.fd), false);
+      if (!st.isFile()) throw new Error(`${path} is neither a regular file nor a block device`);
+      return new BlkBacking(path, fh, readOnly, st.size, true);
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  }
+
+  /** Re-reads the size (the file grew or shrank underneath). */
+  async refreshSize(): Promise<number> {
+    const st = await this.fh.stat();
+    this.size = st.isBlockDevice() ? blockDeviceSize(this.fh.fd) : st.size;
+    return this.size;
+  }
+
+  async readInto(bufs: Buffer[], pos: number): Promise<void> {
+    let left = bufs.reduce((s, b) => s + b.length, 0);
+    while (left > 0) {
+      const { bytesRead } = await this.fh.readv(bufs, pos);
+      if (bytesRead === 0) {
+        // Past the end of a file that shrank: the guest reads zeros, as for a sparse hole.
+        for (const b of bufs) b.fill(0);
+        return;
+      }
+      left -= bytesRead;
+      pos += bytesRead;
+      bufs = advance(bufs, bytesRead);
+    }
+  }
+
+  async writeFrom(bufs: Buffer[], pos: number): Promise<void> {
+    let left = bufs.reduce((s, b) => s + b.length, 0);
+    while (left > 0) {
+      const { bytesWritten } = await this.fh.writev(bufs, pos);
+      if (bytesWritten === 0) throw new Error("short write");
+      left -= bytesWritten;
+      pos += bytesWritten;
+      bufs = advance(bufs, bytesWritten);
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.fh.datasync();
+  }
+
+  /** Deallocates a range (best effort: a backing that cannot punch holes just keeps the data). */
+  discard(offset: number, len: number): void {
+    if (!this.isFile) return;
+    try {
+      fallocate(this.fh.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOTSUP") throw e;
+    }
+  }
+
+  /** Zeroes a range, deallocating it when `unmap` (the guest allowed it). */
+  async writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> {
+    if (this.isFile) {
+      try {
+        fallocate(
+          this.fh.fd,
+          unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+          offset,
+          len,
+        );
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "ENOTSUP") throw e;
+      }
+    }
+    const zero = Buffer.alloc(Math.min(len, 1 << 20));
+    for (let done = 0; done < len; ) {
+      const n = Math.min(zero.length, len - done);
+      await this.writeFrom([zero.subarray(0, n)], offset + done);
+      done += n;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+function advance(bufs: Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of bufs) {
+    if (n >= b.length) {
+      n -= b.length;
+      continue;
+    }
+    out.push(n > 0 ? b.subarray(n) : b);
+    n = 0;
+  }
+  return out;
+}

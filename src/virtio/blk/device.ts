@@ -1,0 +1,320 @@
+// The virtio-blk device (virtio 1.2 §5.2): state, features, config space, and the request
+// loop. Requests run concurrently (several in flight per queue) and complete in any order.
+// A disk slot can start empty and get media later (capacity change + config interrupt): the
+// way a container added to a running pod gets its disk without hotplug.
+import {
+  type ActivateContext,
+  bit,
+  checkFeatures,
+  type InterruptSink,
+  VIRTIO_F_RING_EVENT_IDX,
+  VIRTIO_F_RING_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_ID_BLOCK,
+  type VirtioDevice,
+} from "../device.ts";
+import { GuestError } from "../errors.ts";
+import { defaultLogger, type Logger } from "../log.ts";
+import type { DescriptorChain } from "../queue/chain.ts";
+import type { Queue } from "../queue/queue.ts";
+import { BlkBacking } from "./backing.ts";
+import { BlkMetrics } from "./metrics.ts";
+import {
+  type BlkRequest,
+  parseRequest,
+  SECTOR_SIZE,
+  VIRTIO_BLK_ID_BYTES,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+  WRITE_ZEROES_FLAG_UNMAP,
+} from "./request.ts";
+
+export const VIRTIO_BLK_F_SEG_MAX = 2n;
+export const VIRTIO_BLK_F_RO = 5n;
+export const VIRTIO_BLK_F_BLK_SIZE = 6n;
+export const VIRTIO_BLK_F_FLUSH = 9n;
+export const VIRTIO_BLK_F_MQ = 12n;
+export const VIRTIO_BLK_F_DISCARD = 13n;
+export const VIRTIO_BLK_F_WRITE_ZEROES = 14n;
+
+/** struct virtio_blk_config up to write_zeroes_may_unmap + padding (secure-erase fields zero). */
+export const BLK_CONFIG_SIZE = 64;
+const MAX_DISCARD_SECTORS = 1 << 22; // 2 GiB per segment
+const MAX_DISCARD_SEGMENTS = 1;
+
+export interface BlkOptions {
+  /** Backing file or block device; undefined = an empty slot (capacity 0) for later media. */
+  path?: string;
+  readOnly?: boolean;
+  /** Up to 20 bytes returned by GET_ID (the guest's /sys/block/vdX/serial). */
+  serial?: string;
+  queueSize?: number;
+  numQueues?: number;
+  logger?: Logger;
+}
+
+export class BlkDevice implements VirtioDevice {
+  readonly deviceType = VIRTIO_ID_BLOCK;
+  readonly name: string;
+  readonly queueMaxSizes: number[];
+  readonly features: bigint;
+  readonly readOnly: boolean;
+  readonly metrics = new BlkMetrics();
+  needsReset: string | undefined;
+  onNeedsReset?: (reason: string) => void;
+  private backing: BlkBacking | undefined;
+  private ctx: ActivateContext | undefined;
+  private serial: Buffer;
+  private log: Logger;
+  private idle: (() => void)[] = [];
+  /** Bumped on reset, so completions of an earlier activation are dropped. */
+  private generation = 0;
+
+  private constructor(opts: BlkOptions, backing: BlkBacking | undefined) {
+    this.readOnly = opts.readOnly ?? false;
+    this.backing = backing;
+    const nq = opts.numQueues ?? 1;
+    this.queueMaxSizes = Array.from({ length: nq }, () => opts.queueSize ?? 256);
+    this.serial = Buffer.alloc(VIRTIO_BLK_ID_BYTES);
+    Buffer.from(opts.serial ?? "", "utf8").copy(this.serial, 0, 0, VIRTIO_BLK_ID_BYTES);
+    this.name = `virtio-blk(${opts.serial ?? opts.path ?? "empty"})`;
+    this.log = (opts.logger ?? defaultLogger).child({ device: this.name });
+    let f =
+      bit(VIRTIO_F_VERSION_1) |
+      bit(VIRTIO_F_RING_INDIRECT_DESC) |
+      bit(VIRTIO_F_RING_EVENT_IDX) |
+      bit(VIRTIO_BLK_F_SEG_MAX) |
+      bit(VIRTIO_BLK_F_BLK_SIZE) |
+      bit(VIRTIO_BLK_F_FLUSH);
+    if (this.readOnly) f |= bit(VIRTIO_BLK_F_RO);
+    else f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+    if (nq > 1) f |= bit(VIRTIO_BLK_F_MQ);
+    this.features = f;
+  }
+
+  static async create(opts: BlkOptions): Promise<BlkDevice> {
+    const backing = opts.path ? await BlkBacking.open(opts.path, opts.readOnly ?? false) : undefined;
+    return new BlkDevice(opts, backing);
+  }
+
+  /** Capacity in 512-byte sectors (a partial last sector is not exposed). */
+  get capacity(): number {
+    return this.backing ? Math.floor(this.backing.size / SECTOR_SIZE) : 0;
+  }
+
+  get path(): string | undefined {
+    return this.backing?.path;
+  }
+
+  readConfig(offset: number, length: number): Buffer {
+    const c = Buffer.alloc(BLK_CONFIG_SIZE);
+    c.writeBigUInt64LE(BigInt(this.capacity), 0);
+    c.writeUInt32LE(this.queueMaxSizes[0]! - 2, 12); // seg_max: header and status take two
+    c.writeUInt32LE(SECTOR_SIZE, 20); // blk_size
+    c.writeUInt16LE(this.queueMaxSizes.length, 34); // num_queues
+    c.writeUInt32LE(MAX_DISCARD_SECTORS, 36);
+    c.writeUInt32LE(MAX_DISCARD_SEGMENTS, 40);
+    c.writeUInt32LE(1, 44); // discard_sector_alignment
+    c.writeUInt32LE(MAX_DISCARD_SECTORS, 48);
+    c.writeUInt32LE(MAX_DISCARD_SEGMENTS, 52);
+    c.writeUInt8(1, 56); // write_zeroes_may_unmap
+    const out = Buffer.alloc(Math.max(0, length));
+    if (offset >= 0 && offset < BLK_CONFIG_SIZE) c.copy(out, 0, offset, Math.min(BLK_CONFIG_SIZE, offset + length));
+    return out;
+  }
+
+  writeConfig(offset: number, data: Buffer): void {
+    // Only `writeback` (CONFIG_WCE) is writable, and we do not offer it: ignore, as the spec allows.
+    this.log.debug({ offset, len: data.length }, "ignored config write");
+  }
+
+  activate(ctx: ActivateContext): void {
+    const bad = checkFeatures(this.features, ctx.features);
+    if (bad) {
+      this.fail(bad);
+      return;
+    }
+    this.ctx = ctx;
+    this.needsReset = undefined;
+    ctx.queues.forEach((q, i) => {
+      if (!q) return;
+      q.eventIdx = (ctx.features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
+      q.indirect = (ctx.features & bit(VIRTIO_F_RING_INDIRECT_DESC)) !== 0n;
+      q.onBroken = (reason) => this.fail(`queue ${i}: ${reason}`);
+      this.notify(i);
+    });
+  }
+
+  reset(): void {
+    this.generation++;
+    this.ctx = undefined;
+  }
+
+  private fail(reason: string): void {
+    if (this.needsReset) return;
+    this.needsReset = reason;
+    this.log.error({ reason }, "guest broke the virtio-blk contract; device needs reset");
+    this.onNeedsReset?.(reason);
+  }
+
+  notify(index: number): void {
+    const ctx = this.ctx;
+    const q = ctx?.queues[index];
+    if (!ctx || !q || q.broken) return;
+    // Drain, then re-arm notifications and drain again if the driver raced us.
+    for (;;) {
+      q.disableNotification();
+      for (let chain = q.pop(); chain; chain = q.pop()) this.start(ctx, q, index, chain);
+      if (q.broken || !q.enableNotification()) break;
+    }
+  }
+
+  private start(ctx: ActivateContext, q: Queue, index: number, chain: DescriptorChain): void {
+    let req: BlkRequest;
+    try {
+      req = parseRequest(chain, MAX_DISCARD_SEGMENTS);
+    } catch (e) {
+      if (!(e instanceof GuestError)) throw e;
+      this.metrics.invalid++;
+      q.markBroken(e.message);
+      return;
+    }
+    const gen = this.generation;
+    this.metrics.inFlight++;
+    this.metrics.maxInFlight = Math.max(this.metrics.maxInFlight, this.metrics.inFlight);
+    this.execute(req).then(
+      (r) => this.complete(ctx.interrupt, q, index, gen, chain.head, req, r.status, r.written),
+      (e: unknown) => {
+        this.metrics.ioErrors++;
+        this.log.warn({ err: (e as Error).message, type: req.type, sector: req.sector }, "blk I/O error");
+        this.complete(ctx.interrupt, q, index, gen, chain.head, req, VIRTIO_BLK_S_IOERR, 0);
+      },
+    );
+  }
+
+  private complete(
+    irq: InterruptSink,
+    q: Queue,
+    index: number,
+    gen: number,
+    head: number,
+    req: BlkRequest,
+    status: number,
+    written: number,
+  ): void {
+    this.metrics.inFlight--;
+    if (this.metrics.inFlight === 0) for (const f of this.idle.splice(0)) f();
+    if (gen !== this.generation || q.broken) return; // reset meanwhile: the ring is not ours any more
+    req.status[0] = status;
+    q.addUsed(head, written + 1);
+    if (q.needsNotification()) irq.queue(index);
+  }
+
+  /** Checks [sector, sector+bytes) is inside the disk. */
+  private inRange(sector: number, bytes: number): boolean {
+    return sector <= this.capacity && bytes <= (this.capacity - sector) * SECTOR_SIZE;
+  }
+
+  private async execute(req: BlkRequest): Promise<{ status: number; written: number }> {
+    const b = this.backing;
+    const IOERR = { status: VIRTIO_BLK_S_IOERR, written: 0 };
+    switch (req.type) {
+      case VIRTIO_BLK_T_IN: {
+        this.metrics.reads++;
+        if (!b || req.dataLen % SECTOR_SIZE || !this.inRange(req.sector, req.dataLen)) return IOERR;
+        await b.readInto(req.data, req.sector * SECTOR_SIZE);
+        this.metrics.bytesRead += req.dataLen;
+        return { status: VIRTIO_BLK_S_OK, written: req.dataLen };
+      }
+      case VIRTIO_BLK_T_OUT: {
+        this.metrics.writes++;
+        if (!b || this.readOnly || req.dataLen % SECTOR_SIZE || !this.inRange(req.sector, req.dataLen)) return IOERR;
+        await b.writeFrom(req.data, req.sector * SECTOR_SIZE);
+        this.metrics.bytesWritten += req.dataLen;
+        return { status: VIRTIO_BLK_S_OK, written: 0 };
+      }
+      case VIRTIO_BLK_T_FLUSH:
+        this.metrics.flushes++;
+        if (b && !this.readOnly) await b.flush();
+        return { status: VIRTIO_BLK_S_OK, written: 0 };
+      case VIRTIO_BLK_T_GET_ID: {
+        this.metrics.getIds++;
+        const n = Math.min(VIRTIO_BLK_ID_BYTES, req.dataLen);
+        let copied = 0;
+        for (const d of req.data) {
+          if (copied >= n) break;
+          copied += this.serial.copy(d, 0, copied, n);
+        }
+        return { status: VIRTIO_BLK_S_OK, written: n };
+      }
+      case VIRTIO_BLK_T_DISCARD:
+      case VIRTIO_BLK_T_WRITE_ZEROES: {
+        const zero = req.type === VIRTIO_BLK_T_WRITE_ZEROES;
+        if (zero) this.metrics.writeZeroes++;
+        else this.metrics.discards++;
+        if (!b || this.readOnly) return { status: VIRTIO_BLK_S_UNSUPP, written: 0 };
+        for (const s of req.segments) {
+          if (s.sectors > MAX_DISCARD_SECTORS || !this.inRange(s.sector, s.sectors * SECTOR_SIZE)) return IOERR;
+          // Discard takes no flags; write-zeroes only UNMAP (§5.2.6.2).
+          if ((zero && s.flags & ~WRITE_ZEROES_FLAG_UNMAP) || (!zero && s.flags)) {
+            return { status: VIRTIO_BLK_S_UNSUPP, written: 0 };
+          }
+          if (zero) await b.writeZeroes(s.sector * SECTOR_SIZE, s.sectors * SECTOR_SIZE, (s.flags & 1) !== 0);
+          else b.discard(s.sector * SECTOR_SIZE, s.sectors * SECTOR_SIZE);
+        }
+        return { status: VIRTIO_BLK_S_OK, written: 0 };
+      }
+      default:
+        this.metrics.unsupported++;
+        return { status: VIRTIO_BLK_S_UNSUPP, written: 0 };
+    }
+  }
+
+  /** Resolves when no request is in flight. */
+  drain(): Promise<void> {
+    if (this.metrics.inFlight === 0) return Promise.resolve();
+    return new Promise((r) => this.idle.push(r));
+  }
+
+  /**
+   * Inserts, replaces or (path undefined) ejects the media, then tells the guest through a
+   * configuration-change interrupt; the guest driver re-reads the capacity.
+   */
+  async changeMedia(path: string | undefined): Promise<void> {
+    const next = path ? await BlkBacking.open(path, this.readOnly) : undefined;
+    await this.drain();
+    const prev = this.backing;
+    this.backing = next;
+    await prev?.close();
+    this.configChanged();
+  }
+
+  /** The backing grew or shrank underneath (e.g. truncate): re-read its size and tell the guest. */
+  async resize(): Promise<void> {
+    await this.backing?.refreshSize();
+    this.configChanged();
+  }
+
+  /** Where config changes go when the device is not active (vhost-user sends a slave message). */
+  onConfigChange?: () => void;
+
+  private configChanged(): void {
+    this.metrics.configChanges++;
+    if (this.ctx) this.ctx.interrupt.config();
+    else this.onConfigChange?.();
+  }
+
+  async close(): Promise<void> {
+    this.reset();
+    await this.drain();
+    await this.backing?.close();
+    this.backing = undefined;
+  }
+}

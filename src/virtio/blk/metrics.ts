@@ -1,0 +1,18 @@
+/** Per-device counters (Firecracker-style): cheap to bump, read by tests, benchmarks and stats. */
+export class BlkMetrics {
+  reads = 0;
+  writes = 0;
+  flushes = 0;
+  discards = 0;
+  writeZeroes = 0;
+  getIds = 0;
+  bytesRead = 0;
+  bytesWritten = 0;
+  ioErrors = 0;
+  unsupported = 0;
+  /** Requests that broke the spec (the queue is then marked broken). */
+  invalid = 0;
+  inFlight = 0;
+  maxInFlight = 0;
+  configChanges = 0;
+}
