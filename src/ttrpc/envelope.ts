@@ -161,37 +161,41 @@ export class MalformedError extends Error {
 
 /** A bounds-checked cursor over one protobuf message (or a nested one, via `end`). */
 class Cursor {
-  /** Lower 32 bits of the last varint, for int32 fields (sign-extended or not). */
+  /** Lower and upper 32 bits of the last varint (int32 fields read `low32 | 0`). */
   low32 = 0;
+  high32 = 0;
   constructor(
     readonly b: Uint8Array,
     public pos: number,
     readonly end: number,
   ) {}
 
+  /** Unsigned varint as a number (exact up to 2^53, which covers every length and field key). */
   varint(): number {
-    let value = 0;
     let low = 0;
-    let scale = 1;
+    let high = 0;
     for (let i = 0; i < 10; i++) {
       if (this.pos >= this.end) throw new MalformedError("truncated varint");
       const byte = this.b[this.pos++]!;
       const bits = byte & 0x7f;
-      value += bits * scale;
-      if (i < 5) low |= bits << (7 * i);
-      scale *= 128;
+      if (i < 4) low |= bits << (7 * i);
+      else if (i === 4) {
+        low |= bits << 28;
+        high |= bits >>> 4;
+      } else high |= bits << (7 * i - 32);
       if ((byte & 0x80) === 0) {
-        this.low32 = low;
-        return value;
+        this.low32 = low >>> 0;
+        this.high32 = high >>> 0;
+        return this.high32 * 2 ** 32 + this.low32;
       }
     }
     throw new MalformedError("varint longer than 10 bytes");
   }
 
-  /** Signed int64 as a number (precision beyond 2^53 is not needed for any field read here). */
+  /** Signed int64 as a number (exact within ±2^53; nothing read here needs more). */
   int64(): number {
-    const v = this.varint();
-    return v >= 2 ** 63 ? v - 2 ** 64 : v;
+    this.varint();
+    return (this.high32 | 0) * 2 ** 32 + this.low32;
   }
 
   /** Bounds of a length-delimited field's content. */
