@@ -1,0 +1,49 @@
+// PID-1 duties: mounts, hostname, environment, orphan reaping, fatal-error handling. Everything the
+// agent does later (ttrpc server, containers) runs on top of what this sets up.
+import { readFileSync } from "node:fs";
+import { sethostname } from "../../../src/native/mount.ts";
+import type { Logger } from "../log.ts";
+import { parseCmdline } from "./cmdline.ts";
+import { mountEssentials } from "./mounts.ts";
+import { installFatalHandlers } from "./power.ts";
+import { Reaper } from "./reaper.ts";
+
+export interface Pid1 {
+  /** Kernel command line parameters (/proc/cmdline). */
+  cmdline: Map<string, string>;
+  reaper: Reaper;
+}
+
+const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+export function startPid1(log: Logger): Pid1 {
+  installFatalHandlers(log);
+  const isInit = process.pid === 1;
+  if (isInit) {
+    const mounted = mountEssentials();
+    log.debug({ mounted }, "mounted");
+    // The kernel gives init only HOME and TERM.
+    process.env.PATH ||= PATH;
+    process.env.HOME ||= "/root";
+  } else {
+    log.warn({ pid: process.pid }, "not PID 1: skipping mounts and hostname");
+  }
+  const cmdline = parseCmdline(readFileSync("/proc/cmdline", "utf8"));
+  if (isInit) {
+    let hostname = cmdline.get("cove.hostname");
+    if (!hostname) {
+      try {
+        hostname = readFileSync("/etc/hostname", "utf8").trim();
+      } catch {
+        hostname = "cove-guest";
+      }
+    }
+    sethostname(hostname);
+  }
+  const reaper = new Reaper();
+  reaper.on("exit", (e) => log.debug(e, "reaped orphan"));
+  reaper.start();
+  // PID 1 must never run out of work: this timer keeps the event loop alive.
+  setInterval(() => {}, 1 << 30);
+  return { cmdline, reaper };
+}

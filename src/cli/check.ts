@@ -1,0 +1,159 @@
+// `cove check`: what is present and what is missing on this machine, with the command that fixes
+// each missing piece. Exit 1 when something required is missing.
+
+import { spawnSync } from "node:child_process";
+import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { which } from "../guest/exec.ts";
+import { LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
+import { cacheDir, guestArtifacts, repoRoot } from "../guest/paths.ts";
+import type { Command } from "./command.ts";
+
+export interface CheckResult {
+  name: string;
+  ok: boolean;
+  required: boolean;
+  detail: string;
+  /** The exact command that fixes it (when not ok). */
+  fix?: string;
+}
+
+const MiB = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+
+function version(argv: string[]): string {
+  const [cmd, ...args] = argv;
+  const r = spawnSync(cmd!, args, { encoding: "utf8" });
+  return `${r.stdout ?? ""}${r.stderr ?? ""}`.trim().split("\n")[0] ?? "";
+}
+
+function artifact(name: string, path: string, required: boolean, fix: string): CheckResult {
+  if (!existsSync(path)) return { name, ok: false, required, detail: `${path} missing`, fix };
+  const real = realpathSync(path);
+  return { name, ok: true, required, detail: `${path} -> ${real} (${MiB(statSync(real).size)})` };
+}
+
+function program(name: string, bin: string, pkg: string, required: boolean, versionArgs = ["--version"]): CheckResult {
+  const path = which(bin, `${process.env.PATH ?? ""}:/usr/sbin:/sbin`);
+  if (!path) return { name, ok: false, required, detail: `${bin} not on PATH`, fix: `apt-get install -y ${pkg}` };
+  return { name, ok: true, required, detail: `${path} (${version([path, ...versionArgs])})` };
+}
+
+/** KVM, and whether it is backed by hardware virtualization or by PVM (see notes/host-kvm.md). */
+export function kvmKind(cpuinfo: string, pvmModule: boolean): "hardware" | "pvm" | "unknown" {
+  if (pvmModule) return "pvm";
+  return /^flags\s*:.*\b(vmx|svm)\b/m.test(cpuinfo) ? "hardware" : "unknown";
+}
+
+function kvm(): CheckResult {
+  const name = "/dev/kvm";
+  if (!existsSync("/dev/kvm"))
+    return {
+      name,
+      ok: false,
+      required: false,
+      detail: "no /dev/kvm: only the qemu backend under TCG (slow) can run",
+      fix: "modprobe kvm_intel || modprobe kvm_amd  # and enable virtualization (or nested virtualization) for this machine",
+    };
+  let cpuinfo = "";
+  try {
+    cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
+  } catch {
+    // keep going with what we have
+  }
+  const kind = kvmKind(cpuinfo, existsSync("/sys/module/kvm_pvm"));
+  const detail =
+    kind === "hardware"
+      ? "present, hardware virtualization: the embedded VMM can run"
+      : kind === "pvm"
+        ? "present but PVM (no hardware virtualization): a stock Linux guest cannot run on it; the qemu backend (TCG) is used"
+        : "present; no vmx/svm flag in /proc/cpuinfo: the qemu backend (TCG) is used";
+  return { name, ok: true, required: false, detail };
+}
+
+export function runChecks(cache = cacheDir()): CheckResult[] {
+  const a = guestArtifacts(cache);
+  let root: string | undefined;
+  try {
+    root = repoRoot();
+  } catch {
+    root = undefined;
+  }
+  const buildGuest = "npm run guest   # or: cove guest build";
+  const r: CheckResult[] = [
+    artifact("guest kernel", a.kernel, true, buildGuest),
+    artifact("guest vmlinux", a.vmlinux, false, buildGuest),
+    artifact("guest image", a.rootfs, true, buildGuest),
+    program("qemu", "qemu-system-x86_64", "qemu-system-x86", true),
+    program("containerd", "containerd", "containerd", true),
+  ];
+  const crun = program("OCI runtime", "crun", "crun", true);
+  r.push(crun.ok ? crun : program("OCI runtime", "runc", "crun", true));
+  r.push(program("erofs-utils", "mkfs.erofs", "erofs-utils", true, ["-V"]));
+  r.push(
+    existsSync(LINUX_SOURCE_TARBALL)
+      ? { name: "kernel source", ok: true, required: false, detail: LINUX_SOURCE_TARBALL }
+      : {
+          name: "kernel source",
+          ok: false,
+          required: !existsSync(a.kernel),
+          detail: `${LINUX_SOURCE_TARBALL} missing (needed to build the guest kernel)`,
+          fix: "apt-get install -y linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev",
+        },
+  );
+  r.push(kvm());
+  if (root) {
+    r.push(
+      artifact(
+        "native addon",
+        join(root, "build/Release/cove_native.node"),
+        true,
+        `cd ${root} && npx node-gyp rebuild`,
+      ),
+    );
+    r.push(artifact("bundles", join(root, "dist/agent.cjs"), true, `cd ${root} && npm run build`));
+  }
+  const shim = which("containerd-shim-cove-v2");
+  r.push(
+    shim
+      ? { name: "shim on PATH", ok: true, required: true, detail: shim }
+      : {
+          name: "shim on PATH",
+          ok: false,
+          required: true,
+          detail: "containerd-shim-cove-v2 not on PATH (containerd looks it up there)",
+          fix: `ln -sf ${root ? join(root, "bin/containerd-shim-cove-v2") : "<checkout>/bin/containerd-shim-cove-v2"} /usr/local/bin/containerd-shim-cove-v2`,
+        },
+  );
+  return r;
+}
+
+export function formatChecks(results: CheckResult[]): string {
+  const w = Math.max(...results.map((c) => c.name.length));
+  const lines: string[] = [];
+  for (const c of results) {
+    const status = c.ok ? "ok     " : c.required ? "MISSING" : "absent ";
+    lines.push(`${status}  ${c.name.padEnd(w)}  ${c.detail}`);
+    if (!c.ok && c.fix) lines.push(`${" ".repeat(w + 11)}fix: ${c.fix}`);
+  }
+  const missing = results.filter((c) => !c.ok && c.required).length;
+  lines.push(missing ? `\n${missing} required item(s) missing.` : "\neverything required is present.");
+  return `${lines.join("\n")}\n`;
+}
+
+export const checkCommand: Command = {
+  path: ["check"],
+  summary: "report what cove needs that is present or missing, with the command that fixes each",
+  usage: `cove check [--json]
+
+Checks the guest kernel and image in $COVE_CACHE_DIR (default /var/cache/cove), QEMU, containerd,
+crun/runc, erofs-utils, the kernel source, /dev/kvm (hardware or PVM), the native addon, the bundles
+and the shim on PATH. Prints the command that fixes each missing item. Exit 1 if a required item is
+missing.`,
+  async run(args) {
+    const { values } = parseArgs({ args, options: { json: { type: "boolean" } }, strict: true });
+    const results = runChecks();
+    process.stdout.write(values.json ? `${JSON.stringify(results, null, 2)}\n` : formatChecks(results));
+    return results.some((c) => !c.ok && c.required) ? 1 : 0;
+  },
+};

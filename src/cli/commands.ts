@@ -1,0 +1,7 @@
+// Every `cove` command. To add one: write src/cli/<name>.ts exporting a Command, list it here.
+import { checkCommand } from "./check.ts";
+import type { Command } from "./command.ts";
+import { guestBuild } from "./guest.ts";
+import { helpCommand } from "./help.ts";
+
+export const COMMANDS: readonly Command[] = [guestBuild, checkCommand, helpCommand(() => COMMANDS)];
