@@ -1,0 +1,487 @@
+// The virtio-vsock device (virtio 1.2 §5.10): rx (device → guest), tx (guest → device) and
+// event queues, stream connections with credit-based flow control, and the host-side API:
+// connect(port) → Duplex for in-process users (the shim's agent channel), listen(port) for
+// guest-initiated connections, and an `acceptor` fallback (hybrid vsock's `<uds>_<port>`).
+import {
+  type ActivateContext,
+  bit,
+  checkFeatures,
+  VIRTIO_F_RING_EVENT_IDX,
+  VIRTIO_F_RING_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_ID_VSOCK,
+  type VirtioDevice,
+} from "../device.ts";
+import { defaultLogger, type Logger } from "../log.ts";
+import { gather, scatter } from "../queue/chain.ts";
+import type { Queue } from "../queue/queue.ts";
+import { CONN_BUF_ALLOC, Connection, type ConnOwner, type VsockStream } from "./connection.ts";
+import { VsockMetrics } from "./metrics.ts";
+import {
+  decodeHeader,
+  encodeHeader,
+  HDR_SIZE,
+  HOST_CID,
+  MAX_PAYLOAD,
+  OP_CREDIT_REQUEST,
+  OP_CREDIT_UPDATE,
+  OP_NAMES,
+  OP_REQUEST,
+  OP_RESPONSE,
+  OP_RST,
+  OP_RW,
+  OP_SHUTDOWN,
+  SHUTDOWN_RCV,
+  SHUTDOWN_SEND,
+  TYPE_STREAM,
+  type VsockHeader,
+} from "./packet.ts";
+
+export const RX_QUEUE = 0;
+export const TX_QUEUE = 1;
+export const EVENT_QUEUE = 2;
+
+export interface VsockOptions {
+  guestCid: number;
+  queueSize?: number;
+  logger?: Logger;
+}
+
+/** Handles a guest-initiated connection to a host port; resolve to undefined to refuse it. */
+export type VsockAcceptor = (port: number) => Promise<((stream: VsockStream) => void) | undefined>;
+
+interface Control {
+  hostPort: number;
+  guestPort: number;
+  op: number;
+  flags: number;
+  conn?: Connection;
+}
+
+export class VsockDevice implements VirtioDevice, ConnOwner {
+  readonly deviceType = VIRTIO_ID_VSOCK;
+  readonly name = "virtio-vsock";
+  readonly queueMaxSizes: number[];
+  readonly features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
+  readonly guestCid: bigint;
+  readonly metrics = new VsockMetrics();
+  needsReset: string | undefined;
+  onNeedsReset?: (reason: string) => void;
+  /** Fallback for guest-initiated connections to ports nobody listens on in-process. */
+  acceptor: VsockAcceptor | undefined;
+  private ctx: ActivateContext | undefined;
+  private readonly conns = new Map<string, Connection>();
+  private readonly listeners = new Map<number, (s: VsockStream) => void>();
+  private readonly control: Control[] = [];
+  /** Connections with something to send, in round-robin order. */
+  private readonly ready = new Set<Connection>();
+  private pumpScheduled = false;
+  private nextPort = 49152;
+  private readonly log: Logger;
+
+  constructor(opts: VsockOptions) {
+    if (!Number.isInteger(opts.guestCid) || opts.guestCid < 3 || opts.guestCid >= 0xffffffff) {
+      throw new Error(`invalid guest CID ${opts.guestCid} (3 … 2^32-2)`);
+    }
+    this.guestCid = BigInt(opts.guestCid);
+    this.queueMaxSizes = [opts.queueSize ?? 256, opts.queueSize ?? 256, opts.queueSize ?? 256];
+    this.log = (opts.logger ?? defaultLogger).child({ device: this.name, cid: opts.guestCid });
+  }
+
+  readConfig(offset: number, length: number): Buffer {
+    const c = Buffer.alloc(8);
+    c.writeBigUInt64LE(this.guestCid, 0);
+    const out = Buffer.alloc(Math.max(0, length));
+    if (offset >= 0 && offset < 8) c.copy(out, 0, offset, Math.min(8, offset + length));
+    return out;
+  }
+
+  writeConfig(): void {
+    // guest_cid is read-only for the driver.
+  }
+
+  activate(ctx: ActivateContext): void {
+    const bad = checkFeatures(this.features, ctx.features);
+    if (bad) {
+      this.fail(bad);
+      return;
+    }
+    this.ctx = ctx;
+    this.needsReset = undefined;
+    ctx.queues.forEach((q, i) => {
+      if (!q) return;
+      q.eventIdx = (ctx.features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
+      q.indirect = (ctx.features & bit(VIRTIO_F_RING_INDIRECT_DESC)) !== 0n;
+      q.onBroken = (reason) => this.fail(`queue ${i}: ${reason}`);
+    });
+    this.notify(TX_QUEUE);
+    this.schedulePump();
+  }
+
+  /** Device reset: every connection is gone (the guest forgot them too). */
+  reset(): void {
+    this.ctx = undefined;
+    this.control.length = 0;
+    this.ready.clear();
+    for (const c of [...this.conns.values()]) c.close(connReset("vsock device reset"));
+    this.conns.clear();
+  }
+
+  private fail(reason: string): void {
+    if (this.needsReset) return;
+    this.needsReset = reason;
+    this.log.error({ reason }, "guest broke the virtio-vsock contract; device needs reset");
+    this.onNeedsReset?.(reason);
+  }
+
+  notify(index: number): void {
+    if (index === TX_QUEUE) this.processTx();
+    else if (index === RX_QUEUE) this.schedulePump();
+    // The event queue only carries TRANSPORT_RESET (migration), which we never send.
+  }
+
+  // ---- host API ------------------------------------------------------------------------------
+
+  /** Opens a stream to a port the guest listens on (ECONNREFUSED if it does not, ETIMEDOUT). */
+  connect(port: number, timeoutMs = 10_000): Promise<VsockStream> {
+    const hostPort = this.allocPort();
+    const c = new Connection(this, hostPort, port >>> 0, "connecting");
+    this.conns.set(c.key, c);
+    return new Promise<VsockStream>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (c.state !== "connecting") return;
+        this.abort(c);
+        reject(Object.assign(new Error(`vsock connect to guest port ${port}: timed out`), { code: "ETIMEDOUT" }));
+      }, timeoutMs);
+      c.onEstablished = (err) => {
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve(c.stream);
+      };
+      this.sendControl({ hostPort, guestPort: c.guestPort, op: OP_REQUEST, flags: 0, conn: c });
+    });
+  }
+
+  /** Accepts guest connections to host port `port` in-process. Returns a function that stops listening. */
+  listen(port: number, onStream: (s: VsockStream) => void): () => void {
+    if (this.listeners.has(port)) throw new Error(`vsock host port ${port} already has a listener`);
+    this.listeners.set(port, onStream);
+    return () => this.listeners.delete(port);
+  }
+
+  get connectionCount(): number {
+    return this.conns.size;
+  }
+
+  private allocPort(): number {
+    for (let i = 0; i < 1 << 20; i++) {
+      const p = this.nextPort;
+      this.nextPort = this.nextPort >= 0x7fffffff ? 49152 : this.nextPort + 1;
+      if (this.listeners.has(p)) continue;
+      let used = false;
+      for (const c of this.conns.values()) if (c.hostPort === p) used = true;
+      if (!used) return p;
+    }
+    throw new Error("no free vsock host port");
+  }
+
+  // ---- ConnOwner ----------------------------------------------------------------------------
+
+  wake(c: Connection): void {
+    if (c.state === "closed") return;
+    this.ready.add(c);
+    this.schedulePump();
+  }
+
+  abort(c: Connection): void {
+    if (c.state === "closed") return;
+    const wasConnecting = c.state === "connecting";
+    this.conns.delete(c.key);
+    this.ready.delete(c);
+    c.close();
+    if (!wasConnecting || c.requestSent)
+      this.sendControl({ hostPort: c.hostPort, guestPort: c.guestPort, op: OP_RST, flags: 0 });
+  }
+
+  // ---- guest → host (tx queue) ----------------------------------------------------------------
+
+  private processTx(): void {
+    const ctx = this.ctx;
+    const q = ctx?.queues[TX_QUEUE];
+    if (!ctx || !q || q.broken) return;
+    let used = false;
+    for (;;) {
+      q.disableNotification();
+      for (let chain = q.pop(); chain; chain = q.pop()) {
+        used = true;
+        if (chain.readableLen < HDR_SIZE) {
+          q.markBroken(`vsock tx packet of ${chain.readableLen} bytes, shorter than the header`);
+          return;
+        }
+        const hb = Buffer.alloc(HDR_SIZE);
+        gather(chain.readable, hb);
+        const h = decodeHeader(hb);
+        if (h.len > MAX_PAYLOAD || h.len > chain.readableLen - HDR_SIZE) {
+          q.markBroken(`vsock tx packet claims ${h.len} payload bytes, has ${chain.readableLen - HDR_SIZE}`);
+          return;
+        }
+        // Copy the payload out: the descriptor goes back to the guest right away.
+        const payload = Buffer.allocUnsafe(h.op === OP_RW ? h.len : 0);
+        if (payload.length) gather(chain.readable, payload, HDR_SIZE);
+        q.addUsed(chain.head, 0);
+        this.metrics.rxPackets++;
+        this.handle(h, payload);
+      }
+      if (q.broken || !q.enableNotification()) break;
+    }
+    if (used && q.needsNotification()) ctx.interrupt.queue(TX_QUEUE);
+  }
+
+  private handle(h: VsockHeader, payload: Buffer): void {
+    if (h.srcCid !== this.guestCid || h.dstCid !== BigInt(HOST_CID)) {
+      this.metrics.invalid++;
+      this.log.warn({ src: h.srcCid, dst: h.dstCid }, "vsock packet with wrong CIDs dropped");
+      return;
+    }
+    const key = `${h.dstPort}:${h.srcPort}`;
+    const c = this.conns.get(key);
+    if (h.type !== TYPE_STREAM) {
+      if (h.op !== OP_RST) this.rst(h.dstPort, h.srcPort);
+      return;
+    }
+    if (c) {
+      c.peerBufAlloc = h.bufAlloc;
+      c.peerFwdCnt = h.fwdCnt;
+    }
+    switch (h.op) {
+      case OP_REQUEST:
+        if (c) {
+          this.rst(h.dstPort, h.srcPort);
+          this.abort(c);
+          return;
+        }
+        this.accept(h);
+        return;
+      case OP_RST:
+        this.metrics.resetsReceived++;
+        if (!c) return;
+        this.conns.delete(key);
+        this.ready.delete(c);
+        if (c.state === "connecting") {
+          this.metrics.connectionsRefused++;
+          c.onEstablished?.(
+            Object.assign(new Error(`vsock connect to guest port ${c.guestPort}: connection refused`), {
+              code: "ECONNREFUSED",
+            }),
+          );
+          c.close();
+        } else c.close(c.peerShutdown === 3 ? undefined : connReset("vsock connection reset by the guest"));
+        return;
+    }
+    if (!c) {
+      this.rst(h.dstPort, h.srcPort);
+      return;
+    }
+    switch (h.op) {
+      case OP_RESPONSE:
+        if (c.state !== "connecting") {
+          this.rst(h.dstPort, h.srcPort);
+          this.abort(c);
+          return;
+        }
+        c.state = "established";
+        this.metrics.connectionsOpened++;
+        c.onEstablished?.();
+        this.wake(c);
+        return;
+      case OP_RW:
+        if (c.state !== "established" || c.peerShutdown & SHUTDOWN_SEND) {
+          this.abort(c);
+          return;
+        }
+        // The guest may not send more than we advertised: buffered + new ≤ buf_alloc.
+        if (c.buffered() + payload.length > CONN_BUF_ALLOC) {
+          this.metrics.invalid++;
+          this.log.warn({ port: h.srcPort }, "guest exceeded its vsock credit; resetting the connection");
+          this.abort(c);
+          return;
+        }
+        this.metrics.rxBytes += payload.length;
+        c.receive(payload);
+        this.wake(c);
+        return;
+      case OP_CREDIT_UPDATE:
+        c.creditRequestSent = false;
+        this.wake(c);
+        return;
+      case OP_CREDIT_REQUEST:
+        c.creditUpdateWanted = true;
+        this.wake(c);
+        return;
+      case OP_SHUTDOWN:
+        c.peerShutdown |= h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+        if (c.peerShutdown & SHUTDOWN_SEND) c.deliver();
+        if (c.peerShutdown & SHUTDOWN_RCV) {
+          // The guest will not read any more: what we still hold for it can never be delivered.
+          for (const w of c.txQueue.splice(0)) w.done();
+          c.txQueued = 0;
+        }
+        if (c.peerShutdown === (SHUTDOWN_RCV | SHUTDOWN_SEND)) {
+          // Full shutdown: the receiver answers with RST (as Linux does) and the connection is over.
+          this.conns.delete(key);
+          this.ready.delete(c);
+          this.rst(c.hostPort, c.guestPort);
+          c.close();
+        }
+        return;
+      default:
+        this.metrics.invalid++;
+        this.log.warn({ op: h.op }, "unknown vsock op; resetting the connection");
+        this.abort(c);
+    }
+  }
+
+  /** A guest REQUEST: an in-process listener, else the acceptor (hybrid socket), else RST. */
+  private accept(h: VsockHeader): void {
+    const port = h.dstPort;
+    const c = new Connection(this, port, h.srcPort, "accepting");
+    c.peerBufAlloc = h.bufAlloc;
+    c.peerFwdCnt = h.fwdCnt;
+    this.conns.set(c.key, c);
+    const local = this.listeners.get(port);
+    const go = (handler: ((s: VsockStream) => void) | undefined) => {
+      if (c.state !== "accepting") return;
+      if (!handler) {
+        this.conns.delete(c.key);
+        c.state = "closed";
+        this.metrics.connectionsRefused++;
+        this.rst(port, h.srcPort);
+        return;
+      }
+      c.state = "established";
+      this.metrics.connectionsOpened++;
+      this.sendControl({ hostPort: port, guestPort: h.srcPort, op: OP_RESPONSE, flags: 0, conn: c });
+      handler(c.stream);
+    };
+    if (local) go(local);
+    else if (this.acceptor) {
+      this.acceptor(port).then(go, (e: unknown) => {
+        this.log.debug({ port, err: (e as Error).message }, "vsock acceptor refused");
+        go(undefined);
+      });
+    } else go(undefined);
+  }
+
+  private rst(hostPort: number, guestPort: number): void {
+    this.sendControl({ hostPort, guestPort, op: OP_RST, flags: 0 });
+  }
+
+  private sendControl(ctl: Control): void {
+    this.control.push(ctl);
+    this.schedulePump();
+  }
+
+  // ---- host → guest (rx queue) --------------------------------------------------------------
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    process.nextTick(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  private hasWork(): boolean {
+    if (this.control.length > 0) return true;
+    for (const c of this.ready) {
+      if (c.wantsToSend()) return true;
+      this.ready.delete(c);
+    }
+    return false;
+  }
+
+  /** Fills guest rx buffers with control packets first, then data round-robin across connections. */
+  private pump(): void {
+    const ctx = this.ctx;
+    const q = ctx?.queues[RX_QUEUE];
+    if (!ctx || !q || q.broken) return;
+    let used = false;
+    const hdr = Buffer.alloc(HDR_SIZE);
+    while (this.hasWork()) {
+      const chain = q.pop();
+      if (!chain) {
+        // Out of rx buffers: ask for a kick, unless buffers arrived meanwhile.
+        if (q.broken || !q.enableNotification()) break;
+        continue;
+      }
+      if (chain.writableLen < HDR_SIZE || chain.readableLen > 0) {
+        q.markBroken(`vsock rx buffer of ${chain.writableLen} writable/${chain.readableLen} readable bytes`);
+        return;
+      }
+      let h: VsockHeader;
+      let payload: Buffer | undefined;
+      const ctl = this.control.shift();
+      if (ctl) {
+        if (ctl.op === OP_REQUEST && ctl.conn) ctl.conn.requestSent = true;
+        if (ctl.op === OP_RST) this.metrics.resetsSent++;
+        h = this.header(ctl.hostPort, ctl.guestPort, ctl.op, ctl.flags, 0, ctl.conn);
+      } else {
+        const c = this.ready.values().next().value as Connection;
+        this.ready.delete(c);
+        if (c.creditUpdateWanted && c.txQueued === 0) {
+          c.creditUpdateWanted = false;
+          this.metrics.creditUpdatesSent++;
+          h = this.header(c.hostPort, c.guestPort, OP_CREDIT_UPDATE, 0, 0, c);
+        } else if (c.txQueued > 0 && c.peerCredit() === 0) {
+          c.creditRequestSent = true;
+          h = this.header(c.hostPort, c.guestPort, OP_CREDIT_REQUEST, 0, 0, c);
+        } else if (c.txQueued > 0) {
+          c.creditUpdateWanted = false; // fwd_cnt rides along in the RW header
+          payload = c.takeTx(Math.min(chain.writableLen - HDR_SIZE, c.peerCredit(), MAX_PAYLOAD));
+          h = this.header(c.hostPort, c.guestPort, OP_RW, 0, payload.length, c);
+          this.metrics.txBytes += payload.length;
+        } else {
+          h = this.header(c.hostPort, c.guestPort, OP_SHUTDOWN, c.shutdownToSend, 0, c);
+          c.shutdownToSend = 0;
+        }
+        if (c.wantsToSend()) this.ready.add(c);
+      }
+      encodeHeader(h, hdr);
+      scatter(chain.writable, hdr);
+      if (payload) scatter(chain.writable, payload, HDR_SIZE);
+      q.addUsed(chain.head, HDR_SIZE + (payload?.length ?? 0));
+      this.metrics.txPackets++;
+      used = true;
+    }
+    if (used && q.needsNotification()) ctx.interrupt.queue(RX_QUEUE);
+  }
+
+  private header(
+    hostPort: number,
+    guestPort: number,
+    op: number,
+    flags: number,
+    len: number,
+    c: Connection | undefined,
+  ): VsockHeader {
+    if (c) c.lastFwdCntSent = c.fwdCnt;
+    if (this.log.isLevelEnabled("trace")) this.log.trace({ op: OP_NAMES[op], hostPort, guestPort, len }, "vsock tx");
+    return {
+      srcCid: BigInt(HOST_CID),
+      dstCid: this.guestCid,
+      srcPort: hostPort,
+      dstPort: guestPort,
+      len,
+      type: TYPE_STREAM,
+      op,
+      flags,
+      bufAlloc: CONN_BUF_ALLOC,
+      fwdCnt: c?.fwdCnt ?? 0,
+    };
+  }
+}
+
+function connReset(msg: string): Error {
+  return Object.assign(new Error(msg), { code: "ECONNRESET" });
+}
