@@ -3,15 +3,18 @@
 // Cached by a key over every input; the source tree and the kbuild output directory are kept so a
 // changed fragment or patch rebuilds incrementally.
 import {
+  closeSync,
   copyFileSync,
   existsSync,
   mkdirSync,
+  openSync,
   readdirSync,
   readFileSync,
   renameSync,
   rmSync,
   statSync,
   writeFileSync,
+  writeSync,
 } from "node:fs";
 import { availableParallelism } from "node:os";
 import { basename, join } from "node:path";
@@ -173,14 +176,14 @@ export async function buildKernel(
   const countFile = join(p.build, ".cove-cc-count");
   const expected = existsSync(countFile) ? Number(readFileSync(countFile, "utf8")) || 0 : 0;
   progress.stage(`kernel: compiling with -j${jobs} (log: ${join(p.build, "build.log")})`);
-  const log: string[] = [];
+  const log = openSync(join(p.build, "build.log"), "w");
   let cc = 0;
   const t0 = process.hrtime.bigint();
   try {
     await runStreaming(
       [...make, `-j${jobs}`, ...RECIPE.targets],
       (line) => {
-        log.push(line);
+        writeSync(log, `${line}\n`);
         const m = /^\s+CC\s+(\S+)/.exec(line);
         if (m) {
           cc++;
@@ -192,7 +195,7 @@ export async function buildKernel(
     );
   } finally {
     progress.done();
-    writeFileSync(join(p.build, "build.log"), log.join("\n"));
+    closeSync(log);
   }
   const compileSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
   // An incremental build compiles fewer files; only a full build sets the expectation.

@@ -1,10 +1,11 @@
 // PID-1 duties: mounts, hostname, environment, orphan reaping, fatal-error handling. Everything the
 // agent does later (ttrpc server, containers) runs on top of what this sets up.
 import { readFileSync } from "node:fs";
+import { hostname as osHostname } from "node:os";
 import { sethostname } from "../../../src/native/mount.ts";
 import type { Logger } from "../log.ts";
 import { parseCmdline } from "./cmdline.ts";
-import { mountEssentials } from "./mounts.ts";
+import { currentMounts, mountEssentials } from "./mounts.ts";
 import { installFatalHandlers } from "./power.ts";
 import { Reaper } from "./reaper.ts";
 
@@ -20,8 +21,7 @@ export function startPid1(log: Logger): Pid1 {
   installFatalHandlers(log);
   const isInit = process.pid === 1;
   if (isInit) {
-    const mounted = mountEssentials();
-    log.debug({ mounted }, "mounted");
+    mountEssentials();
     // The kernel gives init only HOME and TERM.
     process.env.PATH ||= PATH;
     process.env.HOME ||= "/root";
@@ -30,16 +30,17 @@ export function startPid1(log: Logger): Pid1 {
   }
   const cmdline = parseCmdline(readFileSync("/proc/cmdline", "utf8"));
   if (isInit) {
-    let hostname = cmdline.get("cove.hostname");
-    if (!hostname) {
+    let name = cmdline.get("cove.hostname");
+    if (!name) {
       try {
-        hostname = readFileSync("/etc/hostname", "utf8").trim();
+        name = readFileSync("/etc/hostname", "utf8").trim();
       } catch {
-        hostname = "cove-guest";
+        name = "cove-guest";
       }
     }
-    sethostname(hostname);
+    sethostname(name);
   }
+  log.info({ mounts: [...currentMounts()], hostname: osHostname() }, "pid1 up");
   const reaper = new Reaper();
   reaper.on("exit", (e) => log.debug(e, "reaped orphan"));
   reaper.start();

@@ -53,7 +53,8 @@ export function mountedTargets(mountinfo: string): Set<string> {
   return out;
 }
 
-function currentMounts(): Set<string> {
+/** Mount points of this process now (empty before /proc is mounted). */
+export function currentMounts(): Set<string> {
   try {
     return mountedTargets(readFileSync("/proc/self/mountinfo", "utf8"));
   } catch {
