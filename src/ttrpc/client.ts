@@ -14,10 +14,20 @@ export interface ClientOptions {
   maxMessageSize?: number;
 }
 
-interface Pending {
-  resolve(payload: Uint8Array): void;
-  reject(err: TtrpcError): void;
-  cleanup(): void;
+/** A call waiting for its response. Timer and abort listener exist only when asked for. */
+class Pending {
+  timer: NodeJS.Timeout | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+  constructor(
+    readonly resolve: (payload: Uint8Array) => void,
+    readonly reject: (err: TtrpcError) => void,
+  ) {}
+
+  cleanup(): void {
+    if (this.timer) clearTimeout(this.timer);
+    if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
+  }
 }
 
 const MAX_STREAM_ID = 0xffffffff;
@@ -76,25 +86,20 @@ export class TtrpcClient {
     const id = this.nextId;
     this.nextId += 2;
     return new Promise<Uint8Array>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const signal = opts.signal;
-      const onAbort = () => this.settle(id)?.reject(abortError(signal!));
-      const entry: Pending = {
-        resolve,
-        reject,
-        cleanup: () => {
-          if (timer) clearTimeout(timer);
-          signal?.removeEventListener("abort", onAbort);
-        },
-      };
+      const entry = new Pending(resolve, reject);
       this.pending.set(id, entry);
       if (timeoutMs > 0 && timeoutMs < 2 ** 31 - 1) {
-        timer = setTimeout(
+        entry.timer = setTimeout(
           () => this.settle(id)?.reject(new TtrpcError(Code.DEADLINE_EXCEEDED, "ttrpc: context deadline exceeded")),
           timeoutMs,
         );
       }
-      signal?.addEventListener("abort", onAbort, { once: true });
+      const signal = opts.signal;
+      if (signal) {
+        entry.signal = signal;
+        entry.onAbort = () => this.settle(id)?.reject(abortError(signal));
+        signal.addEventListener("abort", entry.onAbort, { once: true });
+      }
       this.channel.send(frame);
     });
   }
