@@ -1,6 +1,10 @@
 // A ttrpc channel: frames over one Node Duplex (unix socket, vsock pipe, in-memory pair). Reading
 // goes through the pure FrameDecoder; each outgoing frame is one pre-encoded buffer. Writes made
 // in the same tick are corked together so that many small responses leave in one writev.
+// Backpressure: while more than two maximum-size messages wait to be written (the peer is not
+// reading), the channel stops reading from the peer, so a client that never reads its responses
+// cannot keep the server buffering responses (requests already received in one chunk are still
+// served; an in-flight cap would deadlock long polls such as Task.Wait).
 import type { Duplex } from "node:stream";
 import { DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, type FrameHeader, HEADER_LENGTH } from "./frame.ts";
 
@@ -16,6 +20,12 @@ export class Channel {
   private readonly decoder: FrameDecoder;
   private isClosed = false;
   private corked = false;
+  private readPaused = false;
+  private readonly pauseAt: number;
+  private readonly resumeReading = () => {
+    this.readPaused = false;
+    if (!this.isClosed) this.stream.resume();
+  };
   private readonly uncork = () => {
     this.corked = false;
     if (!this.isClosed) this.stream.uncork();
@@ -27,6 +37,7 @@ export class Channel {
     maxMessageSize: number = DEFAULT_MAX_MESSAGE_SIZE,
   ) {
     this.maxMessageSize = maxMessageSize;
+    this.pauseAt = Math.max(2 * maxMessageSize, 64 * 1024);
     this.decoder = new FrameDecoder(
       {
         frame: (h, p) => this.events.frame(h, p),
@@ -67,6 +78,12 @@ export class Channel {
       process.nextTick(this.uncork);
     }
     this.stream.write(frame);
+    if (!this.readPaused && this.stream.writableLength > this.pauseAt) {
+      // The write above returned false (writableLength > highWaterMark), so 'drain' will come.
+      this.readPaused = true;
+      this.stream.pause();
+      this.stream.once("drain", this.resumeReading);
+    }
     return true;
   }
 

@@ -424,3 +424,43 @@ describe("typed services from proto/", () => {
     assert.throws(() => server.registerService("no.such.Service", {}), { code: Code.UNIMPLEMENTED });
   });
 });
+
+describe("ttrpc backpressure", () => {
+  it("stops reading requests while a peer does not read its responses, resumes when it does", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "cove-ttrpc-bp-"));
+    const path = join(dir, "s.sock");
+    const server = new TtrpcServer({ maxMessageSize: 1 << 20 });
+    let handled = 0;
+    server.registerRaw("t.S", "Big", async () => {
+      handled++;
+      return new Uint8Array(512 * 1024);
+    });
+    const net = createServer();
+    server.listen(net);
+    await new Promise<void>((r) => net.listen(path, r));
+    const { createConnection } = await import("node:net");
+    const sock = createConnection(path);
+    cleanups.push(async () => {
+      sock.destroy();
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    await new Promise<void>((r) => sock.once("connect", r));
+    sock.pause(); // a peer that does not read
+    const N = 200;
+    // Requests keep coming in small batches over time (all requests of one chunk are accepted at once).
+    for (let i = 0; i < N; i++) {
+      sock.write(request(2 * i + 1, "t.S", "Big"));
+      if (i % 5 === 4) await sleep(5);
+    }
+    await sleep(100);
+    // 2 MiB of queued output pauses reading; socket buffers hold a little more.
+    assert.ok(handled < N / 2, `server kept reading: ${handled} of ${N} handled with nobody reading`);
+    assert.ok(handled > 0);
+    const peer = new RawPeer(sock);
+    sock.resume();
+    await peer.waitResponses(N, 20_000);
+    assert.equal(handled, N);
+    assert.ok(peer.responses.every((r) => r.response.status === undefined && r.response.payload.length === 512 * 1024));
+  });
+});
