@@ -1,0 +1,25 @@
+#!/bin/sh
+# PID 1 of the nested test host (test/harness/nested.ts). The root is this machine's own root
+# over virtio-9p, read-only; /mnt is the writable share holding cmd.sh. Runs cmd.sh, records its
+# output and exit code on the share, then makes QEMU exit (reboot=t + -no-reboot).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/tmp 2>/dev/null
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none coveshare /mnt
+ip link set lo up 2>/dev/null
+echo "cove-nested: up $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
+cd /mnt/cwd 2>/dev/null || cd /
+HOME=/tmp sh /mnt/cmd.sh > /mnt/output 2>&1 < /dev/null
+echo $? > /mnt/status
+sync
+echo "cove-nested: done $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
+echo b > /proc/sysrq-trigger 2>/dev/null
+reboot -f

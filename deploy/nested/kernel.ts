@@ -1,0 +1,133 @@
+// Builds (once, cached by content) the nested test host's kernel: allnoconfig of Debian's
+// linux-source-6.1 with the guest fragment plus deploy/nested/nested.config (KVM, 9p).
+// Reuses the guest build's helpers and its extracted source tree (src/guest/kernel.ts), but keeps
+// its own kbuild output directory: the guest's is per source tree, and sharing it would make the
+// two configurations rebuild each other. Output: <cache>/nested/<key>/bzImage and the stable
+// symlink <cache>/nested/kernel.
+//   node --import tsx deploy/nested/kernel.ts [--jobs N]
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { dpkgVersion, run, runStreaming } from "../../src/guest/exec.ts";
+import { keyOf, sha256 } from "../../src/guest/hash.ts";
+import {
+  configMismatches,
+  kernelKeys,
+  kernelPaths,
+  LINUX_SOURCE_PACKAGE,
+  LINUX_SOURCE_TARBALL,
+} from "../../src/guest/kernel.ts";
+import { cacheDir, guestInputs } from "../../src/guest/paths.ts";
+import { consoleProgress, type Progress } from "../../src/guest/progress.ts";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const NESTED_FRAGMENT = join(here, "nested.config");
+export const NESTED_INIT = join(here, "init.sh");
+/** Bump when the recipe changes in a way the key does not see. */
+const RECIPE = { version: 1, arch: "x86_64", base: "allnoconfig", target: "bzImage" };
+const BUILD_ENV = { KBUILD_BUILD_USER: "cove", KBUILD_BUILD_HOST: "cove", KBUILD_BUILD_TIMESTAMP: "1970-01-01" };
+
+export function nestedPaths(cache = cacheDir()) {
+  const dir = join(cache, "nested");
+  return { dir, kernel: join(dir, "kernel"), build: join(dir, "build"), src: join(dir, "src") };
+}
+
+/** The fragment the build uses: the guest's options, then the nested host's. */
+export function nestedFragment(): string {
+  const guest = readFileSync(guestInputs().kernelFragment, "utf8");
+  return `${guest}\n# ---- deploy/nested/nested.config ----\n${readFileSync(NESTED_FRAGMENT, "utf8")}`;
+}
+
+export function nestedKey(): string {
+  const linuxSource = dpkgVersion(LINUX_SOURCE_PACKAGE);
+  if (!linuxSource || !existsSync(LINUX_SOURCE_TARBALL))
+    throw new Error(`${LINUX_SOURCE_TARBALL} missing: apt-get install ${LINUX_SOURCE_PACKAGE}`);
+  const gcc = run(["gcc", "--version"]).split("\n")[0] ?? "?";
+  return keyOf({ recipe: RECIPE, linuxSource, fragment: sha256(nestedFragment()), gcc });
+}
+
+/** The cached kernel, if built. */
+export function nestedKernel(cache = cacheDir()): string | undefined {
+  const p = join(nestedPaths(cache).dir, nestedKey(), "bzImage");
+  return existsSync(p) ? p : undefined;
+}
+
+/** A source tree to build from: the guest build's (same package, its patches) or our own copy. */
+function sourceTree(cache: string, progress: Progress): string {
+  const inp = guestInputs();
+  const { key, sourceKey } = kernelKeys({ fragment: inp.kernelFragment, patchesDir: inp.patchesDir });
+  const guest = kernelPaths(cache, key, sourceKey);
+  if (existsSync(join(guest.srcParent, ".complete"))) return guest.src;
+  const own = nestedPaths(cache).src;
+  const tree = join(own, "linux-source-6.1");
+  if (!existsSync(join(own, ".complete"))) {
+    progress.stage(`nested kernel: extracting ${LINUX_SOURCE_TARBALL} (once)`);
+    rmSync(own, { recursive: true, force: true });
+    mkdirSync(own, { recursive: true });
+    run(["tar", "-xf", LINUX_SOURCE_TARBALL, "-C", own]);
+    writeFileSync(join(own, ".complete"), "");
+  }
+  return tree;
+}
+
+export async function buildNestedKernel(
+  cache = cacheDir(),
+  progress: Progress = consoleProgress(),
+  opts: { jobs?: number } = {},
+): Promise<string> {
+  const key = nestedKey();
+  const p = nestedPaths(cache);
+  const out = join(p.dir, key);
+  const bzImage = join(out, "bzImage");
+  if (existsSync(bzImage)) {
+    progress.stage(`nested kernel: up to date (${key})`);
+    return bzImage;
+  }
+  const src = sourceTree(cache, progress);
+  mkdirSync(p.build, { recursive: true });
+  const fragmentFile = join(p.build, "cove-nested.fragment");
+  const fragment = nestedFragment();
+  writeFileSync(fragmentFile, fragment);
+  const make = ["make", "-C", src, `O=${p.build}`, `ARCH=${RECIPE.arch}`];
+  const env = { ...process.env, ...BUILD_ENV };
+  progress.stage("nested kernel: configuring (allnoconfig + guest fragment + deploy/nested/nested.config)");
+  run([...make, `KCONFIG_ALLCONFIG=${fragmentFile}`, RECIPE.base], { env });
+  const bad = configMismatches(fragment, readFileSync(join(p.build, ".config"), "utf8"));
+  if (bad.length) throw new Error(`nested kernel config: options that did not survive:\n  ${bad.join("\n  ")}`);
+  const jobs = opts.jobs ?? 2;
+  progress.stage(`nested kernel: compiling with -j${jobs} (log: ${join(p.build, "build.log")})`);
+  const log: string[] = [];
+  const t0 = Date.now();
+  try {
+    await runStreaming([...make, `-j${jobs}`, RECIPE.target], (line) => {
+      log.push(line);
+      progress.status(line.trim());
+    }, { env });
+  } finally {
+    progress.done();
+    writeFileSync(join(p.build, "build.log"), log.join("\n"));
+  }
+  const tmp = `${out}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  copyFileSync(join(p.build, "arch/x86/boot/bzImage"), join(tmp, "bzImage"));
+  copyFileSync(join(p.build, ".config"), join(tmp, "config"));
+  rmSync(out, { recursive: true, force: true });
+  renameSync(tmp, out);
+  rmSync(p.kernel, { force: true });
+  symlinkSync(join(key, "bzImage"), p.kernel);
+  progress.stage(`nested kernel: built in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  return bzImage;
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const i = process.argv.indexOf("--jobs");
+  const jobs = i > 0 ? Number(process.argv[i + 1]) : undefined;
+  buildNestedKernel(cacheDir(), consoleProgress(), { jobs }).then(
+    (p) => console.log(p),
+    (e: Error) => {
+      console.error(e.message);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,195 @@
+// One microVM: KVM VM with in-kernel irqchip and PIT, guest RAM, a bzImage booted through the
+// 64-bit Linux boot protocol, an MP table, COM1, the buses devices attach to, and one native run
+// thread per vCPU. The guest ends the run by rebooting (reboot=t: triple fault → SHUTDOWN).
+import { readFileSync } from "node:fs";
+import type { Logger } from "pino";
+import type { GuestMemory } from "../virtio/memory.ts";
+import { parseBzImage } from "./boot/bzimage.ts";
+import { entryRegs, longModeSregs, writeBootTables } from "./boot/longmode.ts";
+import { buildMpTable } from "./boot/mptable.ts";
+import { buildZeroPage, e820Map } from "./boot/zeropage.ts";
+import { Bus, type BusDevice } from "./bus.ts";
+import { setupVcpu } from "./cpu.ts";
+import { Cap, Kvm, type Vm } from "./kvm.ts";
+import {
+  CMDLINE_ADDR,
+  CMDLINE_MAX,
+  COM1_PORT,
+  EBDA_START,
+  HIMEM_START,
+  KVM_IDENTITY_MAP_ADDR,
+  KVM_TSS_ADDR,
+  MAX_VCPUS,
+  MiB,
+  ramRanges,
+  SERIAL_IRQ,
+  ZERO_PAGE_ADDR,
+} from "./layout.ts";
+import { allocateGuestRam, type GuestRam } from "./memory.ts";
+import { Serial } from "./serial.ts";
+import { type StopReason, VcpuLoop } from "./vcpu.ts";
+
+/** Arguments every guest gets: console on COM1, triple-fault reboot, no PCI/ACPI probing. */
+export const BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 pci=off acpi=off io_delay=none nomodule";
+
+export interface MachineConfig {
+  /** bzImage path or bytes. */
+  kernel: string | Uint8Array;
+  /** Appended to BASE_CMDLINE. */
+  cmdline?: string;
+  memoryBytes: number;
+  vcpus: number;
+  log: Logger;
+  /** Each complete line the guest writes to its console. */
+  onConsoleLine?: (line: string) => void;
+}
+
+/** Ports Linux touches that need an answer but no behaviour: POST codes, CMOS (UIP clear). */
+class Quiet implements BusDevice {
+  read(_o: number, data: Uint8Array): void {
+    data.fill(0);
+  }
+  write(): void {}
+}
+
+export class Machine {
+  readonly pio: Bus;
+  readonly mmio: Bus;
+  readonly serial: Serial;
+  readonly loops: VcpuLoop[] = [];
+  readonly stopped: Promise<StopReason>;
+  private resolveStopped!: (r: StopReason) => void;
+  private closed = false;
+  private consoleLine: number[] = [];
+  private extraCmdline: string[] = [];
+  private started = false;
+
+  private constructor(
+    readonly cfg: MachineConfig,
+    readonly kvm: Kvm,
+    readonly vm: Vm,
+    private readonly ram: GuestRam,
+  ) {
+    this.pio = new Bus("pio", cfg.log);
+    this.mmio = new Bus("mmio", cfg.log);
+    this.stopped = new Promise((res) => {
+      this.resolveStopped = res;
+    });
+    this.serial = new Serial(
+      (b) => this.consoleByte(b),
+      () => {
+        this.vm.irqLine(SERIAL_IRQ, true);
+        this.vm.irqLine(SERIAL_IRQ, false);
+      },
+    );
+    this.pio.register(COM1_PORT, 8, this.serial, "com1");
+    this.pio.register(0x80, 1, new Quiet(), "post");
+    this.pio.register(0x70, 2, new Quiet(), "cmos");
+  }
+
+  get mem(): GuestMemory {
+    return this.ram.mem;
+  }
+
+  /** Creates the VM and its memory; devices attach next, then boot(). */
+  static create(cfg: MachineConfig): Machine {
+    if (!Number.isInteger(cfg.vcpus) || cfg.vcpus < 1 || cfg.vcpus > MAX_VCPUS) {
+      throw new Error(`vCPU count ${cfg.vcpus} out of range 1..${MAX_VCPUS}`);
+    }
+    ramRanges(cfg.memoryBytes); // validates the size before any fd exists
+    const kvm = Kvm.open();
+    let vm: Vm | undefined;
+    try {
+      vm = kvm.createVm();
+      for (const [cap, name] of [
+        [Cap.IRQCHIP, "IRQCHIP"],
+        [Cap.IOEVENTFD, "IOEVENTFD"],
+        [Cap.IRQFD, "IRQFD"],
+        [Cap.PIT2, "PIT2"],
+      ] as const) {
+        if (!vm.checkExtension(cap)) throw new Error(`KVM lacks KVM_CAP_${name}`);
+      }
+      vm.setTssAddr(KVM_TSS_ADDR);
+      vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
+      vm.createIrqchip();
+      vm.createPit2();
+      const ram = allocateGuestRam(vm, cfg.memoryBytes);
+      return new Machine(cfg, kvm, vm, ram);
+    } catch (err) {
+      vm?.close();
+      kvm.close();
+      throw err;
+    }
+  }
+
+  /** Adds `virtio_mmio.device=…`-style arguments (devices attached before boot()). */
+  addCmdline(arg: string): void {
+    this.extraCmdline.push(arg);
+  }
+
+  /** Loads the kernel and boot structures, sets up the vCPUs and starts them. */
+  boot(): void {
+    if (this.started) throw new Error("machine already booted");
+    this.started = true;
+    const { cfg, mem } = this;
+    const image = parseBzImage(typeof cfg.kernel === "string" ? readFileSync(cfg.kernel) : cfg.kernel);
+    const needed = HIMEM_START + Math.max(image.kernel.length, image.initSize);
+    if (!mem.contains(HIMEM_START, needed - HIMEM_START)) {
+      throw new Error(`guest memory too small for the kernel (needs ${Math.ceil(needed / MiB)} MiB below 3 GiB)`);
+    }
+    mem.write(HIMEM_START, image.kernel);
+    const cmdline = [BASE_CMDLINE, cfg.cmdline ?? "", ...this.extraCmdline].filter(Boolean).join(" ");
+    const cmd = Buffer.from(`${cmdline}\0`);
+    if (cmd.length > CMDLINE_MAX) throw new Error("kernel command line too long");
+    mem.write(CMDLINE_ADDR, cmd);
+    const ranges = ramRanges(cfg.memoryBytes);
+    mem.write(
+      ZERO_PAGE_ADDR,
+      buildZeroPage({ image, cmdlineAddr: CMDLINE_ADDR, cmdlineLength: cmd.length - 1, e820: e820Map(ranges) }),
+    );
+    mem.write(EBDA_START, buildMpTable(EBDA_START, cfg.vcpus));
+    writeBootTables(mem);
+    cfg.log.info({ cmdline, vcpus: cfg.vcpus, memoryMiB: cfg.memoryBytes / MiB, protocol: image.protocol }, "booting");
+
+    const supported = this.kvm.supportedCpuid();
+    for (let id = 0; id < cfg.vcpus; id++) {
+      const vcpu = this.vm.createVcpu(id);
+      setupVcpu(vcpu, supported, cfg.vcpus);
+      if (id === 0) {
+        vcpu.setSregs(longModeSregs(vcpu.getSregs()));
+        vcpu.setRegs(entryRegs(vcpu.getRegs(), HIMEM_START + 0x200, ZERO_PAGE_ADDR));
+      }
+      // Application processors wait in the in-kernel LAPIC for the BSP's INIT/SIPI.
+      this.loops.push(
+        new VcpuLoop(vcpu, { pio: this.pio, mmio: this.mmio, log: cfg.log, onStop: (r) => this.onVcpuStop(id, r) }),
+      );
+    }
+    for (const l of this.loops) l.start();
+  }
+
+  private onVcpuStop(id: number, reason: StopReason): void {
+    this.cfg.log.info({ vcpu: id, reason }, "guest stopped");
+    this.resolveStopped(reason);
+  }
+
+  private consoleByte(b: number): void {
+    if (b === 0x0a) {
+      const line = Buffer.from(this.consoleLine).toString("utf8").replace(/\r$/, "");
+      this.consoleLine = [];
+      this.cfg.log.debug({ console: line });
+      this.cfg.onConsoleLine?.(line);
+    } else if (this.consoleLine.length < 4096) {
+      this.consoleLine.push(b);
+    }
+  }
+
+  /** Stops every vCPU thread and frees the VM and its memory (idempotent). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const l of this.loops) l.stop();
+    this.vm.close();
+    this.kvm.close();
+    this.ram.release();
+  }
+}

@@ -1,0 +1,33 @@
+// Guest RAM for the embedded VMM: anonymous host mappings registered as KVM memory slots, seen by
+// devices through the same GuestMemory abstraction the vhost-user path uses (src/virtio/memory.ts).
+import { addressOf, mapAnonymous, unmap } from "../native/kvm.ts";
+import { GuestMemory } from "../virtio/memory.ts";
+import type { Vm } from "./kvm.ts";
+import { ramRanges } from "./layout.ts";
+
+export interface GuestRam {
+  mem: GuestMemory;
+  /** Unmaps every region (KVM slots must be gone, i.e. the VM closed, or vCPUs stopped). */
+  release(): void;
+}
+
+export function allocateGuestRam(vm: Vm, bytes: number): GuestRam {
+  const maps: ArrayBuffer[] = [];
+  try {
+    const regions = ramRanges(bytes).map((r, slot) => {
+      const ab = mapAnonymous(r.size);
+      maps.push(ab);
+      vm.setMemoryRegion(slot, r.guestAddr, r.size, addressOf(ab));
+      return { guestAddr: r.guestAddr, bytes: Buffer.from(ab) };
+    });
+    return {
+      mem: new GuestMemory(regions),
+      release() {
+        for (const ab of maps) unmap(ab);
+      },
+    };
+  } catch (err) {
+    for (const ab of maps) unmap(ab);
+    throw err;
+  }
+}
