@@ -46,11 +46,15 @@ let cached: protobuf.Root | undefined;
 
 export function root(): protobuf.Root {
   if (cached) return cached;
-  cached =
-    typeof __COVE_PROTO_JSON__ !== "undefined" && __COVE_PROTO_JSON__
-      ? protobuf.Root.fromJSON(__COVE_PROTO_JSON__).resolveAll()
-      : parseProtoDir(protoDir());
-  return cached;
+  let r: protobuf.Root;
+  if (typeof __COVE_PROTO_JSON__ !== "undefined" && __COVE_PROTO_JSON__) {
+    r = protobuf.Root.fromJSON(__COVE_PROTO_JSON__);
+    r.resolveAll();
+  } else {
+    r = parseProtoDir(protoDir());
+  }
+  cached = r;
+  return r;
 }
 
 /** A message type by its full name, e.g. "containerd.task.v2.CreateTaskRequest". */
