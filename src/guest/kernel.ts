@@ -20,6 +20,7 @@ import { availableParallelism } from "node:os";
 import { basename, join } from "node:path";
 import { dpkgVersion, run, runStreaming } from "./exec.ts";
 import { fileSha256, keyOf, sha256 } from "./hash.ts";
+import { acquireLock } from "./lock.ts";
 import type { Progress } from "./progress.ts";
 
 export const LINUX_SOURCE_PACKAGE = "linux-source-6.1";
@@ -145,6 +146,31 @@ export async function buildKernel(
     return result(true);
   }
 
+  mkdirSync(join(cache, "kernel", "build"), { recursive: true });
+  const release = await acquireLock(`${p.build}.lock`, (pid) =>
+    progress.stage(`kernel: waiting for another build (pid ${pid}) to finish`),
+  );
+  try {
+    // Another build may have made it while we waited.
+    if (!opts.force && existsSync(join(p.out, "manifest.json"))) {
+      progress.stage(`kernel: up to date (${key})`);
+      return result(true);
+    }
+    return await compileKernel(inp, progress, p, key, patches, opts.jobs, result);
+  } finally {
+    release();
+  }
+}
+
+async function compileKernel(
+  inp: KernelInputs,
+  progress: Progress,
+  p: ReturnType<typeof kernelPaths>,
+  key: string,
+  patches: { name: string; sha256: string }[],
+  jobsOpt: number | undefined,
+  result: (cached: boolean, compileSeconds?: number) => KernelBuild,
+): Promise<KernelBuild> {
   // 1. Source tree, extracted once per package version + patch set.
   const complete = join(p.srcParent, ".complete");
   if (!existsSync(complete)) {
@@ -172,7 +198,7 @@ export async function buildKernel(
     );
 
   // 3. Compile, counting compiler lines for a progress display.
-  const jobs = opts.jobs ?? availableParallelism();
+  const jobs = jobsOpt ?? availableParallelism();
   const countFile = join(p.build, ".cove-cc-count");
   const expected = existsSync(countFile) ? Number(readFileSync(countFile, "utf8")) || 0 : 0;
   progress.stage(`kernel: compiling with -j${jobs} (log: ${join(p.build, "build.log")})`);
