@@ -16,10 +16,9 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none coveshare /mnt
 ip link set lo up 2>/dev/null
 echo "cove-nested: up $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
-cd /mnt/cwd 2>/dev/null || cd /
+cd /
 HOME=/tmp sh /mnt/cmd.sh > /mnt/output 2>&1 < /dev/null
 echo $? > /mnt/status
 sync
 echo "cove-nested: done $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
-echo b > /proc/sysrq-trigger 2>/dev/null
-reboot -f
+busybox reboot -f 2>/dev/null || reboot -f

@@ -3,6 +3,7 @@
 // thread per vCPU. The guest ends the run by rebooting (reboot=t: triple fault → SHUTDOWN).
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
+import type { VirtioDevice } from "../virtio/device.ts";
 import type { GuestMemory } from "../virtio/memory.ts";
 import { parseBzImage } from "./boot/bzimage.ts";
 import { entryRegs, longModeSregs, writeBootTables } from "./boot/longmode.ts";
@@ -10,24 +11,30 @@ import { buildMpTable } from "./boot/mptable.ts";
 import { buildZeroPage, e820Map } from "./boot/zeropage.ts";
 import { Bus, type BusDevice } from "./bus.ts";
 import { setupVcpu } from "./cpu.ts";
+import { GsiRouter } from "./irq.ts";
 import { Cap, Kvm, type Vm } from "./kvm.ts";
 import {
   CMDLINE_ADDR,
   CMDLINE_MAX,
   COM1_PORT,
   EBDA_START,
+  FIRST_DEVICE_IRQ,
   HIMEM_START,
+  IOAPIC_PINS,
   KVM_IDENTITY_MAP_ADDR,
   KVM_TSS_ADDR,
   MAX_VCPUS,
   MiB,
   ramRanges,
   SERIAL_IRQ,
+  VIRTIO_MMIO_BASE,
   ZERO_PAGE_ADDR,
 } from "./layout.ts";
 import { allocateGuestRam, type GuestRam } from "./memory.ts";
 import { Serial } from "./serial.ts";
 import { type StopReason, VcpuLoop } from "./vcpu.ts";
+import { MmioTransport, WINDOW_SIZE } from "./virtio-mmio.ts";
+import { KvmMmioInterrupts, KvmMmioNotifiers } from "./virtio-mmio-kvm.ts";
 
 /** Arguments every guest gets: console on COM1, triple-fault reboot, no PCI/ACPI probing. */
 export const BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 pci=off acpi=off io_delay=none nomodule";
@@ -63,6 +70,9 @@ export class Machine {
   private consoleLine: number[] = [];
   private extraCmdline: string[] = [];
   private started = false;
+  readonly router: GsiRouter;
+  readonly transports: MmioTransport[] = [];
+  private readonly deviceIrqs: { interrupts: KvmMmioInterrupts; notifiers: KvmMmioNotifiers }[] = [];
 
   private constructor(
     readonly cfg: MachineConfig,
@@ -70,6 +80,7 @@ export class Machine {
     readonly vm: Vm,
     private readonly ram: GuestRam,
   ) {
+    this.router = new GsiRouter(vm);
     this.pio = new Bus("pio", cfg.log);
     this.mmio = new Bus("mmio", cfg.log);
     this.stopped = new Promise((res) => {
@@ -125,6 +136,26 @@ export class Machine {
   /** Adds `virtio_mmio.device=…`-style arguments (devices attached before boot()). */
   addCmdline(arg: string): void {
     this.extraCmdline.push(arg);
+  }
+
+  /**
+   * Attaches a virtio device on the next virtio-mmio window and IOAPIC pin, with irqfd/ioeventfd
+   * wiring and the Dragonball MSI/doorbell extension; it is announced on the command line.
+   */
+  addVirtioDevice(device: VirtioDevice): MmioTransport {
+    if (this.started) throw new Error("devices are attached before boot()");
+    const n = this.transports.length;
+    const pin = FIRST_DEVICE_IRQ + n;
+    if (pin >= IOAPIC_PINS) throw new Error("no IOAPIC pin left for another virtio-mmio device");
+    const base = VIRTIO_MMIO_BASE + n * WINDOW_SIZE;
+    const interrupts = new KvmMmioInterrupts(this.vm, this.router, pin);
+    const notifiers = new KvmMmioNotifiers(this.vm, base);
+    const t = new MmioTransport({ device, mem: this.mem, interrupts, notifiers, log: this.cfg.log });
+    this.mmio.register(base, WINDOW_SIZE, t, device.name);
+    this.transports.push(t);
+    this.deviceIrqs.push({ interrupts, notifiers });
+    this.addCmdline(`virtio_mmio.device=${WINDOW_SIZE / 1024}K@0x${base.toString(16)}:${pin}`);
+    return t;
   }
 
   /** Loads the kernel and boot structures, sets up the vCPUs and starts them. */
@@ -188,6 +219,11 @@ export class Machine {
     if (this.closed) return;
     this.closed = true;
     for (const l of this.loops) l.stop();
+    for (const t of this.transports) t.device.reset();
+    for (const d of this.deviceIrqs) {
+      d.notifiers.detachAll();
+      d.interrupts.close();
+    }
     this.vm.close();
     this.kvm.close();
     this.ram.release();

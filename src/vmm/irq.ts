@@ -1,0 +1,58 @@
+// The VM's GSI routing table. KVM_SET_GSI_ROUTING replaces the whole table, so one owner keeps
+// it: KVM's default routes for the 24 legacy pins (PIC + IOAPIC for 0-15, IOAPIC for 16-23 —
+// dropping them would silently break every legacy interrupt) plus one MSI route per device vector.
+import type { GsiRoute, Vm } from "./kvm.ts";
+import { IOAPIC_PINS } from "./layout.ts";
+
+const IRQCHIP_PIC_MASTER = 0;
+const IRQCHIP_PIC_SLAVE = 1;
+const IRQCHIP_IOAPIC = 2;
+/** KVM's table holds up to 4096 GSIs; plenty for a microVM's devices. */
+const MAX_GSI = 1024;
+
+export function defaultRoutes(): GsiRoute[] {
+  const r: GsiRoute[] = [];
+  for (let pin = 0; pin < IOAPIC_PINS; pin++) {
+    if (pin < 16) {
+      r.push({ kind: "irqchip", gsi: pin, irqchip: pin < 8 ? IRQCHIP_PIC_MASTER : IRQCHIP_PIC_SLAVE, pin: pin % 8 });
+    }
+    r.push({ kind: "irqchip", gsi: pin, irqchip: IRQCHIP_IOAPIC, pin });
+  }
+  return r;
+}
+
+export class GsiRouter {
+  private readonly msi = new Map<number, { addressLo: number; addressHi: number; data: number }>();
+  private next = IOAPIC_PINS;
+  private free: number[] = [];
+
+  constructor(private readonly vm: Pick<Vm, "setGsiRouting">) {}
+
+  /** A GSI number for a new MSI vector (not routed until setMsi). */
+  allocate(): number {
+    const g = this.free.pop() ?? this.next++;
+    if (g >= MAX_GSI) throw new Error("out of GSIs for MSI vectors");
+    return g;
+  }
+
+  setMsi(gsi: number, addressLo: number, addressHi: number, data: number): void {
+    this.msi.set(gsi, { addressLo, addressHi, data });
+    this.commit();
+  }
+
+  release(gsi: number): void {
+    if (this.msi.delete(gsi)) this.commit();
+    this.free.push(gsi);
+  }
+
+  /** The table as it is sent to KVM. */
+  table(): GsiRoute[] {
+    const t = defaultRoutes();
+    for (const [gsi, m] of this.msi) t.push({ kind: "msi", gsi, ...m });
+    return t;
+  }
+
+  private commit(): void {
+    this.vm.setGsiRouting(this.table());
+  }
+}
