@@ -30,7 +30,8 @@ function version(argv: string[]): string {
 function artifact(name: string, path: string, required: boolean, fix: string): CheckResult {
   if (!existsSync(path)) return { name, ok: false, required, detail: `${path} missing`, fix };
   const real = realpathSync(path);
-  return { name, ok: true, required, detail: `${path} -> ${real} (${MiB(statSync(real).size)})` };
+  const shown = real === path ? path : `${path} -> ${real}`;
+  return { name, ok: true, required, detail: `${shown} (${MiB(statSync(real).size)})` };
 }
 
 function program(name: string, bin: string, pkg: string, required: boolean, versionArgs = ["--version"]): CheckResult {
