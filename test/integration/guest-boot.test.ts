@@ -16,7 +16,7 @@ test("guest boots to the agent's readiness line and shuts down cleanly (QEMU mic
     kernel: a.kernel,
     rootfs: a.rootfs,
     memMiB: 512,
-    cmdline: "cove.shutdown_after_ready=1 cove.hostname=cove-test",
+    cmdline: "cove.shutdown_after_ready=1 cove.hostname=cove-test cove.selftest=1",
     // TCG on a shared 2-core machine: boot-to-ready is a few seconds; allow a lot more.
     timeoutMs: 120_000,
     exitTimeoutMs: 30_000,
@@ -43,6 +43,11 @@ test("guest boots to the agent's readiness line and shuts down cleanly (QEMU mic
   assert.equal(info.hostname, "cove-test");
   for (const m of ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp", "/sys/fs/cgroup"])
     assert.ok(info.mounts.includes(m), `${m} not mounted (have ${info.mounts.join(" ")})${tail}`);
+
+  // The image's OCI runtime runs in the guest (all its libraries made it into the image).
+  const self = r.serial.find((l) => l.includes('"selftest'));
+  assert.ok(self?.includes('"selftest ok"'), `runtime self-test: ${self ?? "no selftest line"}${tail}`);
+  assert.match(self ?? "", /"version":"(crun|runc) version/);
 
   // A clean end: the agent asked for it, the kernel restarted (reboot=t), QEMU (-no-reboot) exited 0.
   assert.ok(
