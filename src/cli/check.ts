@@ -3,11 +3,12 @@
 
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
+import { imageRecipe } from "../guest/build.ts";
 import { which } from "../guest/exec.ts";
-import { LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
-import { cacheDir, guestArtifacts, repoRoot } from "../guest/paths.ts";
+import { kernelKeys, LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
+import { cacheDir, guestArtifacts, guestInputs, repoRoot } from "../guest/paths.ts";
 import type { Command } from "./command.ts";
 
 export interface CheckResult {
@@ -72,6 +73,41 @@ function kvm(): CheckResult {
   return { name, ok: true, required: false, detail };
 }
 
+/** Whether the published kernel and image match the checkout's current inputs (fragment, agent, ...). */
+function freshness(a: ReturnType<typeof guestArtifacts>, root: string): CheckResult {
+  const name = "guest up to date";
+  if (!existsSync(a.kernel) || !existsSync(a.rootfs))
+    return { name, ok: false, required: false, detail: "not built yet", fix: "npm run guest" };
+  try {
+    const gi = guestInputs(root);
+    const stale: string[] = [];
+    if (
+      basename(dirname(realpathSync(a.kernel))) !==
+      kernelKeys({ fragment: gi.kernelFragment, patchesDir: gi.patchesDir }).key
+    )
+      stale.push("kernel");
+    const imageKeyNow = basename(dirname(realpathSync(a.rootfs)));
+    if (imageKeyNow !== imageRecipe(root).key && imageKeyNow !== imageRecipe(root, "lz4hc").key) stale.push("image");
+    return stale.length
+      ? {
+          name,
+          ok: false,
+          required: false,
+          detail: `${stale.join(" and ")} built from older inputs`,
+          fix: "npm run guest",
+        }
+      : { name, ok: true, required: false, detail: "kernel and image match the checkout's inputs" };
+  } catch (e) {
+    return {
+      name,
+      ok: false,
+      required: false,
+      detail: `cannot tell: ${(e as Error).message.split("\n")[0]}`,
+      fix: "npm run guest",
+    };
+  }
+}
+
 export function runChecks(cache = cacheDir()): CheckResult[] {
   const a = guestArtifacts(cache);
   let root: string | undefined;
@@ -102,6 +138,7 @@ export function runChecks(cache = cacheDir()): CheckResult[] {
           fix: "apt-get install -y linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev",
         },
   );
+  if (root) r.push(freshness(a, root));
   r.push(kvm());
   if (root) {
     r.push(

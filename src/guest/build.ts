@@ -26,19 +26,25 @@ export interface GuestBuildOptions {
   compress?: "lz4" | "lz4hc";
 }
 
+/** The image's inputs, layout and cache key as the checkout stands now. */
+export function imageRecipe(root: string, compress?: "lz4" | "lz4hc") {
+  const gi = guestInputs(root);
+  const inputs = findImageInputs(gi.agentBundle, gi.addon);
+  const plan = imagePlan(inputs);
+  const key = imageKey(
+    [...plan, { kind: "content", path: "/.cove-erofs", content: compress ?? "none", mode: 0o644 }],
+    inputs,
+  );
+  return { inputs, plan, key };
+}
+
 export async function buildImage(
   cache: string,
   root: string,
   progress: Progress,
   opts: GuestBuildOptions = {},
 ): Promise<ImageBuild> {
-  const gi = guestInputs(root);
-  const inputs = findImageInputs(gi.agentBundle, gi.addon);
-  const plan = imagePlan(inputs);
-  const key = imageKey(
-    [...plan, { kind: "content", path: "/.cove-erofs", content: opts.compress ?? "none", mode: 0o644 }],
-    inputs,
-  );
+  const { inputs, plan, key } = imageRecipe(root, opts.compress);
   const dir = join(cache, "image", key);
   const rootfs = join(dir, "rootfs.erofs");
   if (!opts.force && existsSync(join(dir, "manifest.json"))) {
