@@ -170,7 +170,7 @@ export function formatChecks(results: CheckResult[]): string {
   const w = Math.max(...results.map((c) => c.name.length));
   const lines: string[] = [];
   for (const c of results) {
-    const status = c.ok ? "ok     " : c.required ? "MISSING" : "absent ";
+    const status = c.ok ? "ok     " : c.required ? "MISSING" : "warn   ";
     lines.push(`${status}  ${c.name.padEnd(w)}  ${c.detail}`);
     if (!c.ok && c.fix) lines.push(`${" ".repeat(w + 11)}fix: ${c.fix}`);
   }
