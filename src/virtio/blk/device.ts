@@ -81,7 +81,7 @@ export class BlkDevice implements VirtioDevice {
     this.readOnly = opts.readOnly ?? false;
     this.backing = backing;
     const nq = opts.numQueues ?? 1;
-    this.queueMaxSizes = Array.from({ length: nq }, () => opts.queueSize ?? 256);
+    this.queueMaxSizes = Array.from({ length: nq }, () => opts.queueSize ?? 1024);
     this.serial = Buffer.alloc(VIRTIO_BLK_ID_BYTES);
     Buffer.from(opts.serial ?? "", "utf8").copy(this.serial, 0, 0, VIRTIO_BLK_ID_BYTES);
     this.name = `virtio-blk(${opts.serial ?? opts.path ?? "empty"})`;
@@ -148,6 +148,7 @@ export class BlkDevice implements VirtioDevice {
       q.eventIdx = (ctx.features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
       q.indirect = (ctx.features & bit(VIRTIO_F_RING_INDIRECT_DESC)) !== 0n;
       q.onBroken = (reason) => this.fail(`queue ${i}: ${reason}`);
+      if (q.broken) this.fail(`queue ${i}: ${q.broken}`);
       this.notify(i);
     });
   }

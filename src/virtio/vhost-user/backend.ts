@@ -5,14 +5,14 @@
 // (us → guest interrupt). Config space goes through GET_CONFIG/SET_CONFIG; a config change
 // (blk capacity) is announced on the slave channel.
 import { existsSync, unlinkSync } from "node:fs";
-import { type ActivateContext, bit, type InterruptSink, type VirtioDevice } from "../device.ts";
-import { defaultLogger, type Logger } from "../log.ts";
-import { GuestMemory, type MemoryRegion } from "../memory.ts";
-import { Queue } from "../queue/queue.ts";
 import { eventfdRead, eventfdWrite } from "../../native/eventfd.ts";
 import { closeFd, recvWithFds, sendWithFds, unixAccept, unixListen } from "../../native/fdpass.ts";
 import { mmapFd } from "../../native/mmap.ts";
 import { type FdPoll, POLL_READABLE, POLL_WRITABLE, pollFd } from "../../native/poll.ts";
+import { type ActivateContext, bit, type InterruptSink, type VirtioDevice } from "../device.ts";
+import { defaultLogger, type Logger } from "../log.ts";
+import { GuestMemory, type MemoryRegion } from "../memory.ts";
+import { Queue } from "../queue/queue.ts";
 import {
   FLAG_NEED_REPLY,
   FLAG_REPLY,
@@ -50,7 +50,10 @@ interface Vring {
 }
 
 const OFFERED_PROTOCOL =
-  bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.SLAVE_REQ) | bit(ProtocolFeature.CONFIG);
+  bit(ProtocolFeature.MQ) |
+  bit(ProtocolFeature.REPLY_ACK) |
+  bit(ProtocolFeature.SLAVE_REQ) |
+  bit(ProtocolFeature.CONFIG);
 
 export class VhostUserBackend {
   private listenFd = -1;
@@ -354,7 +357,26 @@ export class VhostUserBackend {
     r.kickFd = fd;
     if (fd !== undefined) {
       r.kickPoll = pollFd(fd, POLL_READABLE, () => {
-        if (eventfdRead(fd) > 0 && this.active) this.device.notify(i);
+        const n = eventfdRead(fd);
+        if (this.log.isLevelEnabled("trace"))
+          this.log.trace(
+            {
+              ring: i,
+              n,
+              active: this.active,
+              q: r.queue && {
+                size: r.queue.size,
+                d: r.queue.descTable,
+                a: r.queue.availRing,
+                u: r.queue.usedRing,
+                na: r.queue.nextAvail,
+                p: r.queue.pending(),
+                b: r.queue.broken,
+              },
+            },
+            "kick",
+          );
+        if (n > 0 && this.active) this.device.notify(i);
       });
     }
     // "If VHOST_USER_F_PROTOCOL_FEATURES has not been negotiated, the ring starts enabled."
@@ -368,7 +390,8 @@ export class VhostUserBackend {
     if (!this.mem || r.desc === undefined || r.avail === undefined || r.used === undefined) return;
     const tr = (uva: bigint, what: string): number => {
       const g = this.mem!.userToGuest(uva);
-      if (g === undefined) throw new Error(`ring ${i} ${what} address 0x${uva.toString(16)} is not in the memory table`);
+      if (g === undefined)
+        throw new Error(`ring ${i} ${what} address 0x${uva.toString(16)} is not in the memory table`);
       return g;
     };
     r.queue = new Queue(

@@ -84,7 +84,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
       throw new Error(`invalid guest CID ${opts.guestCid} (3 … 2^32-2)`);
     }
     this.guestCid = BigInt(opts.guestCid);
-    this.queueMaxSizes = [opts.queueSize ?? 256, opts.queueSize ?? 256, opts.queueSize ?? 256];
+    this.queueMaxSizes = [opts.queueSize ?? 1024, opts.queueSize ?? 1024, opts.queueSize ?? 1024];
     this.log = (opts.logger ?? defaultLogger).child({ device: this.name, cid: opts.guestCid });
   }
 
@@ -113,6 +113,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
       q.eventIdx = (ctx.features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
       q.indirect = (ctx.features & bit(VIRTIO_F_RING_INDIRECT_DESC)) !== 0n;
       q.onBroken = (reason) => this.fail(`queue ${i}: ${reason}`);
+      if (q.broken) this.fail(`queue ${i}: ${q.broken}`);
     });
     this.notify(TX_QUEUE);
     this.schedulePump();

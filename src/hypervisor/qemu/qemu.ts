@@ -1,0 +1,162 @@
+// The qemu backend: QEMU microvm with our own virtio devices attached over vhost-user
+// (blk per disk, vsock), serial console captured, accelerator chosen from the host.
+import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { PassThrough } from "node:stream";
+import { type Logger, pino } from "pino";
+import { BlkDevice } from "../../virtio/blk/device.ts";
+import { VhostUserBackend } from "../../virtio/vhost-user/backend.ts";
+import { VsockDevice } from "../../virtio/vsock/device.ts";
+import { HybridVsock } from "../../virtio/vsock/hybrid.ts";
+import type { Hypervisor, RunningVm, VmConfig, VmExit } from "../types.ts";
+import { type AccelChoice, chooseAccel } from "./accel.ts";
+import { qemuArgs } from "./args.ts";
+
+export const QEMU_BINARY = process.env.COVE_QEMU ?? "qemu-system-x86_64";
+
+export class QemuHypervisor implements Hypervisor {
+  readonly name = "qemu";
+  constructor(private readonly accel: AccelChoice = chooseAccel()) {}
+
+  async start(cfg: VmConfig): Promise<RunningVm> {
+    const log = (cfg.logger ?? pino({ level: "warn" }, pino.destination(2))).child({ vm: cfg.id, hypervisor: "qemu" });
+    log.info({ accel: this.accel.accel, reason: this.accel.reason }, "qemu accelerator");
+    mkdirSync(cfg.workDir, { recursive: true });
+    const cleanups: (() => Promise<void> | void)[] = [];
+    const cleanup = async () => {
+      for (const c of cleanups.splice(0).reverse()) {
+        try {
+          await c();
+        } catch (e) {
+          log.warn({ err: (e as Error).message }, "cleanup step failed");
+        }
+      }
+    };
+    try {
+      const disks = new Map<string, BlkDevice>();
+      const blkSockets: string[] = [];
+      for (const [n, d] of cfg.disks.entries()) {
+        const dev = await BlkDevice.create({
+          path: d.path,
+          readOnly: d.readOnly,
+          serial: d.serial ?? d.id,
+          logger: log,
+        });
+        cleanups.push(() => dev.close());
+        const sock = join(cfg.workDir, `blk${n}.sock`);
+        const be = new VhostUserBackend(dev, sock, { logger: log });
+        be.listen();
+        cleanups.push(() => be.close());
+        // A media change while the rings are stopped still reaches the guest through QEMU.
+        dev.onConfigChange = () => be.configChanged();
+        disks.set(d.id, dev);
+        blkSockets.push(sock);
+      }
+      const vsock = new VsockDevice({ guestCid: cfg.vsock.guestCid, logger: log });
+      cleanups.push(() => vsock.reset());
+      const vsockSocket = join(cfg.workDir, "vsock.sock");
+      // QEMU's vhost-user-vsock keeps the event queue itself: the backend drives rx and tx.
+      const vbe = new VhostUserBackend(vsock, vsockSocket, { queues: 2, logger: log });
+      vbe.listen();
+      cleanups.push(() => vbe.close());
+      if (cfg.vsock.hybridSocket) {
+        const h = new HybridVsock(vsock, cfg.vsock.hybridSocket, { logger: log });
+        await h.listen();
+        cleanups.push(() => h.close());
+      }
+
+      const args = qemuArgs({
+        kernel: cfg.kernel,
+        cmdline: cfg.cmdline,
+        memoryMiB: cfg.memoryMiB,
+        vcpus: cfg.vcpus,
+        accel: this.accel.accel,
+        blkSockets,
+        vsockSocket,
+      });
+      log.debug({ argv: [QEMU_BINARY, ...args].join(" ") }, "starting qemu");
+      const child = spawn(QEMU_BINARY, args, { stdio: ["pipe", "pipe", "pipe"] });
+      const console = new PassThrough();
+      child.stdout!.pipe(console);
+      if (cfg.consoleLog) child.stdout!.pipe(createWriteStream(cfg.consoleLog, { flags: "a" }));
+      let stderr = "";
+      child.stderr!.on("data", (d: Buffer) => {
+        stderr = (stderr + d.toString()).slice(-8192);
+        log.warn({ qemu: d.toString().trim() }, "qemu stderr");
+      });
+      await new Promise<void>((resolve, reject) => {
+        child.once("spawn", resolve);
+        child.once("error", reject);
+      });
+      const exited = new Promise<VmExit>((resolve) => {
+        child.once("exit", (code, signal) => {
+          log.info({ code, signal }, "qemu exited");
+          cleanup().then(() => resolve({ code, signal }));
+        });
+      });
+      return new QemuVm(child, console, vsock, disks, exited, () => stderr);
+    } catch (e) {
+      await cleanup();
+      throw e;
+    }
+  }
+}
+
+class QemuVm implements RunningVm {
+  constructor(
+    private readonly child: ChildProcess,
+    readonly console: PassThrough,
+    private readonly vsock: VsockDevice,
+    private readonly disks: Map<string, BlkDevice>,
+    private readonly exited: Promise<VmExit>,
+    readonly stderr: () => string,
+  ) {}
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  connectVsock(port: number, timeoutMs?: number) {
+    return this.vsock.connect(port, timeoutMs);
+  }
+
+  listenVsock(port: number, onStream: (s: import("node:stream").Duplex) => void): () => void {
+    return this.vsock.listen(port, onStream);
+  }
+
+  async changeMedia(diskId: string, path: string | undefined): Promise<void> {
+    const d = this.disks.get(diskId);
+    if (!d) throw new Error(`no disk slot ${diskId}`);
+    await d.changeMedia(path);
+  }
+
+  wait(): Promise<VmExit> {
+    return this.exited;
+  }
+
+  async stop(timeoutMs = 5000): Promise<VmExit> {
+    const done = await Promise.race([this.exited, sleep(timeoutMs).then(() => undefined)]);
+    if (done) return done;
+    this.child.kill("SIGTERM");
+    const t = await Promise.race([this.exited, sleep(2000).then(() => undefined)]);
+    if (t) return t;
+    return this.kill();
+  }
+
+  kill(): Promise<VmExit> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+    return this.exited;
+  }
+
+  /** Device metrics (tests, benchmarks). */
+  get devices() {
+    return { vsock: this.vsock, disks: this.disks };
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+export type { Logger };

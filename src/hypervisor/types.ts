@@ -1,0 +1,62 @@
+// The Hypervisor interface the sandbox calls: start a VM from a config, then talk to it through
+// its console, its vsock (agent channel) and its disks, and stop it. Backends: qemu (here) and
+// the embedded VMM.
+import type { Duplex, Readable } from "node:stream";
+import type { Logger } from "pino";
+
+export interface DiskConfig {
+  /** Stable name used for media changes (e.g. "root", "ctr-1"). */
+  id: string;
+  /** File or block device; undefined = an empty slot whose media is inserted later. */
+  path?: string;
+  readOnly?: boolean;
+  /** What the guest sees in /sys/block/vdX/serial (≤ 20 bytes); defaults to id. */
+  serial?: string;
+}
+
+export interface VmConfig {
+  /** Used in file names and logs. */
+  id: string;
+  kernel: string;
+  cmdline: string;
+  memoryMiB: number;
+  vcpus: number;
+  /** In order: the first is /dev/vda. */
+  disks: DiskConfig[];
+  vsock: {
+    guestCid: number;
+    /** Hybrid vsock Unix socket (CONNECT <port>), optional; guest connections to host port P go to <path>_P. */
+    hybridSocket?: string;
+  };
+  /** Directory for sockets and logs (created; files removed at exit). */
+  workDir: string;
+  /** Also append the serial console to this file. */
+  consoleLog?: string;
+  logger?: Logger;
+}
+
+export interface VmExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface RunningVm {
+  readonly pid: number;
+  /** The guest's serial console output. */
+  readonly console: Readable;
+  /** Opens a stream to a guest vsock port (rejects with ECONNREFUSED / ETIMEDOUT). */
+  connectVsock(port: number, timeoutMs?: number): Promise<Duplex>;
+  /** Accepts guest connections to host vsock port `port`; returns a function that stops listening. */
+  listenVsock(port: number, onStream: (s: Duplex) => void): () => void;
+  /** Inserts, replaces or ejects (undefined) the media of a disk slot; the guest sees a capacity change. */
+  changeMedia(diskId: string, path: string | undefined): Promise<void>;
+  /** Waits up to timeoutMs for the guest to exit on its own, then terminates QEMU. */
+  stop(timeoutMs?: number): Promise<VmExit>;
+  kill(): Promise<VmExit>;
+  wait(): Promise<VmExit>;
+}
+
+export interface Hypervisor {
+  readonly name: string;
+  start(config: VmConfig): Promise<RunningVm>;
+}
