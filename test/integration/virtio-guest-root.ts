@@ -22,8 +22,8 @@ const INIT = `#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs tmp /tmp
-socat VSOCK-LISTEN:${ECHO_PORT},fork,reuseaddr EXEC:cat &
-socat VSOCK-LISTEN:${CMD_PORT},fork,reuseaddr EXEC:/bin/sh,stderr &
+socat -t 600 VSOCK-LISTEN:${ECHO_PORT},fork,reuseaddr,backlog=128 EXEC:cat &
+socat -t 600 VSOCK-LISTEN:${CMD_PORT},fork,reuseaddr,backlog=128 EXEC:/bin/sh,stderr &
 echo COVE-TEST-GUEST-READY
 exec sleep 100000
 `;
