@@ -144,6 +144,7 @@ describe("guest on qemu + our vhost-user blk and vsock", { skip, timeout: 300_00
   it("reads and writes the scratch disk from the guest, verified on the host", async () => {
     const out = await guestSh(
       [
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell script, not a template
         'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = scratch ] && S=/dev/${d##*/}; done',
         "echo DEV=$S",
         "dd if=$S bs=1M count=16 2>/dev/null | sha256sum",

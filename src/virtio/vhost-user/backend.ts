@@ -64,6 +64,7 @@ export class VhostUserBackend {
   private readonly rings: Vring[];
   private mem: GuestMemory | undefined;
   /** Keeps the mmaps alive (they are unmapped when collected). */
+  // biome-ignore lint/correctness/noUnusedPrivateClassMembers: holds the mmaps; dropping it unmaps guest RAM
   private mappings: ArrayBuffer[] = [];
   private features = 0n;
   private protocolFeatures = 0n;

@@ -14,7 +14,6 @@ import {
 } from "../device.ts";
 import { defaultLogger, type Logger } from "../log.ts";
 import { gather, scatter } from "../queue/chain.ts";
-import type { Queue } from "../queue/queue.ts";
 import { CONN_BUF_ALLOC, Connection, type ConnOwner, type VsockStream } from "./connection.ts";
 import { VsockMetrics } from "./metrics.ts";
 import {
