@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { COVE_RUNTIME_TYPE, Containerd, REPO_ROOT } from "../harness/containerd.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage } from "../harness/image.ts";
-import { filesUnder, mountsUnder, processesWithArg, waitFor } from "../harness/processes.ts";
+import { filesUnder, mountsUnder, processesWithArg, processesWithCwdUnder, waitFor } from "../harness/processes.ts";
 import { requireIntegration } from "../harness/skip.ts";
 
 const SHIM_BUNDLE = join(REPO_ROOT, "dist", "containerd-shim-cove-v2.cjs");
@@ -44,6 +44,11 @@ async function assertNothingLeft(cd: Containerd, id: string): Promise<void> {
     processesWithArg(cd.address).map((p) => p.argv.join(" ")),
     [],
     "no shim process",
+  );
+  assert.deepEqual(
+    processesWithCwdUnder(cd.dir).map((p) => p.argv.join(" ")),
+    [],
+    "no process (shim, VMM, helper) running in a bundle",
   );
   assert.equal(existsSync(socket), false, `shim socket ${socket} removed`);
   assert.deepEqual(mountsUnder(cd.dir), [], "no mounts under containerd's dirs");
