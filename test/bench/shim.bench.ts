@@ -42,6 +42,8 @@ const WARMUP = 1000;
 const ROUNDS = Number(process.env.COVE_BENCH_ROUNDS ?? 5);
 const START_RUNS = Number(process.env.COVE_BENCH_START_RUNS ?? 9);
 const PROFILE = process.env.COVE_BENCH_PROFILE === "1";
+/** e.g. "warn": run our daemon with that log level (via $COVE_CONFIG) to see what per-RPC logging costs. */
+const LOG_LEVEL = process.env.COVE_BENCH_LOG_LEVEL;
 
 const work = mkdtempSync(join(tmpdir(), "cove-bench-"));
 const containerdAddress = join(work, "containerd.sock"); // never served: only hashed into the socket path
@@ -113,6 +115,11 @@ async function startShim(name: ShimName): Promise<RunningShim> {
     "start",
   ];
   let cmd: string = SHIMS[name];
+  if (LOG_LEVEL && name === "cove") {
+    const cfg = join(work, "cove.toml");
+    writeFileSync(cfg, `[log]\nlevel = "${LOG_LEVEL}"\n`);
+    env.COVE_CONFIG = cfg;
+  }
   if (PROFILE && name === "cove") {
     // --cpu-prof is refused in NODE_OPTIONS; on node's argv it lands in execArgv, which the shim's
     // start passes on to the daemon it spawns.
@@ -345,6 +352,7 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     node: process.version,
     call: `${SERVICE}/Connect`,
+    coveLogLevel: LOG_LEVEL ?? "default (info)",
     calls: { c1: CALLS_C1, c64: CALLS_C64, warmup: WARMUP, rounds: ROUNDS },
     startRuns: START_RUNS,
     cove: { ...c, startMedianMs: median(c.startMs), startCmdMedianMs: median(c.startCmdMs) },
