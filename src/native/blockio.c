@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
 
 /* fallocate(fd, mode, offset, length) */
@@ -20,6 +21,64 @@ static napi_value fallocate_js(napi_env env, napi_callback_info info) {
   return cove_undefined(env);
 }
 COVE_EXPORT(fallocate, fallocate_js)
+
+/* fallocateAsync(fd, mode, offset, length) -> Promise<void>: the syscall runs on libuv's thread
+ * pool, because punching or zeroing a large range can take long enough to stall the event loop. */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd, mode;
+  int64_t off, len;
+  int err;
+} fallocate_job;
+
+static void fallocate_exec(napi_env env, void *data) {
+  (void)env;
+  fallocate_job *j = data;
+  j->err = fallocate(j->fd, j->mode, j->off, j->len) == 0 ? 0 : errno;
+}
+
+static void fallocate_done(napi_env env, napi_status status, void *data) {
+  fallocate_job *j = data;
+  if (status == napi_ok && j->err == 0) {
+    napi_resolve_deferred(env, j->deferred, cove_undefined(env));
+  } else {
+    /* Build the same Error the sync path throws, then take it back as a value. */
+    napi_value err;
+    cove_throw_errno(env, status == napi_ok ? j->err : ECANCELED, "fallocate");
+    napi_get_and_clear_last_exception(env, &err);
+    napi_reject_deferred(env, j->deferred, err);
+  }
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value fallocate_async_js(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd, mode;
+  int64_t off, len;
+  if (argc < 4 || cove_arg_int32(env, argv[0], &fd) || cove_arg_int32(env, argv[1], &mode) ||
+      cove_arg_int64(env, argv[2], &off) || cove_arg_int64(env, argv[3], &len))
+    return NULL;
+  fallocate_job *j = calloc(1, sizeof *j);
+  if (!j) return cove_throw_errno(env, ENOMEM, "fallocate");
+  j->fd = fd;
+  j->mode = mode;
+  j->off = off;
+  j->len = len;
+  napi_value promise, name;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "cove:fallocate", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, fallocate_exec, fallocate_done, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    free(j);
+    return cove_throw(env, "fallocate: cannot queue async work");
+  }
+  return promise;
+}
+COVE_EXPORT(fallocateAsync, fallocate_async_js)
 
 /* blockDeviceSize(fd) -> bytes (BLKGETSIZE64) */
 static napi_value block_device_size(napi_env env, napi_callback_info info) {

@@ -9,6 +9,11 @@ export function fallocate(fd: number, mode: number, offset: number, length: numb
   fn<(fd: number, m: number, o: number, l: number) => void>("fallocate")(fd, mode, offset, length);
 }
 
+/** fallocate(2) on libuv's thread pool (never blocks the event loop); rejects with the errno Error. */
+export function fallocateAsync(fd: number, mode: number, offset: number, length: number): Promise<void> {
+  return fn<(fd: number, m: number, o: number, l: number) => Promise<void>>("fallocateAsync")(fd, mode, offset, length);
+}
+
 /** Size in bytes of an open block device (BLKGETSIZE64). */
 export function blockDeviceSize(fd: number): number {
   return fn<(fd: number) => number>("blockDeviceSize")(fd);

@@ -18,6 +18,8 @@ const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 
 export class GuestMemory {
   readonly regions: readonly MemoryRegion[];
+  /** Per region, a 16-bit view for Atomics (undefined when the mapping is not 2-byte aligned). */
+  private readonly u16: (Uint16Array | undefined)[];
 
   constructor(regions: MemoryRegion[]) {
     const sorted = [...regions].sort((a, b) => a.guestAddr - b.guestAddr);
@@ -30,6 +32,11 @@ export class GuestMemory {
       }
     }
     this.regions = sorted;
+    this.u16 = sorted.map((r) =>
+      r.bytes.byteOffset % 2 === 0
+        ? new Uint16Array(r.bytes.buffer, r.bytes.byteOffset, r.bytes.length >> 1)
+        : undefined,
+    );
   }
 
   /** A single region of `size` bytes at guest address `base` backed by a fresh buffer (tests, tools). */
@@ -80,6 +87,43 @@ export class GuestMemory {
   readU16(addr: number): number {
     return this.slice(addr, 2).readUInt16LE(0);
   }
+  /**
+   * Publishes a 16-bit index (the used ring's idx): every store before it becomes visible to the
+   * guest before the new value (store-release). Atomics.store is seq-cst: on x86 V8 emits xchg
+   * (a full fence; plain x86 stores are ordered anyway, so what matters there is that the JIT
+   * cannot sink earlier stores past it), on arm64 stlr, which orders all earlier accesses.
+   * Atomics work on non-shared ArrayBuffers too (only wait/notify need a SharedArrayBuffer).
+   */
+  storeU16Release(addr: number, v: number): void {
+    const view = this.atomicView(addr);
+    if (view) Atomics.store(view.a, view.i, v & 0xffff);
+    else {
+      fullFence();
+      this.writeU16(addr, v);
+    }
+  }
+
+  /** Reads a 16-bit index (the avail ring's idx) so that later reads see what the guest wrote before it. */
+  loadU16Acquire(addr: number): number {
+    const view = this.atomicView(addr);
+    if (view) return Atomics.load(view.a, view.i);
+    const v = this.readU16(addr);
+    fullFence();
+    return v;
+  }
+
+  private atomicView(addr: number): { a: Uint16Array; i: number } | undefined {
+    this.slice(addr, 2); // bounds check (throws GuestError)
+    for (let k = 0; k < this.regions.length; k++) {
+      const r = this.regions[k]!;
+      const off = addr - r.guestAddr;
+      if (off < 0 || off >= r.bytes.length) continue;
+      const a = this.u16[k];
+      return a && off % 2 === 0 ? { a, i: off >> 1 } : undefined;
+    }
+    return undefined;
+  }
+
   readU32(addr: number): number {
     return this.slice(addr, 4).readUInt32LE(0);
   }
@@ -113,6 +157,14 @@ export class GuestMemory {
     }
     return undefined;
   }
+}
+
+// A full memory barrier for the unaligned fallback: a seq-cst read-modify-write on shared memory
+// (a locked instruction on x86, a barrier-bracketed exclusive pair on arm64) that V8 never moves
+// plain accesses across.
+const fenceCell = new Int32Array(new SharedArrayBuffer(4));
+export function fullFence(): void {
+  Atomics.add(fenceCell, 0, 0);
 }
 
 /** Converts a guest-supplied 64-bit address to a number, or throws if it cannot be in RAM. */

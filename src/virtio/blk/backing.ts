@@ -7,7 +7,7 @@ import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
-  fallocate,
+  fallocateAsync,
 } from "../../native/blockio.ts";
 
 export class BlkBacking {
@@ -71,10 +71,10 @@ export class BlkBacking {
   }
 
   /** Deallocates a range (best effort: a backing that cannot punch holes just keeps the data). */
-  discard(offset: number, len: number): void {
+  async discard(offset: number, len: number): Promise<void> {
     if (!this.isFile) return;
     try {
-      fallocate(this.fh.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+      await fallocateAsync(this.fh.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "ENOTSUP") throw e;
     }
@@ -84,7 +84,7 @@ export class BlkBacking {
   async writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> {
     if (this.isFile) {
       try {
-        fallocate(
+        await fallocateAsync(
           this.fh.fd,
           unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
           offset,

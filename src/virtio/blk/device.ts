@@ -268,7 +268,7 @@ export class BlkDevice implements VirtioDevice {
             return { status: VIRTIO_BLK_S_UNSUPP, written: 0 };
           }
           if (zero) await b.writeZeroes(s.sector * SECTOR_SIZE, s.sectors * SECTOR_SIZE, (s.flags & 1) !== 0);
-          else b.discard(s.sector * SECTOR_SIZE, s.sectors * SECTOR_SIZE);
+          else await b.discard(s.sector * SECTOR_SIZE, s.sectors * SECTOR_SIZE);
         }
         return { status: VIRTIO_BLK_S_OK, written: 0 };
       }

@@ -3,20 +3,18 @@
 // A guest that breaks the ring contract gets the queue marked broken (the device then reports
 // DEVICE_NEEDS_RESET through its transport): methods never throw into the event loop.
 import { GuestError } from "../errors.ts";
-import type { GuestMemory } from "../memory.ts";
+import { fullFence as fence, type GuestMemory } from "../memory.ts";
 import { type DescriptorChain, readChain } from "./chain.ts";
 
 const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 const VIRTQ_USED_F_NO_NOTIFY = 1;
 
-// A full memory barrier. The device writes the used index then reads used_event (and writes
-// avail_event then re-reads the avail index); x86 may reorder a store with a later load, which
-// would lose an interrupt or a kick. A seq-cst read-modify-write on shared memory is a locked
-// instruction, i.e. a full fence, and V8 will not move plain accesses across it.
-const fenceCell = new Int32Array(new SharedArrayBuffer(4));
-function fence(): void {
-  Atomics.add(fenceCell, 0, 0);
-}
+// Memory ordering with the guest (the driver runs on other CPUs):
+// - the avail idx is read with acquire semantics before the ring entry and descriptors it covers;
+// - the used idx is published with release semantics after the used entry it covers
+//   (GuestMemory.loadU16Acquire / storeU16Release: Atomics, correct on x86 and arm64 alike);
+// - a full fence separates "write used idx / avail_event" from "read used_event / avail idx":
+//   even x86 reorders a store with a later load, which would lose an interrupt or a kick.
 
 export interface QueueConfig {
   /** Negotiated number of entries (power of two, ≤ maxSize). */
@@ -84,7 +82,7 @@ export class Queue {
   }
 
   private availIdx(): number {
-    return this.mem.readU16(this.availRing + 2);
+    return this.mem.loadU16Acquire(this.availRing + 2);
   }
 
   /** Number of chains the driver has made available and the device has not taken yet. */
@@ -120,8 +118,8 @@ export class Queue {
     this.mem.writeU32(slot, head);
     this.mem.writeU32(slot + 4, len);
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
-    // x86 keeps stores in order, so the entry is visible before the index.
-    this.mem.writeU16(this.usedRing + 2, this.nextUsed);
+    // Release: the guest must see the entry before the index that covers it.
+    this.mem.storeU16Release(this.usedRing + 2, this.nextUsed);
   }
 
   /** After addUsed: whether the driver wants an interrupt now (§2.7.7.2, vring_need_event). */
