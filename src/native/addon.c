@@ -37,6 +37,15 @@ static const char *errno_name(int err) {
   case E2BIG: return "E2BIG";
   case ERANGE: return "ERANGE";
   case EMSGSIZE: return "EMSGSIZE";
+  case ECHILD: return "ECHILD";
+  case ESRCH: return "ESRCH";
+  case EPIPE: return "EPIPE";
+  case ENOTCONN: return "ENOTCONN";
+  case ETIMEDOUT: return "ETIMEDOUT";
+  case EMFILE: return "EMFILE";
+  case EROFS: return "EROFS";
+  case ENOTTY: return "ENOTTY";
+  case ELOOP: return "ELOOP";
   default: return "EUNKNOWN";
   }
 }
