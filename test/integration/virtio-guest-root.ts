@@ -18,18 +18,26 @@ export const CMD_PORT = 2000;
 /** Echo server port (socat EXEC:cat per connection). */
 export const ECHO_PORT = 1234;
 
-const INIT = `#!/bin/sh
+const init = (extra: string) => `#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs tmp /tmp
 socat -t 600 VSOCK-LISTEN:${ECHO_PORT},fork,reuseaddr,backlog=128 EXEC:cat &
 socat -t 600 VSOCK-LISTEN:${CMD_PORT},fork,reuseaddr,backlog=128 EXEC:/bin/sh,stderr &
+${extra}
 echo COVE-TEST-GUEST-READY
 exec sleep 100000
 `;
 
+export interface TestRootOptions {
+  /** Host files copied into the image (e.g. a static benchmark tool), as path in guest → host path. */
+  files?: Record<string, string>;
+  /** Shell lines /init runs (in the background if they serve) before it says it is ready. */
+  initLines?: string[];
+}
+
 /** Builds the image; returns its path and a cleanup function. */
-export function buildTestRoot(): { image: string; cleanup: () => void } {
+export function buildTestRoot(opts: TestRootOptions = {}): { image: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), "cove-testroot-"));
   const root = join(dir, "root");
   const plan: RootPlan = [
@@ -40,7 +48,8 @@ export function buildTestRoot(): { image: string; cleanup: () => void } {
       .split("\n")
       .filter((a) => /^[a-z0-9_.[-]+$/.test(a) && a !== "busybox" && a !== "socat")
       .map((a) => ({ kind: "symlink" as const, path: `/usr/bin/${a}`, target: "busybox" })),
-    { kind: "content", path: "/init", content: INIT, mode: 0o755 },
+    ...Object.entries(opts.files ?? {}).map(([path, from]) => ({ kind: "file" as const, path, from, mode: 0o755 })),
+    { kind: "content", path: "/init", content: init((opts.initLines ?? []).join("\n")), mode: 0o755 },
     { kind: "dir", path: "/proc", mode: 0o755 },
     { kind: "dir", path: "/sys", mode: 0o755 },
     { kind: "dir", path: "/dev", mode: 0o755 },

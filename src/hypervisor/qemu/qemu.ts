@@ -15,9 +15,17 @@ import { qemuArgs } from "./args.ts";
 
 export const QEMU_BINARY = process.env.COVE_QEMU ?? "qemu-system-x86_64";
 
+export interface QemuOptions {
+  /** Appended to QEMU's argv (benchmarks: QEMU's own devices next to ours). */
+  extraArgs?: string[];
+}
+
 export class QemuHypervisor implements Hypervisor {
   readonly name = "qemu";
-  constructor(private readonly accel: AccelChoice = chooseAccel()) {}
+  constructor(
+    private readonly accel: AccelChoice = chooseAccel(),
+    private readonly opts: QemuOptions = {},
+  ) {}
 
   async start(cfg: VmConfig): Promise<RunningVm> {
     const log = (cfg.logger ?? pino({ level: "warn" }, pino.destination(2))).child({ vm: cfg.id, hypervisor: "qemu" });
@@ -75,6 +83,7 @@ export class QemuHypervisor implements Hypervisor {
         blkSockets,
         vsockSocket,
       });
+      args.push(...(this.opts.extraArgs ?? []));
       log.debug({ argv: [QEMU_BINARY, ...args].join(" ") }, "starting qemu");
       const child = spawn(QEMU_BINARY, args, { stdio: ["pipe", "pipe", "pipe"] });
       const console = new PassThrough();
@@ -103,7 +112,7 @@ export class QemuHypervisor implements Hypervisor {
   }
 }
 
-class QemuVm implements RunningVm {
+export class QemuVm implements RunningVm {
   constructor(
     private readonly child: ChildProcess,
     readonly console: PassThrough,
