@@ -17,8 +17,12 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none coveshare /
 ip link set lo up 2>/dev/null
 echo "cove-nested: up $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
 cd /
-HOME=/tmp sh /mnt/cmd.sh > /mnt/output 2>&1 < /dev/null
-echo $? > /mnt/status
+# Output goes to tmpfs first: small synchronous writes straight to the 9p share cost a round trip
+# to QEMU each under TCG (minutes for a chatty command).
+HOME=/tmp sh /mnt/cmd.sh > /tmp/.cove-nested-output 2>&1 < /dev/null
+status=$?
+cp /tmp/.cove-nested-output /mnt/output
+echo $status > /mnt/status
 sync
 echo "cove-nested: done $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
 busybox reboot -f 2>/dev/null || reboot -f
