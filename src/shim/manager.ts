@@ -5,6 +5,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSy
 import net from "node:net";
 import { join } from "node:path";
 import protobuf from "protobufjs/minimal.js";
+import { closeFd, unixListen } from "../native/fdpass.ts";
 import { addressPath, DEFAULT_SOCKET_DIR, groupingOf, socketAddress, socketPath } from "./address.ts";
 import { daemonArgs, type ShimFlags } from "./flags.ts";
 import { decodeStartOptions } from "./options.ts";
@@ -38,59 +39,35 @@ export function canConnect(path: string, timeoutMs = 1000): Promise<boolean> {
   });
 }
 
-function listenOnce(server: net.Server, path: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (e: Error) => {
-      server.off("listening", onListening);
-      reject(e);
-    };
-    const onListening = () => {
-      server.off("error", onError);
-      resolve();
-    };
-    server.once("error", onError);
-    server.once("listening", onListening);
-    // The socket must be 0600: only root (containerd) may talk to the shim.
-    const old = process.umask(0o177);
-    try {
-      server.listen(path);
-    } finally {
-      process.umask(old);
-    }
-  });
-}
-
-export type ListenResult = { kind: "listening"; server: net.Server } | { kind: "existing" };
+export type ListenResult = { kind: "listening"; fd: number } | { kind: "existing" };
 
 /**
- * Listens on path; if a live shim already serves it (another task of the same pod), reports
- * "existing"; a stale socket file (nobody accepting) is removed and the listen retried.
+ * Binds and listens on path outside libuv (a raw fd for the daemon; this process never accepts on
+ * it, and closing it here does not unlink the path as closing a net.Server would). If a live shim
+ * already serves path (another task of the same pod), reports "existing"; a stale socket file
+ * (nobody accepting) is removed and the listen retried.
  */
 export async function listenOrReuse(path: string): Promise<ListenResult> {
   for (let attempt = 0; attempt < 3; attempt++) {
-    const server = net.createServer();
+    // The socket must be 0600: only root (containerd) may talk to the shim.
+    const old = process.umask(0o177);
     try {
-      await listenOnce(server, path);
+      const fd = unixListen(path, 128);
       chmodSync(path, 0o600);
-      return { kind: "listening", server };
+      return { kind: "listening", fd };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EADDRINUSE") throw e;
-      if (await canConnect(path)) return { kind: "existing" };
-      try {
-        unlinkSync(path);
-      } catch (u) {
-        if ((u as NodeJS.ErrnoException).code !== "ENOENT") throw u;
-      }
+    } finally {
+      process.umask(old);
+    }
+    if (await canConnect(path)) return { kind: "existing" };
+    try {
+      unlinkSync(path);
+    } catch (u) {
+      if ((u as NodeJS.ErrnoException).code !== "ENOENT") throw u;
     }
   }
   throw new Error(`cannot listen on ${path}: address stays in use`);
-}
-
-/** The listening socket's file descriptor (libuv exposes it on the handle). */
-function serverFd(server: net.Server): number {
-  const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== "number" || fd < 0) throw new Error("listening socket has no file descriptor");
-  return fd;
 }
 
 /** containerd's shim gets oom_score_adj one above containerd's, so the OOM killer prefers it. */
@@ -101,6 +78,17 @@ function raiseOomScore(pid: number): void {
   } catch {
     // Not fatal (e.g. not permitted in a user namespace).
   }
+}
+
+/**
+ * The daemon's environment: ours, minus a Node IPC channel we may have been given (e.g. under a
+ * test runner): the daemon would take NODE_CHANNEL_FD=3 as its IPC channel, i.e. our socket.
+ */
+export function daemonEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out = { ...env };
+  delete out.NODE_CHANNEL_FD;
+  delete out.NODE_CHANNEL_SERIALIZATION_MODE;
+  return out;
 }
 
 export interface StartIO {
@@ -132,16 +120,24 @@ export async function start(flags: ShimFlags, io: StartIO): Promise<string> {
       cwd: bundle,
       detached: true, // own session and process group, as containerd's Setpgid
       // Never inherit fds 1/2: they are containerd's CombinedOutput pipe, which it reads to EOF.
-      stdio: ["ignore", "ignore", "ignore", serverFd(listened.server)],
-      env: process.env,
+      stdio: ["ignore", "ignore", "ignore", listened.fd],
+      env: daemonEnv(process.env),
     });
-    const spawned = await new Promise<number>((resolve, reject) => {
-      child.once("spawn", () => resolve(child.pid!));
-      child.once("error", reject);
-    });
+    let spawned: number;
+    try {
+      spawned = await new Promise<number>((resolve, reject) => {
+        child.once("spawn", () => resolve(child.pid!));
+        child.once("error", reject);
+      });
+    } catch (e) {
+      closeFd(listened.fd);
+      unlinkSync(path);
+      throw e;
+    }
     child.unref();
+    // The daemon owns the socket now.
+    closeFd(listened.fd);
     raiseOomScore(spawned);
-    // The daemon owns the socket now; ours is dropped at exit (closing it would unlink the path).
   }
   writeFileSync(join(bundle, "address"), address, { mode: 0o600 });
   return address;
