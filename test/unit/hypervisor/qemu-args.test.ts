@@ -1,0 +1,90 @@
+// The qemu backend's pure parts: the accelerator choice from /dev/kvm + cpuinfo, and QEMU's argv.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { chooseAccel } from "../../../src/hypervisor/qemu/accel.ts";
+import { qemuArgs } from "../../../src/hypervisor/qemu/args.ts";
+
+const cpuinfo = (flags: string) =>
+  `processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU\nflags\t\t: ${flags}\nbugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: ${flags}\n`;
+
+describe("chooseAccel", () => {
+  it("uses KVM when /dev/kvm is backed by vmx or svm", () => {
+    assert.equal(chooseAccel({ kvm: true, cpuinfo: cpuinfo("fpu vme de pse vmx ept") }).accel, "kvm");
+    assert.equal(chooseAccel({ kvm: true, cpuinfo: cpuinfo("fpu svm npt lahf_lm") }).accel, "kvm");
+  });
+
+  it("uses TCG on a PVM host: /dev/kvm present but no vmx/svm in the guest-visible flags", () => {
+    // A PVM guest kernel exposes /dev/kvm (kvm-pvm) while cpuinfo shows a VM without vmx.
+    const c = chooseAccel({ kvm: true, cpuinfo: cpuinfo("fpu vme de pse tsc msr hypervisor lahf_lm") });
+    assert.equal(c.accel, "tcg");
+    assert.match(c.reason, /PVM/);
+  });
+
+  it("uses TCG without /dev/kvm, whatever the CPU flags say", () => {
+    const c = chooseAccel({ kvm: false, cpuinfo: cpuinfo("vmx") });
+    assert.equal(c.accel, "tcg");
+    assert.match(c.reason, /absent/);
+  });
+
+  it("does not take a flag name inside another word, or outside the flags line, for vmx", () => {
+    assert.equal(chooseAccel({ kvm: true, cpuinfo: cpuinfo("fpu vmxnotreally svmx") }).accel, "tcg");
+    assert.equal(
+      chooseAccel({ kvm: true, cpuinfo: "model name\t: vmx svm marketing name\nflags\t\t: fpu sse2\n" }).accel,
+      "tcg",
+    );
+    assert.equal(chooseAccel({ kvm: true, cpuinfo: "" }).accel, "tcg");
+  });
+});
+
+describe("qemuArgs", () => {
+  const base = {
+    kernel: "/k/bzImage",
+    cmdline: "console=ttyS0 root=/dev/vda",
+    memoryMiB: 512,
+    vcpus: 2,
+    blkSockets: ["/w/blk0.sock", "/w/blk1.sock"],
+    vsockSocket: "/w/vsock.sock",
+  };
+  /** The value after each occurrence of `flag`. */
+  const values = (a: string[], flag: string) => a.flatMap((x, i) => (x === flag ? [a[i + 1]!] : []));
+
+  it("builds a microvm with shared memfd RAM, modern virtio-mmio and our vhost-user devices", () => {
+    const a = qemuArgs({ ...base, accel: "tcg" });
+    assert.deepEqual(values(a, "-accel"), ["tcg"]);
+    assert.deepEqual(values(a, "-m"), ["512M"]);
+    assert.deepEqual(values(a, "-smp"), ["2"]);
+    assert.deepEqual(values(a, "-kernel"), ["/k/bzImage"]);
+    assert.deepEqual(values(a, "-append"), ["console=ttyS0 root=/dev/vda"]);
+    assert.ok(a.includes("-nodefaults") && a.includes("-no-reboot"));
+    assert.deepEqual(values(a, "-serial"), ["stdio"]);
+    // vhost-user needs the RAM in a shareable fd, and the machine must use that backend.
+    assert.deepEqual(values(a, "-object"), ["memory-backend-memfd,id=mem,size=512M,share=on"]);
+    assert.match(values(a, "-M")[0]!, /^microvm,.*memory-backend=mem/);
+    assert.deepEqual(values(a, "-global"), ["virtio-mmio.force-legacy=false"]);
+    assert.equal(a.includes("-cpu"), false, "no -cpu host under TCG");
+    assert.deepEqual(values(a, "-chardev"), [
+      "socket,id=blk0,path=/w/blk0.sock",
+      "socket,id=blk1,path=/w/blk1.sock",
+      "socket,id=vsock,path=/w/vsock.sock",
+    ]);
+    assert.deepEqual(values(a, "-device"), [
+      "vhost-user-blk,chardev=blk0,num-queues=1",
+      "vhost-user-blk,chardev=blk1,num-queues=1",
+      "vhost-user-vsock-device,chardev=vsock",
+    ]);
+    // Disk order is the guest's /dev/vdX order: blk devices come before vsock, in the given order.
+    assert.ok(a.indexOf("socket,id=blk0,path=/w/blk0.sock") < a.indexOf("socket,id=blk1,path=/w/blk1.sock"));
+  });
+
+  it("passes the host CPU through under KVM", () => {
+    const a = qemuArgs({ ...base, accel: "kvm", blkSockets: [] });
+    assert.deepEqual(values(a, "-accel"), ["kvm"]);
+    assert.deepEqual(values(a, "-cpu"), ["host"]);
+    assert.deepEqual(values(a, "-device"), ["vhost-user-vsock-device,chardev=vsock"]);
+  });
+
+  it("keeps each argument whole (spaces in the command line are not split)", () => {
+    const a = qemuArgs({ ...base, accel: "tcg", cmdline: "a=1 b=2  c" });
+    assert.equal(a[a.indexOf("-append") + 1], "a=1 b=2  c");
+  });
+});
