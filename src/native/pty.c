@@ -1,0 +1,74 @@
+/* Pseudo-terminal helpers: window size (TIOCSWINSZ/TIOCGWINSZ) for a pty master that crun handed
+ * over, non-blocking mode, and openpty for tests. The agent copies bytes itself. */
+#include "registry.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <pty.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+
+/* ptySetWinsize(fd, rows, cols) */
+static napi_value pty_set_winsize(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  uint32_t rows, cols;
+  if (argc < 3 || cove_arg_int32(env, argv[0], &fd) || cove_arg_uint32(env, argv[1], &rows) ||
+      cove_arg_uint32(env, argv[2], &cols))
+    return NULL;
+  if (rows > 0xffff || cols > 0xffff) return cove_throw(env, "ptySetWinsize: rows and cols must fit in 16 bits");
+  struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+  if (ioctl(fd, TIOCSWINSZ, &ws) != 0) return cove_throw_errno(env, errno, "ioctl(TIOCSWINSZ)");
+  return cove_undefined(env);
+}
+COVE_EXPORT(ptySetWinsize, pty_set_winsize)
+
+/* ptyGetWinsize(fd) -> [rows, cols] */
+static napi_value pty_get_winsize(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  if (argc < 1 || cove_arg_int32(env, argv[0], &fd)) return NULL;
+  struct winsize ws;
+  if (ioctl(fd, TIOCGWINSZ, &ws) != 0) return cove_throw_errno(env, errno, "ioctl(TIOCGWINSZ)");
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, cove_int32(env, ws.ws_row));
+  napi_set_element(env, arr, 1, cove_int32(env, ws.ws_col));
+  return arr;
+}
+COVE_EXPORT(ptyGetWinsize, pty_get_winsize)
+
+/* openPty() -> [master, slave], both close-on-exec, master non-blocking */
+static napi_value open_pty(napi_env env, napi_callback_info info) {
+  int m, s;
+  if (openpty(&m, &s, NULL, NULL, NULL) != 0) return cove_throw_errno(env, errno, "openpty");
+  fcntl(m, F_SETFD, FD_CLOEXEC);
+  fcntl(s, F_SETFD, FD_CLOEXEC);
+  fcntl(m, F_SETFL, fcntl(m, F_GETFL) | O_NONBLOCK);
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, cove_int32(env, m));
+  napi_set_element(env, arr, 1, cove_int32(env, s));
+  return arr;
+}
+COVE_EXPORT(openPty, open_pty)
+
+/* setNonBlocking(fd, on) */
+static napi_value set_non_blocking(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  bool on = true;
+  if (argc < 1 || cove_arg_int32(env, argv[0], &fd)) return NULL;
+  if (argc > 1) napi_get_value_bool(env, argv[1], &on);
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK) != 0)
+    return cove_throw_errno(env, errno, "fcntl(O_NONBLOCK)");
+  return cove_undefined(env);
+}
+COVE_EXPORT(setNonBlocking, set_non_blocking)
