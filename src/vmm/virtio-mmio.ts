@@ -183,7 +183,11 @@ export class MmioTransport implements BusDevice {
   /** The interrupt sink handed to the device on activation. */
   private readonly sink: InterruptSink = {
     queue: (index) => this.interrupt(index + 1, INT_VRING),
-    config: () => this.interrupt(0, INT_CONFIG),
+    config: () => {
+      // The configuration changed: a driver re-reads it until the generation is stable.
+      this.configGeneration = (this.configGeneration + 1) >>> 0;
+      this.interrupt(0, INT_CONFIG);
+    },
   };
 
   private interrupt(vector: number, legacyBit: number): void {

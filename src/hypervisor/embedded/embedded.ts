@@ -1,0 +1,165 @@
+// The embedded backend: the VM runs inside this process on KVM (src/vmm), with the same virtio
+// device backends the qemu backend serves over vhost-user, here served over virtio-mmio in
+// process. Disks in order (the first is /dev/vda), then vsock.
+import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
+import type { Duplex } from "node:stream";
+import { PassThrough } from "node:stream";
+import { type Logger, pino } from "pino";
+import { BlkDevice } from "../../virtio/blk/device.ts";
+import { VsockDevice } from "../../virtio/vsock/device.ts";
+import { HybridVsock } from "../../virtio/vsock/hybrid.ts";
+import { MiB } from "../../vmm/layout.ts";
+import { Machine } from "../../vmm/machine.ts";
+import type { StopReason } from "../../vmm/vcpu.ts";
+import type { Hypervisor, RunningVm, VmConfig, VmExit } from "../types.ts";
+
+/** What the guest's end means as a process-like exit: a reboot/poweroff is 0, a VMM error 1. */
+export function exitOf(reason: StopReason): VmExit {
+  return { code: reason.kind === "error" ? 1 : 0, signal: null };
+}
+
+export class EmbeddedHypervisor implements Hypervisor {
+  readonly name = "embedded";
+
+  async start(cfg: VmConfig): Promise<RunningVm> {
+    const log = (cfg.logger ?? pino({ level: "warn" }, pino.destination(2))).child({
+      vm: cfg.id,
+      hypervisor: "embedded",
+    });
+    mkdirSync(cfg.workDir, { recursive: true });
+    const cleanups: (() => Promise<void> | void)[] = [];
+    let machine: Machine | undefined;
+    const cleanup = async () => {
+      // vCPUs first: nothing may kick a device while it is being closed.
+      machine?.close();
+      for (const c of cleanups.splice(0).reverse()) {
+        try {
+          await c();
+        } catch (e) {
+          log.warn({ err: (e as Error).message }, "cleanup step failed");
+        }
+      }
+    };
+    try {
+      const consoleStream = new PassThrough();
+      let consoleFile: WriteStream | undefined;
+      if (cfg.consoleLog) {
+        consoleFile = createWriteStream(cfg.consoleLog, { flags: "a" });
+        const f = consoleFile;
+        cleanups.push(() => new Promise<void>((r) => f.end(r)));
+      }
+      machine = Machine.create({
+        kernel: cfg.kernel,
+        cmdline: cfg.cmdline,
+        memoryBytes: cfg.memoryMiB * MiB,
+        vcpus: cfg.vcpus,
+        log,
+        onConsoleLine: (line) => {
+          consoleStream.write(`${line}\n`);
+          consoleFile?.write(`${line}\n`);
+        },
+      });
+      const disks = new Map<string, BlkDevice>();
+      for (const d of cfg.disks) {
+        const dev = await BlkDevice.create({
+          path: d.path,
+          readOnly: d.readOnly,
+          serial: d.serial ?? d.id,
+          logger: log,
+        });
+        cleanups.push(() => dev.close());
+        machine.addVirtioDevice(dev);
+        disks.set(d.id, dev);
+      }
+      const vsock = new VsockDevice({ guestCid: cfg.vsock.guestCid, logger: log });
+      cleanups.push(() => vsock.reset());
+      machine.addVirtioDevice(vsock);
+      if (cfg.vsock.hybridSocket) {
+        const h = new HybridVsock(vsock, cfg.vsock.hybridSocket, { logger: log });
+        await h.listen();
+        cleanups.push(() => h.close());
+      }
+      machine.boot();
+      let finished: VmExit | undefined;
+      let resolveExit!: (e: VmExit) => void;
+      const exited = new Promise<VmExit>((r) => {
+        resolveExit = r;
+      });
+      const finish = async (e: VmExit) => {
+        if (finished) return;
+        finished = e;
+        await cleanup();
+        consoleStream.end();
+        resolveExit(e);
+      };
+      const m = machine;
+      m.stopped.then((reason) => {
+        log.info({ reason }, "guest stopped");
+        void finish(exitOf(reason));
+      });
+      return new EmbeddedVm(m, consoleStream, vsock, disks, exited, finish);
+    } catch (e) {
+      await cleanup();
+      throw e;
+    }
+  }
+}
+
+export class EmbeddedVm implements RunningVm {
+  constructor(
+    readonly machine: Machine,
+    readonly console: PassThrough,
+    private readonly vsock: VsockDevice,
+    private readonly disks: Map<string, BlkDevice>,
+    private readonly exited: Promise<VmExit>,
+    private readonly finish: (e: VmExit) => Promise<void>,
+  ) {}
+
+  /** The VM lives in this process. */
+  get pid(): number {
+    return process.pid;
+  }
+
+  connectVsock(port: number, timeoutMs?: number): Promise<Duplex> {
+    return this.vsock.connect(port, timeoutMs);
+  }
+
+  listenVsock(port: number, onStream: (s: Duplex) => void): () => void {
+    return this.vsock.listen(port, onStream);
+  }
+
+  async changeMedia(diskId: string, path: string | undefined): Promise<void> {
+    const d = this.disks.get(diskId);
+    if (!d) throw new Error(`no disk slot ${diskId}`);
+    await d.changeMedia(path);
+  }
+
+  wait(): Promise<VmExit> {
+    return this.exited;
+  }
+
+  async stop(timeoutMs = 5000): Promise<VmExit> {
+    let t: NodeJS.Timeout | undefined;
+    const done = await Promise.race([
+      this.exited,
+      new Promise<undefined>((r) => {
+        t = setTimeout(() => r(undefined), timeoutMs);
+      }),
+    ]);
+    clearTimeout(t);
+    return done ?? this.kill();
+  }
+
+  /** Stops the vCPUs and frees the VM at once (the guest gets no say). */
+  async kill(): Promise<VmExit> {
+    await this.finish({ code: null, signal: "SIGKILL" });
+    return this.exited;
+  }
+
+  /** Device metrics and exit counters (tests, benchmarks). */
+  get devices() {
+    return { vsock: this.vsock, disks: this.disks, transports: this.machine.transports };
+  }
+}
+
+export type { Logger };
