@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 
 /* fallocate(fd, mode, offset, length) */
 static napi_value fallocate_js(napi_env env, napi_callback_info info) {
@@ -79,6 +80,51 @@ static napi_value fallocate_async_js(napi_env env, napi_callback_info info) {
   return promise;
 }
 COVE_EXPORT(fallocateAsync, fallocate_async_js)
+
+/* preadvNowait(fd, buffers, position) / pwritevNowait(...) -> bytes, or -1 when the call would
+ * block (RWF_NOWAIT: data not in the page cache, or the filesystem cannot promise not to block).
+ * Never waits for a disk, so it may run on the event loop: the common cached case skips the thread
+ * pool round trip, and the caller falls back to thread-pool I/O on -1 or a short count. */
+#define COVE_MAX_IOV 1024
+static napi_value rw_nowait(napi_env env, napi_callback_info info, int write) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  int64_t pos;
+  uint32_t n;
+  bool is_array = false;
+  if (argc < 3 || cove_arg_int32(env, argv[0], &fd) || cove_arg_int64(env, argv[2], &pos)) return NULL;
+  if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array) return cove_throw(env, "expected an array of buffers");
+  napi_get_array_length(env, argv[1], &n);
+  if (n == 0 || n > COVE_MAX_IOV) return cove_throw(env, "buffer count out of range");
+  struct iovec iov[COVE_MAX_IOV];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el, ab;
+    napi_typedarray_type type;
+    size_t len, off;
+    void *data;
+    bool ok = false;
+    napi_get_element(env, argv[1], i, &el);
+    if (napi_is_typedarray(env, el, &ok) != napi_ok || !ok) return cove_throw(env, "expected Uint8Array buffers");
+    napi_get_typedarray_info(env, el, &type, &len, &data, &ab, &off);
+    if (type != napi_uint8_array) return cove_throw(env, "expected Uint8Array buffers");
+    iov[i].iov_base = data;
+    iov[i].iov_len = len;
+  }
+  ssize_t r = write ? pwritev2(fd, iov, (int)n, pos, RWF_NOWAIT) : preadv2(fd, iov, (int)n, pos, RWF_NOWAIT);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EOPNOTSUPP || errno == EINTR) return cove_int32(env, -1);
+    return cove_throw_errno(env, errno, write ? "pwritev2" : "preadv2");
+  }
+  napi_value out;
+  napi_create_double(env, (double)r, &out);
+  return out;
+}
+static napi_value preadv_nowait(napi_env env, napi_callback_info info) { return rw_nowait(env, info, 0); }
+static napi_value pwritev_nowait(napi_env env, napi_callback_info info) { return rw_nowait(env, info, 1); }
+COVE_EXPORT(preadvNowait, preadv_nowait)
+COVE_EXPORT(pwritevNowait, pwritev_nowait)
 
 /* blockDeviceSize(fd) -> bytes (BLKGETSIZE64) */
 static napi_value block_device_size(napi_env env, napi_callback_info info) {

@@ -14,6 +14,17 @@ export function fallocateAsync(fd: number, mode: number, offset: number, length:
   return fn<(fd: number, m: number, o: number, l: number) => Promise<void>>("fallocateAsync")(fd, mode, offset, length);
 }
 
+/**
+ * preadv2/pwritev2 with RWF_NOWAIT: bytes transferred, or -1 if it would have had to wait (data
+ * not cached, or the filesystem cannot do it without blocking). Safe on the event loop.
+ */
+export function preadvNowait(fd: number, bufs: Uint8Array[], position: number): number {
+  return fn<(fd: number, b: Uint8Array[], p: number) => number>("preadvNowait")(fd, bufs, position);
+}
+export function pwritevNowait(fd: number, bufs: Uint8Array[], position: number): number {
+  return fn<(fd: number, b: Uint8Array[], p: number) => number>("pwritevNowait")(fd, bufs, position);
+}
+
 /** Size in bytes of an open block device (BLKGETSIZE64). */
 export function blockDeviceSize(fd: number): number {
   return fn<(fd: number) => number>("blockDeviceSize")(fd);

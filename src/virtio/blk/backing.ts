@@ -8,7 +8,20 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   fallocateAsync,
+  preadvNowait,
+  pwritevNowait,
 } from "../../native/blockio.ts";
+
+/**
+ * Requests up to this size first try RWF_NOWAIT on the event loop: a page-cache hit is a memcpy,
+ * which costs less than the thread pool round trip (two thread hand-offs and a loop wake-up).
+ * Larger ones go to the pool directly so one request never holds the loop for long.
+ */
+const NOWAIT_MAX = 256 * 1024;
+/** IOV_MAX: the native call takes at most this many buffers. */
+const NOWAIT_MAX_BUFS = 1024;
+/** Stop trying non-blocking writes after this many refusals in a row (filesystem without support). */
+const NOWAIT_WRITE_GIVE_UP = 64;
 
 export class BlkBacking {
   private constructor(
@@ -19,6 +32,10 @@ export class BlkBacking {
     /** Regular files can punch holes / zero ranges; block devices go through plain writes. */
     readonly isFile: boolean,
   ) {}
+
+  /** How many requests completed on the fast path, and how many needed the thread pool. */
+  readonly nowait = { hits: 0, misses: 0 };
+  private writeRefusals = 0;
 
   static async open(path: string, readOnly: boolean): Promise<BlkBacking> {
     const fh = await open(path, readOnly ? constants.O_RDONLY : constants.O_RDWR);
@@ -42,6 +59,19 @@ export class BlkBacking {
 
   async readInto(bufs: Buffer[], pos: number): Promise<void> {
     let left = bufs.reduce((s, b) => s + b.length, 0);
+    if (left > 0 && left <= NOWAIT_MAX && bufs.length <= NOWAIT_MAX_BUFS) {
+      const n = preadvNowait(this.fh.fd, bufs, pos);
+      if (n === left) {
+        this.nowait.hits++;
+        return;
+      }
+      this.nowait.misses++;
+      if (n > 0) {
+        left -= n;
+        pos += n;
+        bufs = advance(bufs, n);
+      }
+    }
     while (left > 0) {
       const { bytesRead } = await this.fh.readv(bufs, pos);
       if (bytesRead === 0) {
@@ -57,6 +87,20 @@ export class BlkBacking {
 
   async writeFrom(bufs: Buffer[], pos: number): Promise<void> {
     let left = bufs.reduce((s, b) => s + b.length, 0);
+    if (left > 0 && left <= NOWAIT_MAX && bufs.length <= NOWAIT_MAX_BUFS && this.writeRefusals < NOWAIT_WRITE_GIVE_UP) {
+      const n = pwritevNowait(this.fh.fd, bufs, pos);
+      if (n === left) {
+        this.writeRefusals = 0;
+        this.nowait.hits++;
+        return;
+      }
+      this.nowait.misses++;
+      if (n > 0) {
+        left -= n;
+        pos += n;
+        bufs = advance(bufs, n);
+      } else this.writeRefusals++;
+    }
     while (left > 0) {
       const { bytesWritten } = await this.fh.writev(bufs, pos);
       if (bytesWritten === 0) throw new Error("short write");

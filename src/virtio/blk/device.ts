@@ -109,6 +109,11 @@ export class BlkDevice implements VirtioDevice {
     return this.backing ? Math.floor(this.backing.size / SECTOR_SIZE) : 0;
   }
 
+  /** Requests served on the event loop from the page cache (RWF_NOWAIT) vs. through the thread pool. */
+  get ioPath(): { hits: number; misses: number } | undefined {
+    return this.backing?.nowait;
+  }
+
   get path(): string | undefined {
     return this.backing?.path;
   }
@@ -188,14 +193,15 @@ export class BlkDevice implements VirtioDevice {
       return;
     }
     const gen = this.generation;
+    const t0 = process.hrtime.bigint();
     this.metrics.inFlight++;
     this.metrics.maxInFlight = Math.max(this.metrics.maxInFlight, this.metrics.inFlight);
     this.execute(req).then(
-      (r) => this.complete(ctx.interrupt, q, index, gen, chain.head, req, r.status, r.written),
+      (r) => this.complete(ctx.interrupt, q, index, gen, chain.head, req, r.status, r.written, t0),
       (e: unknown) => {
         this.metrics.ioErrors++;
         this.log.warn({ err: (e as Error).message, type: req.type, sector: req.sector }, "blk I/O error");
-        this.complete(ctx.interrupt, q, index, gen, chain.head, req, VIRTIO_BLK_S_IOERR, 0);
+        this.complete(ctx.interrupt, q, index, gen, chain.head, req, VIRTIO_BLK_S_IOERR, 0, t0);
       },
     );
   }
@@ -209,6 +215,7 @@ export class BlkDevice implements VirtioDevice {
     req: BlkRequest,
     status: number,
     written: number,
+    t0: bigint,
   ): void {
     this.metrics.inFlight--;
     if (this.metrics.inFlight === 0) for (const f of this.idle.splice(0)) f();
@@ -216,6 +223,8 @@ export class BlkDevice implements VirtioDevice {
     req.status[0] = status;
     q.addUsed(head, written + 1);
     if (q.needsNotification()) irq.queue(index);
+    this.metrics.completed++;
+    this.metrics.serviceNs += Number(process.hrtime.bigint() - t0);
   }
 
   /** Checks [sector, sector+bytes) is inside the disk. */

@@ -15,4 +15,7 @@ export class BlkMetrics {
   inFlight = 0;
   maxInFlight = 0;
   configChanges = 0;
+  /** Requests returned to the guest, and the summed time from taking each off the ring to returning it. */
+  completed = 0;
+  serviceNs = 0;
 }
