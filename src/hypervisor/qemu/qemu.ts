@@ -43,6 +43,7 @@ export class QemuHypervisor implements Hypervisor {
     };
     try {
       const disks = new Map<string, BlkDevice>();
+      const backends = new Map<string, VhostUserBackend>();
       const blkSockets: string[] = [];
       for (const [n, d] of cfg.disks.entries()) {
         const dev = await BlkDevice.create({
@@ -59,6 +60,7 @@ export class QemuHypervisor implements Hypervisor {
         // A media change while the rings are stopped still reaches the guest through QEMU.
         dev.onConfigChange = () => be.configChanged();
         disks.set(d.id, dev);
+        backends.set(d.id, be);
         blkSockets.push(sock);
       }
       const vsock = new VsockDevice({ guestCid: cfg.vsock.guestCid, logger: log });
@@ -67,6 +69,7 @@ export class QemuHypervisor implements Hypervisor {
       // QEMU's vhost-user-vsock keeps the event queue itself: the backend drives rx and tx.
       const vbe = new VhostUserBackend(vsock, vsockSocket, { queues: 2, logger: log });
       vbe.listen();
+      backends.set("vsock", vbe);
       cleanups.push(() => vbe.close());
       if (cfg.vsock.hybridSocket) {
         const h = new HybridVsock(vsock, cfg.vsock.hybridSocket, { logger: log });
@@ -104,7 +107,7 @@ export class QemuHypervisor implements Hypervisor {
           cleanup().then(() => resolve({ code, signal }));
         });
       });
-      return new QemuVm(child, console, vsock, disks, exited, () => stderr);
+      return new QemuVm(child, console, vsock, disks, exited, () => stderr, backends);
     } catch (e) {
       await cleanup();
       throw e;
@@ -120,6 +123,8 @@ export class QemuVm implements RunningVm {
     private readonly disks: Map<string, BlkDevice>,
     private readonly exited: Promise<VmExit>,
     readonly stderr: () => string,
+    /** The vhost-user servers by disk id, and "vsock" (metrics for benchmarks). */
+    readonly backends: ReadonlyMap<string, VhostUserBackend> = new Map(),
   ) {}
 
   get pid(): number {

@@ -82,6 +82,8 @@ export class VhostUserBackend {
   onDisconnect?: () => void;
   /** Counts of requests handled, by name (tests, debugging). */
   readonly requests = new Map<string, number>();
+  /** Kicks taken, interrupts sent, and the time spent sending them (an eventfd write that wakes QEMU). */
+  readonly metrics = { kicks: 0, calls: 0, callNs: 0 };
 
   constructor(
     readonly device: VirtioDevice,
@@ -359,6 +361,7 @@ export class VhostUserBackend {
     if (fd !== undefined) {
       r.kickPoll = pollFd(fd, POLL_READABLE, () => {
         const n = eventfdRead(fd);
+        this.metrics.kicks++;
         if (this.log.isLevelEnabled("trace"))
           this.log.trace(
             {
@@ -427,7 +430,11 @@ export class VhostUserBackend {
     return {
       queue: (i) => {
         const fd = this.rings[i]?.callFd;
-        if (fd !== undefined) eventfdWrite(fd);
+        if (fd === undefined) return;
+        const t0 = process.hrtime.bigint();
+        eventfdWrite(fd);
+        this.metrics.calls++;
+        this.metrics.callNs += Number(process.hrtime.bigint() - t0);
       },
       config: () => this.configChanged(),
     };
