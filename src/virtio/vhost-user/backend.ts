@@ -4,7 +4,7 @@
 // memory table), and passes eventfds: kick (guest → us, watched on the event loop) and call
 // (us → guest interrupt). Config space goes through GET_CONFIG/SET_CONFIG; a config change
 // (blk capacity) is announced on the slave channel.
-import { existsSync, unlinkSync } from "node:fs";
+import { existsSync, fstatSync, unlinkSync } from "node:fs";
 import { eventfdRead, eventfdWrite } from "../../native/eventfd.ts";
 import { closeFd, recvWithFds, sendWithFds, unixAccept, unixListen } from "../../native/fdpass.ts";
 import { mmapFd } from "../../native/mmap.ts";
@@ -328,6 +328,12 @@ export class VhostUserBackend {
         const size = Number(p.readBigUInt64LE(o + 8));
         const uva = p.readBigUInt64LE(o + 16);
         const off = Number(p.readBigUInt64LE(o + 24));
+        // Touching a mapping past the end of its file is SIGBUS, not an exception: check first.
+        const fileSize = fstatSync(fds[i]!).size;
+        if (!Number.isSafeInteger(size) || !Number.isSafeInteger(off) || size <= 0 || off + size > fileSize)
+          throw new Error(
+            `SET_MEM_TABLE: region ${i} (${size} bytes at offset ${off}) exceeds its ${fileSize}-byte fd`,
+          );
         const ab = mmapFd(fds[i]!, size, off);
         maps.push(ab);
         regions.push({ guestAddr: gpa, bytes: Buffer.from(ab), userAddr: uva });

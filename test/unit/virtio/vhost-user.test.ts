@@ -231,6 +231,14 @@ describe("vhost-user backend driven by a TypeScript frontend", () => {
       assert.notEqual(await nack(Req.SET_MEM_TABLE, memTable([c.ram.region(), c.ram.region()]), [spare]), 0n);
       assert.notEqual(await nack(Req.SET_MEM_TABLE, memTable([], 0), [spare]), 0n);
       assert.notEqual(await nack(Req.SET_MEM_TABLE, memTable([c.ram.region()], 1).subarray(0, 20), [spare]), 0n);
+      // A region larger than its memfd (a mapping past EOF would SIGBUS on first touch).
+      const big = c.ram.region();
+      big.writeBigUInt64LE(BigInt(RAM * 2), 8);
+      assert.notEqual(await nack(Req.SET_MEM_TABLE, memTable([big]), [c.ram.fd]), 0n);
+      const offset = c.ram.region();
+      offset.writeBigUInt64LE(4096n, 24);
+      assert.notEqual(await nack(Req.SET_MEM_TABLE, memTable([offset]), [c.ram.fd]), 0n);
+      assert.equal(c.be.guestMemory?.size, RAM, "the earlier table stays in force");
       closeFd(spare);
       // Ring addresses outside every region: the ring cannot start, the device stays stopped.
       const kick = eventfdCreate();
