@@ -405,10 +405,11 @@ function report(
   console.log(
     `\nvirtio-blk in one guest (QEMU microvm, ${accel}, 1 vCPU), same backing file; median of ${ROUNDS} alternating runs of ${SECONDS} s`,
   );
-  console.log("ratio = ours / QEMU (> 1: we are faster); CPU µs per request: QEMU process | our process;");
-  console.log(
-    "µs/req: guest-measured time per request, ours | QEMU; in backend: ours, from ring to used ring + interrupt, (of which the eventfd write that wakes QEMU)\n",
-  );
+  console.log("ratio = ours / QEMU (> 1: we are faster)");
+  console.log("µs/op: guest-measured time per tool operation (1 MiB or 4 KiB), ours | QEMU");
+  console.log("in backend: µs per virtio request inside our process, ring → used ring + interrupt");
+  console.log("  (in brackets: the eventfd write that interrupts the guest, i.e. wakes QEMU's main loop)");
+  console.log("cpu/op: CPU µs per tool operation, QEMU process | our process\n");
   table(
     [
       "test",
@@ -417,7 +418,7 @@ function report(
       "QEMU built-in",
       "ratio",
       "target",
-      "µs/req",
+      "µs/op",
       "in backend (call)",
       "cpu/op ours",
       "cpu/op QEMU dev",

@@ -120,7 +120,7 @@ function tick(): Promise<void> {
 export class SharedRam {
   readonly fd: number;
   readonly mem: GuestMemory;
-  // biome-ignore lint/correctness/noUnusedPrivateClassMembers: keeps the mapping alive
+  /** Keeps the mapping alive (it is unmapped when collected). */
   private readonly map: ArrayBuffer;
 
   constructor(
