@@ -239,14 +239,14 @@ export class BlkDevice implements VirtioDevice {
       case VIRTIO_BLK_T_IN: {
         this.metrics.reads++;
         if (!b || req.dataLen % SECTOR_SIZE || !this.inRange(req.sector, req.dataLen)) return IOERR;
-        await b.readInto(req.data, req.sector * SECTOR_SIZE);
+        await b.readInto(req.data, req.sector * SECTOR_SIZE, this.metrics.inFlight === 1);
         this.metrics.bytesRead += req.dataLen;
         return { status: VIRTIO_BLK_S_OK, written: req.dataLen };
       }
       case VIRTIO_BLK_T_OUT: {
         this.metrics.writes++;
         if (!b || this.readOnly || req.dataLen % SECTOR_SIZE || !this.inRange(req.sector, req.dataLen)) return IOERR;
-        await b.writeFrom(req.data, req.sector * SECTOR_SIZE);
+        await b.writeFrom(req.data, req.sector * SECTOR_SIZE, this.metrics.inFlight === 1);
         this.metrics.bytesWritten += req.dataLen;
         return { status: VIRTIO_BLK_S_OK, written: 0 };
       }
