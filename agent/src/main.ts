@@ -1,18 +1,58 @@
-// cove-agent: PID 1 of the guest (started by /init, a `#!/usr/bin/node` shebang script).
+// cove-agent: PID 1 of the guest (started by /init, a `#!/usr/bin/node` shebang script), serving
+// the cove.agent.v1 API (proto/agent/v1/agent.proto) on vsock, or on a Unix socket on a host (tests).
 // Kernel command line options it reads (see deploy/guest/README.md):
 //   cove.shutdown_after_ready=1  end the VM right after the readiness line (tests, benchmarks)
 //   cove.hostname=<name>         the guest's hostname (default: /etc/hostname)
 //   cove.selftest=1              after the readiness line, run the image's OCI runtime once and log it
+// Arguments / environment (host use):
+//   --listen vsock[:port] | unix:<path>   (COVE_AGENT_LISTEN; default vsock:1024, stdio on 1025)
+//   --state-dir <dir>                     (COVE_AGENT_STATE_DIR; default /run/cove)
+//   --runtime <crun|runc|path>            (COVE_AGENT_RUNTIME; default crun, else runc)
+import { existsSync } from "node:fs";
+import { setChildSubreaper } from "../../src/native/process.ts";
+import { Agent } from "./agent.ts";
 import { createLogger } from "./log.ts";
 import { flag } from "./pid1/cmdline.ts";
 import { startPid1 } from "./pid1/init.ts";
 import { endVm } from "./pid1/power.ts";
 import { announceReady } from "./ready.ts";
 import { selfTest } from "./selftest.ts";
+import { parseListen, serve } from "./serve.ts";
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+function defaultRuntime(): string {
+  const dirs = (process.env.PATH ?? "/usr/bin:/bin").split(":");
+  for (const rt of ["crun", "runc"]) if (dirs.some((d) => existsSync(`${d}/${rt}`))) return rt;
+  return "crun";
+}
 
 const log = createLogger();
-const pid1 = startPid1(log);
-const ready = announceReady();
-log.info(ready, "ready");
-if (flag(pid1.cmdline, "cove.selftest")) selfTest(log);
-if (flag(pid1.cmdline, "cove.shutdown_after_ready")) endVm(log, "cove.shutdown_after_ready");
+const listen = parseListen(arg("--listen") ?? process.env.COVE_AGENT_LISTEN);
+const guest = listen.kind === "vsock";
+const pid1 = startPid1(log, { guest });
+if (process.pid !== 1) setChildSubreaper(); // orphaned container processes come back to the agent
+
+const agent = new Agent({
+  stateDir: arg("--state-dir") ?? process.env.COVE_AGENT_STATE_DIR ?? "/run/cove",
+  runtime: arg("--runtime") ?? process.env.COVE_AGENT_RUNTIME ?? defaultRuntime(),
+  guest,
+  log,
+  reaper: pid1.reaper,
+});
+
+serve(agent, listen, log).then(
+  () => {
+    const ready = announceReady();
+    log.info(ready, "ready");
+    if (flag(pid1.cmdline, "cove.selftest")) selfTest(log);
+    if (flag(pid1.cmdline, "cove.shutdown_after_ready")) endVm(log, "cove.shutdown_after_ready");
+  },
+  (err) => {
+    log.fatal({ err }, "cannot listen");
+    endVm(log, "cannot listen", 1);
+  },
+);

@@ -1,5 +1,5 @@
-/* Pseudo-terminal helpers: window size (TIOCSWINSZ/TIOCGWINSZ) for a pty master that crun handed
- * over, non-blocking mode, and openpty for tests. The agent copies bytes itself. */
+/* Process stdio helpers: pty window size (TIOCSWINSZ/TIOCGWINSZ) for a pty master that crun handed
+ * over, non-blocking mode, openpty for tests, and pipes for non-terminal stdio. The agent copies bytes itself. */
 #include "registry.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -72,3 +72,23 @@ static napi_value set_non_blocking(napi_env env, napi_callback_info info) {
   return cove_undefined(env);
 }
 COVE_EXPORT(setNonBlocking, set_non_blocking)
+
+/* makePipe(sizeBytes) -> [readFd, writeFd], close-on-exec, blocking (the child gets one end as
+ * its stdio; the agent wraps the other). sizeBytes > 0 asks for a bigger pipe buffer
+ * (F_SETPIPE_SZ, best effort): fewer wakeups per MiB of container output. */
+static napi_value make_pipe(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t size = 0;
+  if (argc > 0 && cove_arg_int32(env, argv[0], &size)) return NULL;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return cove_throw_errno(env, errno, "pipe2");
+  if (size > 0) fcntl(fds[1], F_SETPIPE_SZ, size);
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, cove_int32(env, fds[0]));
+  napi_set_element(env, arr, 1, cove_int32(env, fds[1]));
+  return arr;
+}
+COVE_EXPORT(makePipe, make_pipe)

@@ -20,3 +20,9 @@ export function openPty(): { master: number; slave: number } {
 export function setNonBlocking(fd: number, on = true): void {
   fn<(fd: number, on: boolean) => void>("setNonBlocking")(fd, on);
 }
+
+/** pipe2(O_CLOEXEC) → [read end, write end]; `size` > 0 asks for that pipe buffer size (best effort). */
+export function makePipe(size = 0): { read: number; write: number } {
+  const [read, write] = fn<(size: number) => [number, number]>("makePipe")(size);
+  return { read, write };
+}

@@ -6,7 +6,7 @@ import { sethostname } from "../../../src/native/mount.ts";
 import type { Logger } from "../log.ts";
 import { parseCmdline } from "./cmdline.ts";
 import { currentMounts, mountEssentials } from "./mounts.ts";
-import { installFatalHandlers } from "./power.ts";
+import { installFatalHandlers, setGuestInit } from "./power.ts";
 import { Reaper } from "./reaper.ts";
 
 export interface Pid1 {
@@ -17,16 +17,18 @@ export interface Pid1 {
 
 const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-export function startPid1(log: Logger): Pid1 {
+/** `guest: false`: an agent on a host (tests) — no mounts, no hostname, even as PID 1 of a pid namespace. */
+export function startPid1(log: Logger, opts: { guest?: boolean } = {}): Pid1 {
+  const isInit = process.pid === 1 && opts.guest !== false;
+  setGuestInit(isInit);
   installFatalHandlers(log);
-  const isInit = process.pid === 1;
   if (isInit) {
     mountEssentials();
     // The kernel gives init only HOME and TERM.
     process.env.PATH ||= PATH;
     process.env.HOME ||= "/root";
   } else {
-    log.warn({ pid: process.pid }, "not PID 1: skipping mounts and hostname");
+    log.warn({ pid: process.pid }, "not the guest's init: skipping mounts and hostname");
   }
   const cmdline = parseCmdline(readFileSync("/proc/cmdline", "utf8"));
   if (isInit) {

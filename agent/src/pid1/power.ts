@@ -6,6 +6,12 @@ import { RB, reboot } from "../../../src/native/mount.ts";
 import type { Logger } from "../log.ts";
 
 let ending = false;
+/** Whether this process is the guest's init (false for an agent run on a host for tests, even as PID 1 of a pid namespace). */
+let guestInit = process.pid === 1;
+
+export function setGuestInit(v: boolean): void {
+  guestInit = v;
+}
 
 /** Ends the VM (or, when not PID 1, the process). Never returns normally. */
 export function endVm(log: Logger, reason: string, code = 0): never {
@@ -13,7 +19,7 @@ export function endVm(log: Logger, reason: string, code = 0): never {
     ending = true;
     log.info({ reason }, "cove-agent shutting down the VM");
   }
-  if (process.pid === 1) {
+  if (guestInit) {
     try {
       reboot(RB.RESTART);
     } catch (e) {
@@ -37,6 +43,6 @@ export function installFatalHandlers(log: Logger): void {
   });
   // 'exit' handlers must be synchronous; reboot(2) is.
   process.on("exit", (code) => {
-    if (process.pid === 1) endVm(log, `process exiting with code ${code}`, code);
+    if (guestInit) endVm(log, `process exiting with code ${code}`, code);
   });
 }

@@ -1,0 +1,78 @@
+// The stdio port: one connection per stream. The host writes one header line
+//   cove-stdio 1 <container_id> <exec_id|-> <stdin|stdout|stderr>\n
+// and gets `ok\n` (then raw bytes) or `error <code> <message>\n` (then the connection closes).
+import type { Socket } from "node:net";
+import { toStatus } from "../../../src/ttrpc/codes.ts";
+import type { Agent } from "../agent.ts";
+import type { StreamName } from "../container/process.ts";
+import type { Logger } from "../log.ts";
+
+export const STDIO_MAGIC = "cove-stdio";
+export const STDIO_VERSION = "1";
+const MAX_HEADER = 512;
+const HEADER_TIMEOUT_MS = 10_000;
+
+export interface StdioHeader {
+  containerId: string;
+  execId: string;
+  stream: StreamName;
+}
+
+/** Parses a header line (without the newline); throws with a reason. */
+export function parseStdioHeader(line: string): StdioHeader {
+  const parts = line.split(" ");
+  if (parts.length !== 5 || parts[0] !== STDIO_MAGIC) throw new Error("not a cove-stdio header");
+  if (parts[1] !== STDIO_VERSION) throw new Error(`unsupported cove-stdio version ${parts[1]}`);
+  const stream = parts[4];
+  if (stream !== "stdin" && stream !== "stdout" && stream !== "stderr") throw new Error(`unknown stream ${stream}`);
+  return { containerId: parts[2]!, execId: parts[3] === "-" ? "" : parts[3]!, stream };
+}
+
+export function formatStdioHeader(h: StdioHeader): string {
+  return `${STDIO_MAGIC} ${STDIO_VERSION} ${h.containerId} ${h.execId || "-"} ${h.stream}\n`;
+}
+
+/** Handles one connection on the stdio port. */
+export function serveStdio(agent: Agent, conn: Socket, log: Logger): void {
+  conn.on("error", () => {});
+  let buf: Buffer = Buffer.alloc(0);
+  const timer = setTimeout(() => conn.destroy(), HEADER_TIMEOUT_MS);
+  // Paused-mode reads, so that the pumps' own listeners start the flow afterwards (see pump.ts).
+  const onReadable = () => {
+    for (let d = conn.read() as Buffer | null; d !== null; d = conn.read() as Buffer | null) {
+      buf = buf.length ? Buffer.concat([buf, d]) : d;
+      const nl = buf.indexOf(10);
+      if (nl < 0) {
+        if (buf.length > MAX_HEADER) return refuse(3, "header too long");
+        continue;
+      }
+      clearTimeout(timer);
+      conn.off("readable", onReadable);
+      const rest = buf.subarray(nl + 1);
+      if (rest.length) conn.unshift(rest);
+      let h: StdioHeader;
+      try {
+        h = parseStdioHeader(buf.subarray(0, nl).toString("utf8"));
+      } catch (e) {
+        return refuse(3, (e as Error).message);
+      }
+      try {
+        // Attaching only starts pumps (their bytes come on later ticks), so `ok` still goes first.
+        agent.attachStdio(h.containerId, h.execId, h.stream, conn);
+        conn.write("ok\n");
+        log.debug(h, "stdio attached");
+      } catch (e) {
+        const s = toStatus(e);
+        log.debug({ ...h, err: s.message }, "stdio refused");
+        refuse(s.code, s.message);
+      }
+      return;
+    }
+  };
+  const refuse = (code: number, msg: string) => {
+    clearTimeout(timer);
+    conn.off("readable", onReadable);
+    conn.end(`error ${code} ${msg.replace(/\n/g, " ")}\n`);
+  };
+  conn.on("readable", onReadable);
+}

@@ -1,0 +1,232 @@
+// Filesystems the shim names (virtio-blk disks by serial or /dev path, or tmpfs), mounted once per id
+// under <state>/storage/<id> and shared by every container that names the id (refcounted), and the
+// per-container rootfs built from them: an overlay of read-only layers with a writable upper.
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { MNT, MS, mount, umount2 } from "../../../src/native/mount.ts";
+import { alreadyExists, checkId, internal, invalid, notFound } from "../api/errors.ts";
+import type { Logger } from "../log.ts";
+
+export interface StorageSpec {
+  id: string;
+  source: string;
+  fstype: string;
+  options: string[];
+  wait_ms: number;
+}
+
+export interface RootfsSpec {
+  lower: string[];
+  upper: string;
+  path: string;
+}
+
+interface Mounted {
+  spec: StorageSpec;
+  path: string;
+  device: string;
+  refs: number;
+}
+
+const FLAG_OPTIONS: Record<string, number> = {
+  ro: MS.RDONLY,
+  nosuid: MS.NOSUID,
+  nodev: MS.NODEV,
+  noexec: MS.NOEXEC,
+  noatime: MS.NOATIME,
+  relatime: MS.RELATIME,
+};
+const IGNORED_OPTIONS = new Set(["rw", "defaults", "loop"]);
+
+/** Splits mount options into mount(2) flags and the filesystem's data string. */
+export function mountOptions(options: string[]): { flags: number; data: string } {
+  let flags = 0;
+  const data: string[] = [];
+  for (const o of options) {
+    if (o in FLAG_OPTIONS) flags |= FLAG_OPTIONS[o]!;
+    else if (!IGNORED_OPTIONS.has(o)) data.push(o);
+  }
+  return { flags, data: data.join(",") };
+}
+
+/** The block device whose virtio-blk serial is `serial` (/sys/block/<dev>/serial), or undefined. */
+export function deviceBySerial(serial: string, sysBlock = "/sys/block"): string | undefined {
+  let names: string[];
+  try {
+    names = readdirSync(sysBlock);
+  } catch {
+    return undefined;
+  }
+  for (const name of names) {
+    try {
+      if (readFileSync(join(sysBlock, name, "serial"), "utf8").trim() === serial) return `/dev/${name}`;
+    } catch {
+      // no serial attribute (not virtio-blk)
+    }
+  }
+  return undefined;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class Storages {
+  private readonly mounted = new Map<string, Mounted>();
+
+  constructor(
+    private readonly dir: string,
+    private readonly log: Logger,
+  ) {}
+
+  path(id: string): string | undefined {
+    return this.mounted.get(id)?.path;
+  }
+
+  /** Mounts `spec` (or takes another reference if the same id is mounted with the same source). */
+  async acquire(spec: StorageSpec): Promise<string> {
+    checkId(spec.id, "storage id");
+    const have = this.mounted.get(spec.id);
+    if (have) {
+      if (have.spec.source !== spec.source || have.spec.fstype !== spec.fstype)
+        throw alreadyExists(`storage ${spec.id} (mounted from ${have.spec.source})`);
+      have.refs++;
+      return have.path;
+    }
+    if (!spec.fstype || !/^[a-z0-9_.]+$/.test(spec.fstype))
+      throw invalid(`storage ${spec.id}: bad fstype "${spec.fstype}"`);
+    const device = await this.resolveSource(spec);
+    const target = join(this.dir, spec.id);
+    mkdirSync(target, { recursive: true });
+    const { flags, data } = mountOptions(spec.options);
+    try {
+      mount(device, target, spec.fstype, flags, data || null);
+    } catch (e) {
+      rmSync(target, { recursive: true, force: true });
+      throw internal(`storage ${spec.id}: mount ${device} (${spec.fstype}) on ${target}: ${(e as Error).message}`);
+    }
+    this.log.info({ id: spec.id, device, fstype: spec.fstype, target }, "storage mounted");
+    this.mounted.set(spec.id, { spec, path: target, device, refs: 1 });
+    return target;
+  }
+
+  /** Drops one reference; unmounts at zero. */
+  release(id: string): void {
+    const m = this.mounted.get(id);
+    if (!m) return;
+    if (--m.refs > 0) return;
+    this.mounted.delete(id);
+    unmountQuietly(m.path, this.log);
+    rmSync(m.path, { recursive: true, force: true });
+    this.log.info({ id }, "storage unmounted");
+  }
+
+  /** Unmounts everything regardless of references (DestroySandbox). */
+  releaseAll(): void {
+    for (const id of [...this.mounted.keys()]) {
+      const m = this.mounted.get(id)!;
+      m.refs = 1;
+      this.release(id);
+    }
+  }
+
+  private async resolveSource(spec: StorageSpec): Promise<string> {
+    if (spec.source === "tmpfs" || spec.fstype === "tmpfs") return "tmpfs";
+    const deadline = Date.now() + (spec.wait_ms || 5000);
+    for (;;) {
+      let dev: string | undefined;
+      if (spec.source.startsWith("serial:")) dev = deviceBySerial(spec.source.slice("serial:".length));
+      else if (spec.source.startsWith("/dev/")) {
+        if (spec.source.split("/").includes("..")) throw invalid(`storage ${spec.id}: bad source ${spec.source}`);
+        dev = existsSync(spec.source) ? spec.source : undefined;
+      } else throw invalid(`storage ${spec.id}: source must be serial:<s>, /dev/<dev> or tmpfs, not "${spec.source}"`);
+      if (dev) {
+        if (!statSync(dev).isBlockDevice()) throw invalid(`storage ${spec.id}: ${dev} is not a block device`);
+        return dev;
+      }
+      if (Date.now() > deadline) throw notFound(`storage ${spec.id}: block device ${spec.source}`);
+      await sleep(50);
+    }
+  }
+}
+
+/** Unmounts (which writes the filesystem back); lazily if it is still busy. */
+export function unmountQuietly(path: string, log: Logger): void {
+  try {
+    umount2(path, 0);
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EBUSY") {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== "EINVAL" && code !== "ENOENT") log.warn({ path, err: e }, "unmount failed");
+      return;
+    }
+  }
+  try {
+    umount2(path, MNT.DETACH);
+    log.warn({ path }, "busy: unmounted lazily");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "EINVAL" && code !== "ENOENT") log.warn({ path, err: e }, "unmount failed");
+  }
+}
+
+/** Resolves "<storage id>[/sub]" to a guest path. */
+function layerPath(storages: Storages, ref: string): string {
+  const slash = ref.indexOf("/");
+  const id = slash < 0 ? ref : ref.slice(0, slash);
+  const sub = slash < 0 ? "" : ref.slice(slash);
+  if (sub.split("/").includes("..")) throw invalid(`rootfs: ".." in ${ref}`);
+  const base = storages.path(id);
+  if (!base) throw invalid(`rootfs: storage ${id} is not attached`);
+  return base + sub;
+}
+
+/**
+ * Builds the container's rootfs at `<dir>/rootfs` and returns it with an undo function:
+ * path → as is; lower layers → overlay (upper on the writable storage, or a tmpfs);
+ * only upper → that storage itself.
+ */
+export function buildRootfs(
+  storages: Storages,
+  spec: RootfsSpec,
+  dir: string,
+  log: Logger,
+): { path: string; teardown: () => void } {
+  if (spec.path) {
+    if (spec.lower.length || spec.upper) throw invalid("rootfs: path excludes lower/upper");
+    if (!spec.path.startsWith("/") || !existsSync(spec.path)) throw invalid(`rootfs: ${spec.path} does not exist`);
+    return { path: spec.path, teardown: () => {} };
+  }
+  if (spec.lower.length === 0) {
+    if (!spec.upper) throw invalid("rootfs: give path, lower layers, or an upper storage");
+    return { path: layerPath(storages, spec.upper), teardown: () => {} };
+  }
+  const lowers = spec.lower.map((l) => layerPath(storages, l));
+  const rootfs = join(dir, "rootfs");
+  mkdirSync(rootfs, { recursive: true });
+  let scratch: string | undefined;
+  let base: string;
+  if (spec.upper) base = layerPath(storages, spec.upper);
+  else {
+    scratch = join(dir, "scratch");
+    mkdirSync(scratch, { recursive: true });
+    mount("tmpfs", scratch, "tmpfs", 0, "mode=0755");
+    base = scratch;
+  }
+  const upper = join(base, "upper");
+  const work = join(base, "work");
+  mkdirSync(upper, { recursive: true });
+  mkdirSync(work, { recursive: true });
+  try {
+    mount("overlay", rootfs, "overlay", 0, `lowerdir=${lowers.join(":")},upperdir=${upper},workdir=${work}`);
+  } catch (e) {
+    if (scratch) unmountQuietly(scratch, log);
+    throw internal(`rootfs: overlay on ${rootfs}: ${(e as Error).message}`);
+  }
+  return {
+    path: rootfs,
+    teardown: () => {
+      unmountQuietly(rootfs, log);
+      if (scratch) unmountQuietly(scratch, log);
+    },
+  };
+}

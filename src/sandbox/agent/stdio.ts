@@ -1,0 +1,70 @@
+// Host side of the agent's stdio port: one connection per stream, a header line, the agent's
+// `ok` (or `error <code> <message>`), then raw bytes. See proto/agent/v1/agent.proto.
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import { Code, TtrpcError } from "../../ttrpc/index.ts";
+
+export type StdioStream = "stdin" | "stdout" | "stderr";
+
+export function stdioHeader(containerId: string, execId: string, stream: StdioStream): string {
+  return `cove-stdio 1 ${containerId} ${execId || "-"} ${stream}\n`;
+}
+
+/** Sends the header on `conn` and resolves once the agent accepted it (bytes after `ok\n` stay readable). */
+export function handshake(
+  conn: Duplex,
+  containerId: string,
+  execId: string,
+  stream: StdioStream,
+  timeoutMs = 10_000,
+): Promise<Duplex> {
+  return new Promise((resolve, reject) => {
+    // Paused-mode reads ('readable' + read()), so that once the listener is gone the stream is back
+    // to its initial state: the caller's first 'data' listener or pipe() starts the flow, and
+    // nothing after the `ok` line is lost.
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(
+      () => fail(new TtrpcError(Code.DEADLINE_EXCEEDED, "stdio handshake timed out")),
+      timeoutMs,
+    );
+    const cleanup = () => {
+      clearTimeout(timer);
+      conn.off("readable", onReadable);
+      conn.off("end", onEnd);
+      conn.off("error", fail);
+    };
+    const fail = (e: Error) => {
+      cleanup();
+      conn.destroy();
+      reject(e);
+    };
+    const onReadable = () => {
+      for (let d = conn.read() as Buffer | null; d !== null; d = conn.read() as Buffer | null) {
+        buf = Buffer.concat([buf, d]);
+        const nl = buf.indexOf(10);
+        if (nl < 0) {
+          if (buf.length > 1024) fail(new TtrpcError(Code.INTERNAL, "stdio: malformed answer from the agent"));
+          continue;
+        }
+        cleanup();
+        const line = buf.subarray(0, nl).toString();
+        const rest = buf.subarray(nl + 1);
+        if (rest.length) conn.unshift(rest);
+        if (line === "ok") {
+          resolve(conn);
+          return;
+        }
+        const m = /^error (\d+) (.*)$/.exec(line);
+        conn.destroy();
+        reject(new TtrpcError(m ? Number(m[1]) : Code.INTERNAL, m ? m[2]! : `stdio: unexpected answer "${line}"`));
+        return;
+      }
+    };
+    const onEnd = () => fail(new TtrpcError(Code.UNAVAILABLE, "stdio: agent closed the connection"));
+    conn.on("readable", onReadable);
+    conn.once("end", onEnd);
+    conn.once("error", fail);
+    (conn as Socket).setNoDelay?.(true);
+    conn.write(stdioHeader(containerId, execId, stream));
+  });
+}
