@@ -3,6 +3,7 @@
 // whose /dev/kvm cannot run a stock Linux guest; see notes/host-kvm.md). Backends register here.
 import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import type { CoveConfig, HypervisorChoice } from "../config/config.ts";
+import type { Hypervisor } from "../hypervisor/types.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 
 export type BackendKind = "embedded" | "qemu";
@@ -80,12 +81,8 @@ export function chooseBackend(choice: HypervisorChoice, host: HostKvm): BackendC
   }
 }
 
-/** A started hypervisor backend, as the sandbox uses it (grows with the VM issues). */
-export interface VmHandle {
-  stop(): Promise<void>;
-}
-
-export type BackendFactory = (config: CoveConfig, choice: BackendChoice, id: string) => Promise<VmHandle>;
+/** Makes the Hypervisor (src/hypervisor/types.ts) for a choice; a backend module registers one. */
+export type BackendFactory = (config: CoveConfig, choice: BackendChoice) => Hypervisor;
 
 const registry = new Map<BackendKind, BackendFactory>();
 

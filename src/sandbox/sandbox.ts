@@ -56,14 +56,12 @@ export class SandboxRuntime implements TaskRuntime {
       { id: spec.id, backend: choice.kind, accel: choice.accel, reason: choice.reason },
       "hypervisor backend chosen",
     );
-    const start = backendFactory(choice);
-    const vm = await start(config, choice, spec.id);
-    // Booting the guest and creating the container through the agent come with the VM issues; until
-    // then nothing may stay behind.
-    await vm.stop();
+    const hypervisor = backendFactory(choice)(config, choice);
+    // Assembling the VM (rootfs as block devices, vsock) and creating the container through the
+    // guest agent come with the VM issues; until then nothing is started, so nothing stays behind.
     throw new TtrpcError(
       Code.UNIMPLEMENTED,
-      `cove cannot create ${spec.id}: the guest agent is not available in this build`,
+      `cove cannot create ${spec.id}: the ${hypervisor.name} backend is available, but starting the pod VM and its agent is not wired into the sandbox in this build`,
     );
   }
 

@@ -178,15 +178,19 @@ test("sandbox Create: missing kernel first; with artifacts, backend selection sa
     };
     await assert.rejects(rt.create({ ...spec, options }), (e: TtrpcError) => e.message.includes(join(d, "elsewhere")));
 
-    // A registered backend is started, and stopped again since no agent exists yet.
-    let stopped = 0;
-    registerBackend("qemu", async () => ({ stop: async () => void stopped++ }));
+    // With a registered backend, selection gets past "not available" to the part not yet wired.
+    let made = 0;
+    registerBackend("qemu", (_config, choice) => {
+      made++;
+      assert.equal(choice.accel, "tcg");
+      return { name: "fake-qemu", start: async () => assert.fail("no VM may be started yet") };
+    });
     try {
       await assert.rejects(
         rt.create(spec),
-        (e: TtrpcError) => e.code === Code.UNIMPLEMENTED && /agent/.test(e.message),
+        (e: TtrpcError) => e.code === Code.UNIMPLEMENTED && /fake-qemu backend is available/.test(e.message),
       );
-      assert.equal(stopped, 1);
+      assert.equal(made, 1);
     } finally {
       unregisterBackend("qemu");
     }
