@@ -39,7 +39,10 @@ export class BlkBacking {
     readonly isFile: boolean,
   ) {}
 
-  /** How many requests completed on the fast path, and how many needed the thread pool. */
+  /**
+   * Inline (RWF_NOWAIT) attempts that completed the request, and those that fell back to the thread
+   * pool; requests over the inline limit go straight to the pool and are not counted.
+   */
   readonly nowait = { hits: 0, misses: 0 };
   private writeRefusals = 0;
 
