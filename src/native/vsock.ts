@@ -28,12 +28,21 @@ function pipeWrap(): PipeWrap {
 }
 
 /** Wraps a connected stream fd (socket, pty master, pipe) in a net.Socket that owns it. */
-export function socketFromFd(fd: number, opts: { allowHalfOpen?: boolean } = {}): Socket {
+export function socketFromFd(
+  fd: number,
+  opts: { allowHalfOpen?: boolean; readable?: boolean; writable?: boolean } = {},
+): Socket {
   const { Pipe, constants } = pipeWrap();
   const h = new Pipe(constants.SOCKET);
   const r = h.open(fd);
   if (r !== 0) throw new Error(`cannot wrap fd ${fd} in a stream handle (libuv error ${r})`);
-  return new Socket({ handle: h, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true } as never);
+  // A one-way fd (a pipe end) must say so: reading a write-only handle fails and destroys the socket.
+  return new Socket({
+    handle: h,
+    readable: opts.readable ?? true,
+    writable: opts.writable ?? true,
+    allowHalfOpen: opts.allowHalfOpen ?? true,
+  } as never);
 }
 
 export interface VsockServer {

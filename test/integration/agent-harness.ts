@@ -2,7 +2,16 @@
 // from the runtime's own template, and the agent run on this host in its own mount, pid and UTS
 // namespaces (unshare), so that it touches none of the host's mounts or processes.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { AgentClient, unixDialer } from "../../src/sandbox/agent/index.ts";
@@ -34,8 +43,10 @@ export function writeBusyboxRootfs(
 ): void {
   for (const e of layerEntries(busyboxImage({ files: extra }))) {
     const p = join(dir, e.name);
-    if (e.type === "directory") mkdirSync(p, { recursive: true, mode: e.mode });
-    else {
+    if (e.type === "directory") {
+      mkdirSync(p, { recursive: true });
+      chmodSync(p, e.mode); // mkdir's mode is masked by the umask (/tmp must stay 1777)
+    } else {
       mkdirSync(dirname(p), { recursive: true });
       if (e.type === "symlink") symlinkSync(e.linkname!, p);
       else writeFileSync(p, e.content!, { mode: e.mode });
@@ -48,7 +59,7 @@ export function busyboxErofs(out: string): void {
   const dir = `${out}.d`;
   rmSync(dir, { recursive: true, force: true });
   writeBusyboxRootfs(dir);
-  execFileSync("mkfs.erofs", ["-q", "-T0", out, dir], { timeout: 60_000 });
+  execFileSync("mkfs.erofs", ["--quiet", "-T0", "--all-root", out, dir], { timeout: 60_000 });
   rmSync(dir, { recursive: true, force: true });
 }
 
@@ -68,6 +79,7 @@ export function ociSpec(args: string[], opts: { terminal?: boolean; env?: string
     [k: string]: unknown;
   };
   spec.process.args = args;
+  spec.root = { path: "rootfs", readonly: false };
   spec.process.terminal = !!opts.terminal;
   spec.process.env = ["PATH=/bin", "TERM=xterm", ...(opts.env ?? [])];
   if (opts.memoryLimit) spec.linux.resources = { memory: { limit: opts.memoryLimit, swap: opts.memoryLimit } };

@@ -102,7 +102,7 @@ export class Proc {
       const p = makePipe(PIPE_SIZE);
       io[0] = p.read;
       this.childFds.push(p.read);
-      this.stdinSink = socketFromFd(p.write);
+      this.stdinSink = socketFromFd(p.write, { readable: false });
       this.stdinSink.on("error", () => {});
       if (this.stdinConn) this.startStdin();
     }
@@ -115,7 +115,7 @@ export class Proc {
       const p = makePipe(PIPE_SIZE);
       io[i] = p.write;
       this.childFds.push(p.write);
-      out.setSource(socketFromFd(p.read, { allowHalfOpen: true }));
+      out.setSource(socketFromFd(p.read, { writable: false }));
     }
     return io;
   }
