@@ -125,7 +125,7 @@ describe("agent on the host: containers through crun", { skip, timeout: 300_000 
       Code.INVALID_ARGUMENT,
       /JSON/,
     );
-    const bind = ociSpec(["true"]) as { mounts: unknown[] };
+    const bind = ociSpec(["true"]) as unknown as { mounts: unknown[] };
     bind.mounts.push({ destination: "/data", type: "bind", source: "/var/lib/x", options: ["rbind"] });
     await rejectsWith(c.createContainer({ container_id: "bad", spec: bind, rootfs }), Code.INVALID_ARGUMENT, /host/);
     await rejectsWith(
