@@ -8,7 +8,7 @@ import protobuf from "protobufjs/minimal.js";
 import { closeFd, unixListen } from "../native/fdpass.ts";
 import { addressPath, DEFAULT_SOCKET_DIR, groupingOf, socketAddress, socketPath } from "./address.ts";
 import { daemonArgs, type ShimFlags } from "./flags.ts";
-import { decodeStartOptions } from "./options.ts";
+import { decodeStartOptions, logLevelName } from "./options.ts";
 
 /** The OCI annotations of the bundle's config.json (empty when there is none or it is unreadable). */
 export function bundleAnnotations(bundle: string): Record<string, string> {
@@ -116,7 +116,10 @@ export async function start(flags: ShimFlags, io: StartIO): Promise<string> {
   const listened = await listenOrReuse(path);
   if (listened.kind === "listening") {
     const self = io.self ?? { command: process.execPath, args: [...process.execArgv, process.argv[1]!] };
-    const child = spawn(self.command, [...self.args, ...daemonArgs(flags, address, opts.configPath ?? "")], {
+    // containerd 2.3 passes its log level in BootstrapParams instead of -debug.
+    const level = logLevelName(opts.logLevel);
+    const daemonFlags = { ...flags, debug: flags.debug || level === "debug" || level === "trace" };
+    const child = spawn(self.command, [...self.args, ...daemonArgs(daemonFlags, address, opts.configPath ?? "")], {
       cwd: bundle,
       detached: true, // own session and process group, as containerd's Setpgid
       // Never inherit fds 1/2: they are containerd's CombinedOutput pipe, which it reads to EOF.

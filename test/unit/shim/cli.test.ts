@@ -1,0 +1,99 @@
+// The binary as containerd runs it: `start` prints only the address (here in the 2.3 form, with
+// BootstrapParams on stdin choosing the socket dir), `delete` prints only a DeleteResponse, bad
+// flags exit 2. Run from source; the daemon it spawns is shut down (or killed) before the test ends.
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { test } from "node:test";
+import { messageType } from "../../../src/proto/root.ts";
+import { connectUnix } from "../../../src/ttrpc/index.ts";
+
+const MAIN = resolve("src/shim/main.ts");
+const TSX = import.meta.resolve("tsx");
+
+function shim(args: string[], cwd: string, input: Uint8Array = new Uint8Array()) {
+  return spawnSync(process.execPath, ["--import", TSX, MAIN, ...args], { cwd, input, timeout: 30_000 });
+}
+
+function encode(name: string, obj: Record<string, unknown>): Uint8Array {
+  const T = messageType(name);
+  return T.encode(T.fromObject(obj)).finish();
+}
+
+function processesMentioning(s: string): number[] {
+  return readdirSync("/proc")
+    .filter((n) => /^\d+$/.test(n))
+    .filter((n) => {
+      try {
+        return readFileSync(`/proc/${n}/cmdline`, "utf8").includes(s);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+test("start prints only unix://…, delete prints only a DeleteResponse, bad flags exit 2", async () => {
+  const root = mkdtempSync(join(tmpdir(), "cove-cli-"));
+  try {
+    const bundle = join(root, "t1");
+    mkdirSync(bundle);
+    writeFileSync(join(bundle, "config.json"), "{}");
+    const sockDir = join(root, "sockets");
+    const params = encode("containerd.runtime.bootstrap.v1.BootstrapParams", {
+      instance_id: "t1",
+      namespace: "default",
+      socket_dir: sockDir,
+    });
+    const r = shim(["-namespace", "default", "-address", join(root, "c.sock"), "-id", "t1", "start"], bundle, params);
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.equal(r.stderr.toString(), "", "nothing on stderr");
+    const out = r.stdout.toString();
+    assert.match(out, new RegExp(`^unix://${sockDir}/[0-9a-f]{64}$`), "stdout is exactly the address");
+
+    const c = await connectUnix(out, { timeoutMs: 10_000 });
+    try {
+      const S = "containerd.task.v2.Task";
+      const conn = await c.call<{ shim_pid: number }>(S, "Connect", { id: "t1" }, { timeoutMs: 10_000 });
+      assert.ok(conn.shim_pid > 0);
+      await c.call(S, "Shutdown", { id: "t1" }, { timeoutMs: 5000 });
+    } finally {
+      c.close();
+    }
+
+    const end = Date.now() + 5000;
+    while (processesMentioning(sockDir).length > 0 && Date.now() < end) await new Promise((x) => setTimeout(x, 20));
+    assert.deepEqual(processesMentioning(sockDir), [], "the daemon exits after Shutdown");
+    assert.deepEqual(readdirSync(sockDir), [], "and removes its socket");
+
+    const d = shim(
+      ["-namespace", "default", "-address", join(root, "c.sock"), "-id", "t1", "-bundle", bundle, "delete"],
+      bundle,
+    );
+    assert.equal(d.status, 0, d.stderr.toString());
+    assert.equal(d.stderr.toString(), "");
+    const T = messageType("containerd.task.v2.DeleteResponse");
+    const resp = T.toObject(T.decode(d.stdout), { longs: Number }) as {
+      exit_status: number;
+      exited_at: { seconds: number };
+    };
+    assert.equal(resp.exit_status, 137);
+    assert.ok(resp.exited_at.seconds > 0);
+
+    const bad = shim(["-bogus", "start"], bundle);
+    assert.equal(bad.status, 2);
+    assert.equal(bad.stdout.length, 0);
+    assert.match(bad.stderr.toString(), /flag provided but not defined: -bogus/);
+  } finally {
+    for (const pid of processesMentioning(root)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    rmSync(root, { recursive: true, force: true });
+  }
+});
