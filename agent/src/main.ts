@@ -44,15 +44,27 @@ const agent = new Agent({
   reaper: pid1.reaper,
 });
 
-serve(agent, listen, log).then(
-  () => {
-    const ready = announceReady();
-    log.info(ready, "ready");
-    if (flag(pid1.cmdline, "cove.selftest")) selfTest(log);
-    if (flag(pid1.cmdline, "cove.shutdown_after_ready")) endVm(log, "cove.shutdown_after_ready");
-  },
-  (err) => {
-    log.fatal({ err }, "cannot listen");
-    endVm(log, "cannot listen", 1);
-  },
-);
+// The readiness line comes once the API listens. If listening fails (e.g. no vsock device in this
+// VM), the agent says so, still announces itself (the boot is complete) and keeps retrying: PID 1
+// must not end the VM over it.
+function listenWithRetry(first: boolean): void {
+  serve(agent, listen, log).then(
+    () => {
+      if (first) ready();
+    },
+    (err) => {
+      log.error({ err }, "cannot listen; retrying in 2 s");
+      if (first) ready();
+      setTimeout(() => listenWithRetry(false), 2000);
+    },
+  );
+}
+
+function ready(): void {
+  const r = announceReady();
+  log.info(r, "ready");
+  if (flag(pid1.cmdline, "cove.selftest")) selfTest(log);
+  if (flag(pid1.cmdline, "cove.shutdown_after_ready")) endVm(log, "cove.shutdown_after_ready");
+}
+
+listenWithRetry(true);
