@@ -70,6 +70,16 @@ export function createDaemon(server: net.Server, o: DaemonOptions): Daemon {
   const stop = (reason: string): Promise<void> => {
     stopping ??= (async () => {
       logger.info({ reason }, "shim shutting down");
+      // Unlink while still listening: until then nobody else can have bound this path, so the file
+      // is ours; a `start` racing with this shutdown then binds a fresh socket instead of us
+      // removing its socket later.
+      if (flags.socket) {
+        try {
+          unlinkSync(addressPath(flags.socket));
+        } catch {
+          // already gone
+        }
+      }
       await ttrpc.close();
       try {
         await runtime.shutdown();
@@ -78,13 +88,6 @@ export function createDaemon(server: net.Server, o: DaemonOptions): Daemon {
       }
       await events.flush(2000);
       events.close();
-      if (flags.socket) {
-        try {
-          unlinkSync(addressPath(flags.socket));
-        } catch {
-          // already gone
-        }
-      }
       logger.info("shim stopped");
       o.onStopped?.();
     })();
