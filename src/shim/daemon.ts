@@ -111,21 +111,25 @@ export function createDaemon(server: net.Server, o: DaemonOptions): Daemon {
   return { service, ttrpc, server, stop };
 }
 
-function listen(server: net.Server, flags: ShimFlags): Promise<void> {
+function listen(server: net.Server, flags: ShimFlags, listenFd: number | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", reject);
     server.once("listening", () => {
       server.off("error", reject);
       resolve();
     });
-    if (inheritedSocket()) server.listen({ fd: LISTEN_FD });
+    if (listenFd !== undefined) server.listen({ fd: listenFd });
+    else if (inheritedSocket()) server.listen({ fd: LISTEN_FD });
     else if (flags.socket) server.listen(addressPath(flags.socket));
     else reject(new Error("no socket to serve on: run through `start`, or pass -socket"));
   });
 }
 
-/** The daemon entry point (main.ts, no action). */
-export async function serve(flags: ShimFlags): Promise<void> {
+/**
+ * The daemon entry point: main.ts with no action (socket on fd 3 or -socket), or the `start`
+ * process that became the daemon (listenFd: the socket it bound).
+ */
+export async function serve(flags: ShimFlags, listenFd?: number): Promise<void> {
   const bundle = flags.bundle || process.cwd();
   let dest: DropCountingDestination | undefined;
   try {
@@ -167,7 +171,7 @@ export async function serve(flags: ShimFlags): Promise<void> {
       process.exit(0);
     },
   });
-  await listen(server, flags);
+  await listen(server, flags, listenFd);
   for (const sig of ["SIGTERM", "SIGINT"] as const) process.on(sig, () => void daemon.stop(sig));
   // Time since process start: what a served Connect waits for after `start` (benchmarked).
   logger.info({ socket: flags.socket, boot_ms: Math.round(performance.now()) }, "shim serving");

@@ -71,7 +71,7 @@ export async function listenOrReuse(path: string): Promise<ListenResult> {
 }
 
 /** containerd's shim gets oom_score_adj one above containerd's, so the OOM killer prefers it. */
-function raiseOomScore(pid: number): void {
+export function raiseOomScore(pid: number | "self"): void {
   try {
     const mine = Number.parseInt(readFileSync("/proc/self/oom_score_adj", "utf8"), 10);
     writeFileSync(`/proc/${pid}/oom_score_adj`, String(Math.min(1000, mine + 1)));
@@ -101,8 +101,19 @@ export interface StartIO {
   socketDir?: string;
 }
 
-/** `start`: finds or creates the pod's shim daemon and returns the address to print. */
-export async function start(flags: ShimFlags, io: StartIO): Promise<string> {
+/** What `start` settled: the address, and either a fresh listening fd for a new daemon or a live shim. */
+export interface StartPlan {
+  address: string;
+  path: string;
+  bundle: string;
+  /** A raw listening socket fd the new daemon serves on; absent when a live shim serves the pod. */
+  listenFd?: number;
+  /** The daemon's flags: -debug also from a 2.3 BootstrapParams log level, the socket, the config path. */
+  daemonFlags: ShimFlags;
+}
+
+/** The part of `start` before any daemon exists: options, grouping, socket (bound or reused), ./address. */
+export async function planStart(flags: ShimFlags, io: StartIO): Promise<StartPlan> {
   if (!flags.id) throw new Error("start: -id is required");
   if (!flags.namespace) throw new Error("start: -namespace is required");
   const bundle = flags.bundle || io.cwd;
@@ -112,38 +123,60 @@ export async function start(flags: ShimFlags, io: StartIO): Promise<string> {
   mkdirSync(dir, { recursive: true, mode: 0o711 });
   const path = socketPath(flags.address, flags.namespace, grouping, dir);
   const address = socketAddress(path);
-
+  // containerd 2.3 passes its log level in BootstrapParams instead of -debug.
+  const level = logLevelName(opts.logLevel);
+  const daemonFlags: ShimFlags = {
+    ...flags,
+    action: "serve",
+    socket: address,
+    configPath: opts.configPath ?? "",
+    debug: flags.debug || level === "debug" || level === "trace",
+  };
   const listened = await listenOrReuse(path);
-  if (listened.kind === "listening") {
-    const self = io.self ?? { command: process.execPath, args: [...process.execArgv, process.argv[1]!] };
-    // containerd 2.3 passes its log level in BootstrapParams instead of -debug.
-    const level = logLevelName(opts.logLevel);
-    const daemonFlags = { ...flags, debug: flags.debug || level === "debug" || level === "trace" };
-    const child = spawn(self.command, [...self.args, ...daemonArgs(daemonFlags, address, opts.configPath ?? "")], {
-      cwd: bundle,
-      detached: true, // own session and process group, as containerd's Setpgid
-      // Never inherit fds 1/2: they are containerd's CombinedOutput pipe, which it reads to EOF.
-      stdio: ["ignore", "ignore", "ignore", listened.fd],
-      env: daemonEnv(process.env),
-    });
-    let spawned: number;
-    try {
-      spawned = await new Promise<number>((resolve, reject) => {
-        child.once("spawn", () => resolve(child.pid!));
-        child.once("error", reject);
-      });
-    } catch (e) {
-      closeFd(listened.fd);
-      unlinkSync(path);
-      throw e;
-    }
-    child.unref();
-    // The daemon owns the socket now.
-    closeFd(listened.fd);
-    raiseOomScore(spawned);
-  }
   writeFileSync(join(bundle, "address"), address, { mode: 0o600 });
-  return address;
+  return {
+    address,
+    path,
+    bundle,
+    listenFd: listened.kind === "listening" ? listened.fd : undefined,
+    daemonFlags,
+  };
+}
+
+/**
+ * `start` as containerd's Go shims do it: plan, then re-execute this binary as the daemon with the
+ * listening socket as fd 3, and return the address to print. (bin/containerd-shim-cove-v2 normally
+ * takes the faster path, where the start process itself becomes the daemon: main.ts.)
+ */
+export async function start(flags: ShimFlags, io: StartIO): Promise<string> {
+  const plan = await planStart(flags, io);
+  if (plan.listenFd === undefined) return plan.address;
+  const fd = plan.listenFd;
+  const self = io.self ?? { command: process.execPath, args: [...process.execArgv, process.argv[1]!] };
+  const f = plan.daemonFlags;
+  const child = spawn(self.command, [...self.args, ...daemonArgs(f, f.socket, f.configPath)], {
+    cwd: plan.bundle,
+    detached: true, // own session and process group, as containerd's Setpgid
+    // Never inherit fds 1/2: they are containerd's CombinedOutput pipe, which it reads to EOF.
+    stdio: ["ignore", "ignore", "ignore", fd],
+    env: daemonEnv(process.env),
+  });
+  let spawned: number;
+  try {
+    spawned = await new Promise<number>((resolve, reject) => {
+      child.once("spawn", () => resolve(child.pid!));
+      child.once("error", reject);
+    });
+  } catch (e) {
+    closeFd(fd);
+    unlinkSync(plan.path);
+    throw e;
+  }
+  child.unref();
+  // The daemon owns the socket now.
+  closeFd(fd);
+  raiseOomScore(spawned);
+  return plan.address;
 }
 
 function encodeDeleteResponse(pid: number, exitStatus: number, at: Date): Uint8Array {

@@ -13,8 +13,13 @@ import { connectUnix } from "../../../src/ttrpc/index.ts";
 const MAIN = resolve("src/shim/main.ts");
 const TSX = import.meta.resolve("tsx");
 
-function shim(args: string[], cwd: string, input: Uint8Array = new Uint8Array()) {
-  return spawnSync(process.execPath, ["--import", TSX, MAIN, ...args], { cwd, input, timeout: 30_000 });
+function shim(args: string[], cwd: string, input: Uint8Array = new Uint8Array(), env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, ["--import", TSX, MAIN, ...args], {
+    cwd,
+    input,
+    timeout: 30_000,
+    env: { ...process.env, ...env },
+  });
 }
 
 function encode(name: string, obj: Record<string, unknown>): Uint8Array {
@@ -86,6 +91,65 @@ test("start prints only unix://…, delete prints only a DeleteResponse, bad fla
     assert.equal(bad.status, 2);
     assert.equal(bad.stdout.length, 0);
     assert.match(bad.stderr.toString(), /flag provided but not defined: -bogus/);
+  } finally {
+    for (const pid of processesMentioning(root)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("start as bin/containerd-shim-cove-v2 runs it: the start process itself becomes the daemon", async () => {
+  const root = mkdtempSync(join(tmpdir(), "cove-cli-"));
+  try {
+    const bundle = join(root, "t2");
+    mkdirSync(bundle);
+    writeFileSync(join(bundle, "config.json"), "{}");
+    const sockDir = join(root, "sockets");
+    const params = encode("containerd.runtime.bootstrap.v1.BootstrapParams", {
+      instance_id: "t2",
+      socket_dir: sockDir,
+    });
+    const args = ["-namespace", "default", "-address", join(root, "c.sock"), "-id", "t2", "start"];
+    // As the wrapper does: detached with setsid -f, output read until the process lets go of it.
+    const r = spawnSync("setsid", ["-f", process.execPath, "--import", TSX, MAIN, ...args], {
+      cwd: bundle,
+      input: params,
+      timeout: 30_000,
+      env: { ...process.env, COVE_START_BECOMES_DAEMON: "1" },
+    });
+    assert.equal(r.stderr.toString(), "");
+    const address = r.stdout.toString();
+    assert.match(address, new RegExp(`^unix://${sockDir}/[0-9a-f]{64}$`));
+    const daemons = processesMentioning(root);
+    assert.equal(daemons.length, 1, "exactly one process: the daemon that ran start");
+
+    const c = await connectUnix(address, { timeoutMs: 10_000 });
+    try {
+      const S = "containerd.task.v2.Task";
+      const conn = await c.call<{ shim_pid: number }>(S, "Connect", { id: "t2" }, { timeoutMs: 10_000 });
+      assert.equal(conn.shim_pid, daemons[0]);
+      assert.equal(readFileSync(`/proc/${conn.shim_pid}/environ`, "utf8").includes("COVE_START_BECOMES_DAEMON"), true);
+      // A second start for the same group finds the live shim and exits without serving.
+      const again = spawnSync("setsid", ["-f", process.execPath, "--import", TSX, MAIN, ...args], {
+        cwd: bundle,
+        input: params,
+        timeout: 30_000,
+        env: { ...process.env, COVE_START_BECOMES_DAEMON: "1" },
+      });
+      assert.equal(again.stdout.toString(), address);
+      await c.call(S, "Shutdown", { id: "t2" }, { timeoutMs: 5000 });
+    } finally {
+      c.close();
+    }
+    const end = Date.now() + 5000;
+    while (processesMentioning(root).length > 0 && Date.now() < end) await new Promise((x) => setTimeout(x, 20));
+    assert.deepEqual(processesMentioning(root), [], "daemon gone after Shutdown, the second start too");
+    assert.deepEqual(readdirSync(sockDir), []);
   } finally {
     for (const pid of processesMentioning(root)) {
       try {
