@@ -12,9 +12,24 @@ export interface CoveConfig {
   cacheDir: string;
   guest: { kernel: string; image: string; vcpus: number; memoryMib: number };
   qemu: { binary: string };
+  pod: PodConfig;
   log: { level: LogLevel };
   /** Where the values came from: a file path, or "built-in defaults". */
   source: string;
+}
+
+/** How a pod VM is laid out and waited for. */
+export interface PodConfig {
+  /** Empty read-only virtio-blk slots for layer images of containers added after boot. */
+  layerSlots: number;
+  /** Empty read-write slots for their writable layers. */
+  writableSlots: number;
+  /** Size of each container's writable layer (sparse ext4 image). */
+  writableLayerMib: number;
+  /** How long the agent may take to answer after the VM starts. */
+  bootTimeoutMs: number;
+  /** Pod annotations (glob list, `*` at the end) that may override guest.vcpus / guest.memory_mib. */
+  allowedAnnotations: string[];
 }
 
 export const DEFAULT_CONFIG_PATH = "/etc/cove/cove.toml";
@@ -44,6 +59,7 @@ export function defaultConfig(): CoveConfig {
       memoryMib: 256,
     },
     qemu: { binary: "qemu-system-x86_64" },
+    pod: { layerSlots: 4, writableSlots: 2, writableLayerMib: 1024, bootTimeoutMs: 120_000, allowedAnnotations: [] },
     log: { level: "info" },
     source: "built-in defaults",
   };
@@ -97,7 +113,7 @@ export function parseConfig(text: string, file: string): CoveConfig {
     throw new ConfigError(`${file}: not valid TOML: ${(e as Error).message}`);
   }
   const d = defaultConfig();
-  onlyKeys(doc, "", ["hypervisor", "cache_dir", "guest", "qemu", "log"], file);
+  onlyKeys(doc, "", ["hypervisor", "cache_dir", "guest", "qemu", "pod", "log"], file);
   const hypervisor = str(doc, "hypervisor", "", file, d.hypervisor);
   if (!HYPERVISORS.includes(hypervisor as HypervisorChoice)) {
     throw new ConfigError(`${file}: "hypervisor" must be one of ${HYPERVISORS.join(", ")} (got "${hypervisor}")`);
@@ -108,6 +124,17 @@ export function parseConfig(text: string, file: string): CoveConfig {
   onlyKeys(guest, "guest.", ["kernel", "image", "vcpus", "memory_mib"], file);
   const qemu = subTable(doc, "qemu", file);
   onlyKeys(qemu, "qemu.", ["binary"], file);
+  const pod = subTable(doc, "pod", file);
+  onlyKeys(
+    pod,
+    "pod.",
+    ["layer_slots", "writable_slots", "writable_layer_mib", "boot_timeout_ms", "allowed_annotations"],
+    file,
+  );
+  const allowed = pod.allowed_annotations ?? d.pod.allowedAnnotations;
+  if (!Array.isArray(allowed) || !allowed.every((a) => typeof a === "string")) {
+    throw new ConfigError(`${file}: "pod.allowed_annotations" must be a list of strings`);
+  }
   const log = subTable(doc, "log", file);
   onlyKeys(log, "log.", ["level"], file);
   const level = str(log, "level", "log.", file, d.log.level);
@@ -126,6 +153,13 @@ export function parseConfig(text: string, file: string): CoveConfig {
       memoryMib: int(guest, "memory_mib", "guest.", file, d.guest.memoryMib, 64, 1 << 20),
     },
     qemu: { binary: str(qemu, "binary", "qemu.", file, d.qemu.binary) || d.qemu.binary },
+    pod: {
+      layerSlots: int(pod, "layer_slots", "pod.", file, d.pod.layerSlots, 0, 32),
+      writableSlots: int(pod, "writable_slots", "pod.", file, d.pod.writableSlots, 0, 32),
+      writableLayerMib: int(pod, "writable_layer_mib", "pod.", file, d.pod.writableLayerMib, 16, 1 << 22),
+      bootTimeoutMs: int(pod, "boot_timeout_ms", "pod.", file, d.pod.bootTimeoutMs, 1000, 3_600_000),
+      allowedAnnotations: allowed as string[],
+    },
     log: { level: level as LogLevel },
     source: file,
   };

@@ -1,12 +1,28 @@
-// The pod sandbox as the Task service's TaskRuntime: configuration for the pod, its guest artifacts,
-// the hypervisor backend, and (in later issues) the VM and the agent inside it.
+// The pod sandbox as the Task service's TaskRuntime: one microVM per pod (the shim daemon serves one
+// pod, grouped by `start`), the agent inside it, and every task RPC mapped onto the agent.
+//
+// A CRI sandbox container (io.kubernetes.cri.container-type=sandbox) is the VM itself: no pause
+// process runs in the guest. Kata runs pause so that containers can join its namespaces; in cove the
+// VM already is the pod's isolation boundary and shared namespace, so a pause process would only
+// cost guest memory and an image conversion. Its task pid is the VMM's pid; killing it ends the
+// "process", and deleting it tears the VM down.
+import { readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import type { Logger } from "pino";
 import { ConfigError, type CoveConfig, loadConfig } from "../config/config.ts";
 import { messageType } from "../proto/root.ts";
+import { layerImage } from "../rootfs/layers.ts";
+import { planRootfs } from "../rootfs/plan.ts";
+import { createWritableLayer } from "../rootfs/writable.ts";
 import type { AnyValue, CreateSpec, ExecSpec, RuntimeEvents, TaskRuntime } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
+import type { Storage } from "./agent/index.ts";
 import { backendFactory, chooseBackend, type HostKvm, probeHost } from "./backend.ts";
 import { checkGuestArtifacts } from "./guest.ts";
+import { ProcessIo } from "./io.ts";
+import { podOverrides } from "./overrides.ts";
+import { PodVm } from "./pod.ts";
+import { SlotTable } from "./slots.ts";
 
 export interface SandboxOptions {
   logger: Logger;
@@ -26,16 +42,73 @@ export function configPathFromOptions(options: AnyValue | undefined): string | u
   return o.config_path || undefined;
 }
 
+type Json = Record<string, unknown>;
+
+const CONTAINER_TYPE = "io.kubernetes.cri.container-type";
+/** The guest exit status of a process whose VM went away (as Kata reports it). */
+export const VM_GONE_STATUS = 255;
+
+interface Proc {
+  io?: ProcessIo;
+  process?: unknown;
+  started: boolean;
+  exited: boolean;
+}
+
+interface Ctr {
+  id: string;
+  bundle: string;
+  sandbox: boolean;
+  /** Slot images this container holds (released on delete). */
+  images: string[];
+  /** Files made for it (writable layer). */
+  files: string[];
+  procs: Map<string, Proc>;
+}
+
+function readSpec(bundle: string): Json {
+  try {
+    return JSON.parse(readFileSync(join(bundle, "config.json"), "utf8")) as Json;
+  } catch (e) {
+    throw new TtrpcError(Code.INVALID_ARGUMENT, `cannot read ${bundle}/config.json: ${(e as Error).message}`);
+  }
+}
+
+function annotationsOf(spec: Json): Record<string, string> {
+  const a = spec.annotations;
+  return a && typeof a === "object" ? (a as Record<string, string>) : {};
+}
+
+function networkNamespace(spec: Json): { present: boolean; path?: string } {
+  const linux = spec.linux as { namespaces?: { type?: string; path?: string }[] } | undefined;
+  const ns = linux?.namespaces?.find((n) => n.type === "network");
+  return { present: !!ns, path: ns?.path || undefined };
+}
+
+function isNotFound(e: unknown): boolean {
+  return e instanceof TtrpcError && e.code === Code.NOT_FOUND;
+}
+
 export class SandboxRuntime implements TaskRuntime {
   protected events?: RuntimeEvents;
+  private pod?: PodVm;
+  private booting?: Promise<PodVm>;
+  private config?: CoveConfig;
+  private slots?: SlotTable;
+  private readonly ctrs = new Map<string, Ctr>();
+  private shuttingDown = false;
 
   constructor(private readonly opts: SandboxOptions) {}
+
+  private get log(): Logger {
+    return this.opts.logger;
+  }
 
   setEvents(events: RuntimeEvents): void {
     this.events = events;
   }
 
-  private config(spec: CreateSpec): CoveConfig {
+  private loadConfig(spec: CreateSpec): CoveConfig {
     const configPath = configPathFromOptions(spec.options) ?? this.opts.configPath;
     try {
       return loadConfig({ configPath });
@@ -45,11 +118,21 @@ export class SandboxRuntime implements TaskRuntime {
     }
   }
 
-  async create(spec: CreateSpec): Promise<{ pid: number }> {
-    const log = this.opts.logger;
-    const config = this.config(spec);
+  /** The pod's VM, booting it for the pod's first task. */
+  private async podFor(spec: CreateSpec, oci: Json, first: Ctr | undefined, prepare: () => Promise<void>) {
+    if (this.pod) return this.pod;
+    if (this.booting) return this.booting;
+    const log = this.log;
+    const config = this.loadConfig(spec);
     log.info({ id: spec.id, config: config.source, hypervisor: config.hypervisor }, "pod config loaded");
     checkGuestArtifacts(config);
+    const net = networkNamespace(oci);
+    if (!net.present) {
+      throw new TtrpcError(
+        Code.FAILED_PRECONDITION,
+        `cove cannot run ${spec.id} with the node's network (hostNetwork / --net-host): a VM cannot join the host's network namespace; give the pod its own network namespace`,
+      );
+    }
     const host = (this.opts.probe ?? probeHost)();
     const choice = chooseBackend(config.hypervisor, host);
     log.info(
@@ -57,54 +140,365 @@ export class SandboxRuntime implements TaskRuntime {
       "hypervisor backend chosen",
     );
     const hypervisor = backendFactory(choice)(config, choice);
-    // Assembling the VM (rootfs as block devices, vsock) and creating the container through the
-    // guest agent come with the VM issues; until then nothing is started, so nothing stays behind.
-    throw new TtrpcError(
-      Code.UNIMPLEMENTED,
-      `cove cannot create ${spec.id}: the ${hypervisor.name} backend is available, but starting the pod VM and its agent is not wired into the sandbox in this build`,
+    const o = podOverrides(annotationsOf(oci), config);
+    for (const n of o.notes) log.info({ id: spec.id }, n);
+    this.config = config;
+    this.booting = (async () => {
+      this.slots = new SlotTable(config.pod.layerSlots, config.pod.writableSlots);
+      // The first container's disks are in place at boot; later ones use the empty slots.
+      if (first) await prepare();
+      const pod = await PodVm.boot({
+        id: spec.id,
+        bundle: spec.bundle,
+        hostname: typeof oci.hostname === "string" && oci.hostname ? oci.hostname : spec.id,
+        config,
+        vcpus: o.vcpus,
+        memoryMib: o.memoryMib,
+        hypervisor,
+        slots: this.slots,
+        logger: log,
+      });
+      try {
+        await pod.agent.createSandbox({ hostname: typeof oci.hostname === "string" ? oci.hostname : undefined });
+      } catch (e) {
+        await pod.destroy(log);
+        throw e;
+      }
+      // Networking (a tap in the pod's netns) is a later issue: say so once per pod.
+      log.warn(
+        { id: spec.id, netns: net.path ?? "(new)" },
+        "pod network: the guest has loopback only (attaching the VM to the pod's network namespace is not implemented yet)",
+      );
+      this.watch(pod);
+      return pod;
+    })();
+    try {
+      this.pod = await this.booting;
+      return this.pod;
+    } catch (e) {
+      this.slots = undefined;
+      throw e;
+    } finally {
+      this.booting = undefined;
+    }
+  }
+
+  /** Reports the end of every process when the VM goes away without being asked to (a fault). */
+  private watch(pod: PodVm): void {
+    void pod.vm.wait().then((exit) => {
+      if (pod.stopping) return;
+      this.log.error(
+        { code: exit.code, signal: exit.signal, console: pod.console.slice(-2000) },
+        "pod VM exited unexpectedly: every process in it is reported as exited",
+      );
+      const at = new Date();
+      for (const c of this.ctrs.values()) {
+        for (const [execId, p] of c.procs) {
+          if (p.exited) continue;
+          p.exited = true;
+          p.io?.close();
+          this.events?.exit({ id: c.id, execId, status: VM_GONE_STATUS, at });
+        }
+      }
+    });
+    void this.oomLoop(pod);
+  }
+
+  private async oomLoop(pod: PodVm): Promise<void> {
+    while (!pod.exited && !pod.stopping) {
+      try {
+        const id = await pod.agent.getOomEvent();
+        if (id && this.ctrs.has(id)) this.events?.oom(id);
+      } catch {
+        if (pod.exited || pod.stopping) return;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+
+  private alive(): PodVm {
+    const pod = this.pod;
+    if (!pod) throw new TtrpcError(Code.FAILED_PRECONDITION, "the pod VM is not running");
+    if (pod.exited) throw new TtrpcError(Code.UNAVAILABLE, "the pod VM has exited");
+    return pod;
+  }
+
+  private ctr(id: string): Ctr {
+    const c = this.ctrs.get(id);
+    if (!c) throw new TtrpcError(Code.NOT_FOUND, `container ${id}: container not created: not found`);
+    return c;
+  }
+
+  /** Layer images and the writable layer for a container; slots claimed (media inserted if booted). */
+  private async disks(c: Ctr, spec: CreateSpec, config: CoveConfig) {
+    const log = this.log.child({ id: c.id });
+    const slots = this.slots!;
+    const plan = planRootfs(spec.rootfs);
+    const storages: Storage[] = [];
+    const inserts: { serial: string; path: string }[] = [];
+    const use = (image: string, storageId: string, readOnly: boolean, fstype: string, options: string[]) => {
+      let s = slots.reuse(image);
+      if (!s) {
+        s = slots.claim(image, storageId, readOnly);
+        inserts.push({ serial: s.serial, path: image });
+      }
+      c.images.push(image);
+      storages.push({ id: s.storageId!, source: `serial:${s.serial}`, fstype, options });
+      return s.storageId!;
+    };
+    if (plan.kind === "block") {
+      const id = use(plan.device, `dev-${c.id}`, false, plan.fstype, plan.options);
+      return { storages, rootfs: { upper: id }, inserts };
+    }
+    const t0 = performance.now();
+    const images = await Promise.all(plan.lowers.map((dir) => layerImage(config.cacheDir, dir, log)));
+    const lower = images.map((img) => use(img.path, `layer-${img.key}`, true, "erofs", ["ro"]));
+    const upperFile = join(spec.bundle, "work", "cove-upper.ext4");
+    await createWritableLayer(upperFile, config.pod.writableLayerMib);
+    c.files.push(upperFile);
+    const upper = use(upperFile, `upper-${c.id}`, false, "ext4", []);
+    log.info(
+      {
+        layers: images.length,
+        converted: images.filter((i) => i.built).length,
+        cached: images.filter((i) => !i.built).length,
+        ms: Math.round(performance.now() - t0),
+      },
+      "rootfs: block devices ready",
     );
+    return { storages, rootfs: { lower, upper }, inserts };
   }
 
-  private notCreated(id: string): never {
-    throw new TtrpcError(Code.NOT_FOUND, `container ${id}: container not created: not found`);
+  async create(spec: CreateSpec): Promise<{ pid: number }> {
+    const oci = readSpec(spec.bundle);
+    const sandbox = annotationsOf(oci)[CONTAINER_TYPE] === "sandbox";
+    const c: Ctr = { id: spec.id, bundle: spec.bundle, sandbox, images: [], files: [], procs: new Map() };
+    let prepared: Awaited<ReturnType<SandboxRuntime["disks"]>> | undefined;
+    try {
+      const first = !this.pod && !this.booting && !sandbox ? c : undefined;
+      const pod = await this.podFor(spec, oci, first, async () => {
+        prepared = await this.disks(c, spec, this.config!);
+      });
+      this.ctrs.set(c.id, c);
+      if (sandbox) {
+        c.procs.set("", { started: false, exited: false });
+        return { pid: pod.vm.pid };
+      }
+      if (!prepared) {
+        prepared = await this.disks(c, spec, this.config ?? this.loadConfig(spec));
+        for (const i of prepared.inserts) await pod.changeMedia(i.serial, i.path);
+      }
+      const io = new ProcessIo(spec, this.log.child({ id: c.id }));
+      const req = {
+        container_id: c.id,
+        spec: Buffer.from(JSON.stringify(oci)),
+        storages: prepared.storages,
+        rootfs: prepared.rootfs,
+        stdio: io.want,
+      };
+      const pid = await this.createInGuest(pod, req, prepared.inserts.length > 0 && first === undefined);
+      c.procs.set("", { io, started: false, exited: false });
+      await io.attach((stream) => pod.agent.openStdio(c.id, "", stream));
+      return { pid };
+    } catch (e) {
+      await this.release(c);
+      this.ctrs.delete(c.id);
+      throw e;
+    }
   }
 
-  async start(id: string, _execId: string): Promise<{ pid: number }> {
-    this.notCreated(id);
+  /**
+   * CreateContainer; when disks were just inserted into empty slots, the guest may not have re-read
+   * their capacity yet (the config interrupt races the RPC), so a failed mount is retried briefly.
+   */
+  private async createInGuest(
+    pod: PodVm,
+    req: Parameters<PodVm["agent"]["createContainer"]>[0],
+    inserted: boolean,
+  ): Promise<number> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await pod.agent.createContainer(req);
+      } catch (e) {
+        const retry = inserted && attempt < 10 && e instanceof TtrpcError && e.code === Code.INTERNAL;
+        if (!retry) throw e;
+        this.log.info({ id: req.container_id, err: e.message }, "guest did not see the new disk yet; retrying");
+        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+      }
+    }
   }
-  async exec(id: string, _execId: string, _spec: ExecSpec): Promise<void> {
-    this.notCreated(id);
+
+  /** Gives back the container's slots (ejecting media nobody uses) and removes its files. */
+  private async release(c: Ctr): Promise<void> {
+    for (const image of c.images.splice(0)) {
+      const s = this.slots?.release(image);
+      if (s && this.pod && !this.pod.exited) {
+        await this.pod.changeMedia(s.serial, undefined).catch((e: Error) => {
+          this.log.warn({ id: c.id, slot: s.serial, err: e.message }, "ejecting a disk failed");
+        });
+      }
+    }
+    for (const f of c.files.splice(0)) rmSync(f, { force: true });
   }
-  async kill(id: string): Promise<void> {
-    this.notCreated(id);
+
+  private follow(pod: PodVm, c: Ctr, execId: string, p: Proc): void {
+    void (async () => {
+      let status = VM_GONE_STATUS;
+      let at = new Date();
+      try {
+        const r = await pod.agent.waitProcess(c.id, execId);
+        status = r.exit_status;
+        if (r.exited_at) at = new Date(r.exited_at.seconds * 1000 + Math.floor(r.exited_at.nanos / 1e6));
+        await p.io?.outputDone();
+      } catch (e) {
+        if (pod.exited || pod.stopping) return; // the VM watcher reports it
+        this.log.warn({ id: c.id, exec_id: execId, err: (e as Error).message }, "waiting for a process failed");
+      }
+      if (p.exited) return;
+      p.exited = true;
+      p.io?.close();
+      this.events?.exit({ id: c.id, execId, status, at });
+    })();
   }
-  async delete(_id: string, _execId: string): Promise<void> {
-    // Nothing is held per container until the VM exists.
+
+  async start(id: string, execId: string): Promise<{ pid: number }> {
+    const c = this.ctr(id);
+    const pod = this.alive();
+    const p = c.procs.get(execId);
+    if (!p) throw new TtrpcError(Code.NOT_FOUND, `process ${execId} does not exist in ${id}: not found`);
+    if (c.sandbox) {
+      p.started = true;
+      return { pid: pod.vm.pid };
+    }
+    let pid: number;
+    if (!execId) pid = await pod.agent.startContainer(id);
+    else {
+      await p.io!.attach((stream) => pod.agent.openStdio(id, execId, stream));
+      pid = await pod.agent.execProcess({
+        container_id: id,
+        exec_id: execId,
+        process: p.process as object,
+        stdio: p.io!.want,
+      });
+    }
+    p.started = true;
+    this.follow(pod, c, execId, p);
+    return { pid };
   }
+
+  async exec(id: string, execId: string, spec: ExecSpec): Promise<void> {
+    const c = this.ctr(id);
+    this.alive();
+    if (c.sandbox) throw new TtrpcError(Code.FAILED_PRECONDITION, `${id} is the pod sandbox: it runs no processes`);
+    // The agent starts an exec at once, so the process and its streams wait for Start.
+    c.procs.set(execId, {
+      io: new ProcessIo(spec, this.log.child({ id, exec_id: execId })),
+      process: spec.process,
+      started: false,
+      exited: false,
+    });
+  }
+
+  async kill(id: string, execId: string, signal: number, all: boolean): Promise<void> {
+    const c = this.ctr(id);
+    if (c.sandbox) {
+      const p = c.procs.get("")!;
+      if (p.exited) throw new TtrpcError(Code.NOT_FOUND, "process already finished: not found");
+      p.exited = true;
+      this.events?.exit({ id, execId: "", status: 128 + signal, at: new Date() });
+      return;
+    }
+    const pod = this.alive();
+    await pod.agent.signalProcess(id, execId, signal, all);
+  }
+
+  async delete(id: string, execId: string): Promise<void> {
+    const c = this.ctrs.get(id);
+    if (!c) return;
+    const p = c.procs.get(execId);
+    p?.io?.close();
+    const pod = this.pod && !this.pod.exited ? this.pod : undefined;
+    if (execId) {
+      c.procs.delete(execId);
+      if (pod && p?.started) await pod.agent.deleteProcess(id, execId).catch((e) => isNotFound(e) || Promise.reject(e));
+      return;
+    }
+    if (c.sandbox) {
+      this.ctrs.delete(id);
+      await this.shutdownPod("sandbox deleted");
+      return;
+    }
+    if (pod) {
+      try {
+        await pod.agent.removeContainer(id, true);
+      } catch (e) {
+        if (!isNotFound(e)) throw e;
+      }
+    }
+    await this.release(c);
+    this.ctrs.delete(id);
+  }
+
   async pids(id: string): Promise<{ pid: number }[]> {
-    this.notCreated(id);
+    const c = this.ctr(id);
+    const pod = this.alive();
+    if (c.sandbox) return [{ pid: pod.vm.pid }];
+    return (await pod.agent.listPids(id)).map((p) => ({ pid: p.pid }));
   }
+
   async pause(id: string): Promise<void> {
-    this.notCreated(id);
+    const c = this.ctr(id);
+    const pod = this.alive();
+    if (!c.sandbox) await pod.agent.pauseContainer(id);
   }
+
   async resume(id: string): Promise<void> {
-    this.notCreated(id);
+    const c = this.ctr(id);
+    const pod = this.alive();
+    if (!c.sandbox) await pod.agent.resumeContainer(id);
   }
-  async resizePty(id: string): Promise<void> {
-    this.notCreated(id);
+
+  async resizePty(id: string, execId: string, width: number, height: number): Promise<void> {
+    this.ctr(id);
+    await this.alive().agent.resizeTty(id, execId, height, width);
   }
-  async closeIO(id: string): Promise<void> {
-    this.notCreated(id);
+
+  async closeIO(id: string, execId: string, stdin: boolean): Promise<void> {
+    const c = this.ctr(id);
+    if (!stdin) return;
+    const p = c.procs.get(execId);
+    if (p?.io?.want.stdin) p.io.closeStdin();
+    else if (!c.sandbox && p?.started) await this.alive().agent.closeStdin(id, execId);
   }
-  async update(id: string): Promise<void> {
-    this.notCreated(id);
+
+  async update(id: string, resources: unknown): Promise<void> {
+    const c = this.ctr(id);
+    const pod = this.alive();
+    if (!c.sandbox) await pod.agent.updateContainer(id, (resources ?? {}) as object);
   }
+
   async stats(id: string): Promise<AnyValue> {
-    this.notCreated(id);
+    const c = this.ctr(id);
+    const pod = this.alive();
+    const T = messageType("io.containerd.cgroups.v2.Metrics");
+    const metrics = c.sandbox ? {} : await pod.agent.statsContainer(id);
+    return { type_url: "io.containerd.cgroups.v2.Metrics", value: T.encode(T.fromObject(metrics)).finish() };
+  }
+
+  private async shutdownPod(reason: string): Promise<void> {
+    const pod = this.pod;
+    if (!pod) return;
+    this.log.info({ reason }, "pod VM shutting down");
+    await pod.destroy(this.log);
+    for (const c of this.ctrs.values()) await this.release(c);
   }
 
   async shutdown(): Promise<void> {
-    // No VM outlives create() yet; exits and OOMs will be reported through this.events.
+    if (this.shuttingDown) return;
+    this.shuttingDown = true;
+    if (this.booting) await this.booting.catch(() => undefined);
+    for (const c of this.ctrs.values()) for (const p of c.procs.values()) p.io?.close();
+    await this.shutdownPod("shim shutdown");
     this.events = undefined;
   }
 }

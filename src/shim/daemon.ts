@@ -9,6 +9,7 @@ import { createLogger, type DropCountingDestination, openLogFifo } from "../comm
 import { loadConfig } from "../config/config.ts";
 import { peerCred } from "../native/peercred.ts";
 import { setChildSubreaper } from "../native/process.ts";
+import { registerBuiltinBackends } from "../sandbox/backends.ts";
 import { SandboxRuntime } from "../sandbox/index.ts";
 import { TtrpcServer } from "../ttrpc/index.ts";
 import { addressPath } from "./address.ts";
@@ -159,6 +160,7 @@ export async function serve(flags: ShimFlags, listenFd?: number): Promise<void> 
   } catch (e) {
     logger.warn({ err: (e as Error).message }, "cannot become child subreaper");
   }
+  registerBuiltinBackends();
   const runtime = new SandboxRuntime({ logger, configPath: flags.configPath || undefined });
   const server = net.createServer();
   const daemon = createDaemon(server, {

@@ -1,0 +1,52 @@
+// What containerd's rootfs mounts mean as block devices for the guest: read-only layer directories
+// (overlay lowerdirs, or a bind source), or a snapshot that already is a block device (devmapper).
+// containerd's own upperdir is not used: the container writes to its own ext4 image instead.
+import { statSync } from "node:fs";
+import type { MountSpec } from "../shim/runtime.ts";
+import { Code, TtrpcError } from "../ttrpc/index.ts";
+
+export type RootfsPlan =
+  /** Layer directories, top-most first, each converted to a read-only image. */
+  | { kind: "layers"; lowers: string[] }
+  /** A block device (devmapper snapshot) attached as it is; it is the writable rootfs itself. */
+  | { kind: "block"; device: string; fstype: string; options: string[] };
+
+function option(options: string[], key: string): string | undefined {
+  const o = options.find((x) => x.startsWith(`${key}=`));
+  return o?.slice(key.length + 1);
+}
+
+/** Classifies the CreateTaskRequest rootfs; INVALID_ARGUMENT for what cove cannot attach. */
+export function planRootfs(mounts: MountSpec[], isBlockDevice = defaultIsBlock): RootfsPlan {
+  if (mounts.length === 0) {
+    throw new TtrpcError(Code.INVALID_ARGUMENT, "cove needs the container rootfs as snapshot mounts (none were given)");
+  }
+  if (mounts.length > 1) {
+    throw new TtrpcError(Code.INVALID_ARGUMENT, `cove supports exactly one rootfs mount, got ${mounts.length}`);
+  }
+  const m = mounts[0]!;
+  if (m.type === "overlay") {
+    const lower = option(m.options, "lowerdir");
+    if (!lower) throw new TtrpcError(Code.INVALID_ARGUMENT, "overlay rootfs without lowerdir");
+    return { kind: "layers", lowers: lower.split(":").filter((x) => x !== "") };
+  }
+  if (m.type === "bind" || m.options.includes("bind") || m.options.includes("rbind")) {
+    // A snapshot without parents (e.g. a single-layer image unpacked by the native snapshotter).
+    return { kind: "layers", lowers: [m.source] };
+  }
+  if (isBlockDevice(m.source)) {
+    return { kind: "block", device: m.source, fstype: m.type, options: m.options.filter((o) => o !== "loop") };
+  }
+  throw new TtrpcError(
+    Code.INVALID_ARGUMENT,
+    `cove cannot attach a ${m.type} rootfs from ${m.source}: use the overlayfs, native or devmapper snapshotter`,
+  );
+}
+
+function defaultIsBlock(path: string): boolean {
+  try {
+    return statSync(path).isBlockDevice();
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,9 @@
+// The hypervisor backends this build of cove carries, registered with the backend chooser.
+import { EmbeddedHypervisor } from "../hypervisor/embedded/embedded.ts";
+import { QemuHypervisor } from "../hypervisor/qemu/qemu.ts";
+import { registerBackend } from "./backend.ts";
+
+export function registerBuiltinBackends(): void {
+  registerBackend("qemu", (_config, choice) => new QemuHypervisor({ accel: choice.accel, reason: choice.reason }));
+  registerBackend("embedded", () => new EmbeddedHypervisor());
+}

@@ -1,0 +1,39 @@
+// Per-pod overrides of the VM size from annotations, only those the operator allows
+// ([pod] allowed_annotations, globs with a trailing `*`).
+import type { CoveConfig } from "../config/config.ts";
+import { Code, TtrpcError } from "../ttrpc/index.ts";
+
+export const ANNOTATION_VCPUS = "io.cove.vcpus";
+export const ANNOTATION_MEMORY_MIB = "io.cove.memory_mib";
+
+export function allowed(key: string, globs: string[]): boolean {
+  return globs.some((g) => (g.endsWith("*") ? key.startsWith(g.slice(0, -1)) : key === g));
+}
+
+function intValue(key: string, v: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < min || n > max) {
+    throw new TtrpcError(Code.INVALID_ARGUMENT, `annotation ${key}="${v}" must be an integer from ${min} to ${max}`);
+  }
+  return n;
+}
+
+export function podOverrides(
+  annotations: Record<string, string>,
+  config: CoveConfig,
+): { vcpus: number; memoryMib: number; notes: string[] } {
+  let vcpus = config.guest.vcpus;
+  let memoryMib = config.guest.memoryMib;
+  const notes: string[] = [];
+  for (const [key, value] of Object.entries(annotations)) {
+    if (key !== ANNOTATION_VCPUS && key !== ANNOTATION_MEMORY_MIB) continue;
+    if (!allowed(key, config.pod.allowedAnnotations)) {
+      notes.push(`annotation ${key} ignored: not in [pod] allowed_annotations`);
+      continue;
+    }
+    if (key === ANNOTATION_VCPUS) vcpus = intValue(key, value, 1, 255);
+    else memoryMib = intValue(key, value, 64, 1 << 20);
+    notes.push(`annotation ${key}=${value} applied`);
+  }
+  return { vcpus, memoryMib, notes };
+}

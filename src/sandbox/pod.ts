@@ -1,0 +1,171 @@
+// One pod's microVM: booted on the chosen backend from the guest kernel + image, with the pod's
+// virtio-blk slots and a vsock device; ready when the agent answers on vsock port 1024.
+import { createHash } from "node:crypto";
+import { mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import type { Duplex } from "node:stream";
+import type { Logger } from "pino";
+import type { CoveConfig } from "../config/config.ts";
+import type { Hypervisor, RunningVm, VmExit } from "../hypervisor/types.ts";
+import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { AGENT_PORT, AgentClient, vsockDialer } from "./agent/index.ts";
+import type { SlotTable } from "./slots.ts";
+
+export const VM_RUN_DIR = "/run/cove/vm";
+export const GUEST_CID = 3;
+const CONSOLE_TAIL = 8192;
+
+/** Where a pod's VM keeps its sockets: short (Unix socket paths), derived from the pod's first bundle. */
+export function vmWorkDir(bundle: string): string {
+  return join(VM_RUN_DIR, createHash("sha256").update(bundle).digest("hex").slice(0, 16));
+}
+
+export function guestCmdline(hostname: string): string {
+  // panic=-1 + reboot=t + QEMU -no-reboot: a guest panic ends the VM at once, which the shim sees.
+  const safe = hostname.replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 63) || "cove";
+  return `console=ttyS0 8250.nr_uarts=1 root=/dev/vda rootfstype=erofs ro init=/init reboot=t panic=-1 pci=off quiet cove.hostname=${safe}`;
+}
+
+export interface PodBoot {
+  id: string;
+  bundle: string;
+  hostname: string;
+  config: CoveConfig;
+  vcpus: number;
+  memoryMib: number;
+  hypervisor: Hypervisor;
+  slots: SlotTable;
+  logger: Logger;
+}
+
+export class PodVm {
+  private consoleTail = "";
+  exited?: VmExit;
+  /** Set when we asked the VM to go (not a fault). */
+  stopping = false;
+
+  private constructor(
+    readonly vm: RunningVm,
+    readonly agent: AgentClient,
+    readonly workDir: string,
+    readonly bootMs: number,
+  ) {}
+
+  get console(): string {
+    return this.consoleTail;
+  }
+
+  static async boot(b: PodBoot): Promise<PodVm> {
+    const log = b.logger;
+    const t0 = performance.now();
+    const workDir = vmWorkDir(b.bundle);
+    rmSync(workDir, { recursive: true, force: true });
+    mkdirSync(workDir, { recursive: true, mode: 0o700 });
+    let tail = "";
+    let vm: RunningVm | undefined;
+    try {
+      vm = await b.hypervisor.start({
+        id: b.id,
+        kernel: b.config.guest.kernel,
+        cmdline: guestCmdline(b.hostname),
+        memoryMiB: b.memoryMib,
+        vcpus: b.vcpus,
+        disks: [
+          { id: "root", path: b.config.guest.image, readOnly: true, serial: "cove-root" },
+          ...b.slots.slots.map((s) => ({ id: s.serial, serial: s.serial, path: s.image, readOnly: s.readOnly })),
+        ],
+        vsock: { guestCid: GUEST_CID, hybridSocket: join(workDir, "hybrid.vsock") },
+        workDir,
+        logger: log,
+      });
+      vm.console.on("data", (d: Buffer) => {
+        tail = (tail + d.toString()).slice(-CONSOLE_TAIL);
+      });
+      log.info({ pid: vm.pid, hypervisor: b.hypervisor.name, disks: b.slots.slots.length + 1 }, "pod VM started");
+      const agent = await waitForAgent(vm, b.config.pod.bootTimeoutMs, () => tail);
+      const pod = new PodVm(vm, agent, workDir, performance.now() - t0);
+      pod.consoleTail = tail;
+      vm.console.on("data", (d: Buffer) => {
+        pod.consoleTail = (pod.consoleTail + d.toString()).slice(-CONSOLE_TAIL);
+      });
+      void vm.wait().then((e) => {
+        pod.exited = e;
+      });
+      log.info({ boot_ms: Math.round(pod.bootMs), pid: vm.pid }, "pod VM ready: the agent answered");
+      return pod;
+    } catch (e) {
+      if (vm) await vm.kill().catch(() => undefined);
+      rmSync(workDir, { recursive: true, force: true });
+      if (e instanceof TtrpcError) throw e;
+      throw new TtrpcError(Code.UNAVAILABLE, `cove: the pod VM did not start: ${(e as Error).message}`);
+    }
+  }
+
+  async changeMedia(serial: string, path: string | undefined): Promise<void> {
+    await this.vm.changeMedia(serial, path);
+  }
+
+  /** DestroySandbox (bounded), then the VM goes; files removed. */
+  async destroy(log: Logger): Promise<void> {
+    this.stopping = true;
+    if (!this.exited) {
+      try {
+        await this.agent.rpc.call("cove.agent.v1.Agent", "DestroySandbox", {}, { timeoutMs: 3000 });
+      } catch (e) {
+        log.warn({ err: (e as Error).message }, "DestroySandbox failed (the VM is killed anyway)");
+      }
+    }
+    this.agent.close();
+    const exit = await this.vm.kill();
+    log.info({ code: exit.code, signal: exit.signal }, "pod VM stopped");
+    rmSync(this.workDir, { recursive: true, force: true });
+  }
+}
+
+async function waitForAgent(vm: RunningVm, timeoutMs: number, console: () => string): Promise<AgentClient> {
+  const deadline = Date.now() + timeoutMs;
+  let exited: VmExit | undefined;
+  void vm.wait().then((e) => {
+    exited = e;
+  });
+  let last = "";
+  for (;;) {
+    if (exited) {
+      throw new TtrpcError(
+        Code.UNAVAILABLE,
+        `cove: the pod VM exited during boot (code ${exited.code}, signal ${exited.signal}); console:\n${console().slice(-2000)}`,
+      );
+    }
+    if (Date.now() > deadline) {
+      throw new TtrpcError(
+        Code.DEADLINE_EXCEEDED,
+        `cove: the guest agent did not answer on vsock port ${AGENT_PORT} within ${timeoutMs} ms (${last}); console:\n${console().slice(-2000)}`,
+      );
+    }
+    let first: Duplex | undefined;
+    try {
+      first = await vm.connectVsock(AGENT_PORT, 1000);
+    } catch (e) {
+      last = (e as Error).message;
+      await new Promise((r) => setTimeout(r, 50));
+      continue;
+    }
+    const conn = first;
+    let used = false;
+    const dial = vsockDialer((port) => vm.connectVsock(port, 10_000));
+    const agent = await AgentClient.connect(async (ch) => {
+      if (ch === "rpc" && !used) {
+        used = true;
+        return conn;
+      }
+      return dial(ch);
+    });
+    try {
+      await agent.check({ timeoutMs: Math.max(1000, Math.min(30_000, deadline - Date.now())) });
+      return agent;
+    } catch (e) {
+      last = (e as Error).message;
+      agent.close();
+    }
+  }
+}

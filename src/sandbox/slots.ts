@@ -1,0 +1,58 @@
+// The pod VM's virtio-blk slots: fixed at boot (no hotplug), read-only ones for layer images and
+// read-write ones for writable layers. A slot holds one image at a time; a layer image used by
+// several containers of the pod occupies one slot, reference-counted.
+import { Code, TtrpcError } from "../ttrpc/index.ts";
+
+export interface Slot {
+  /** Disk id and serial the guest sees (/sys/block/vdX/serial). */
+  serial: string;
+  readOnly: boolean;
+  /** Image currently inserted (undefined: empty). */
+  image?: string;
+  /** Guest storage id of that image. */
+  storageId?: string;
+  refs: number;
+}
+
+export class SlotTable {
+  readonly slots: Slot[] = [];
+
+  constructor(layerSlots: number, writableSlots: number) {
+    for (let i = 0; i < layerSlots; i++) this.slots.push({ serial: `cove-ro${i}`, readOnly: true, refs: 0 });
+    for (let i = 0; i < writableSlots; i++) this.slots.push({ serial: `cove-rw${i}`, readOnly: false, refs: 0 });
+  }
+
+  /** The slot already holding this image (a shared layer), with one more reference. */
+  reuse(image: string): Slot | undefined {
+    const s = this.slots.find((x) => x.image === image);
+    if (s) s.refs++;
+    return s;
+  }
+
+  /** An empty slot of the right kind, claimed for `image`; RESOURCE_EXHAUSTED when none is left. */
+  claim(image: string, storageId: string, readOnly: boolean): Slot {
+    const s = this.slots.find((x) => x.readOnly === readOnly && x.image === undefined);
+    if (!s) {
+      const n = this.slots.filter((x) => x.readOnly === readOnly).length;
+      throw new TtrpcError(
+        Code.RESOURCE_EXHAUSTED,
+        `the pod VM has no free ${readOnly ? "layer" : "writable"} disk slot (all ${n} in use); raise pod.${readOnly ? "layer_slots" : "writable_slots"} in the cove config`,
+      );
+    }
+    s.image = image;
+    s.storageId = storageId;
+    s.refs = 1;
+    return s;
+  }
+
+  /** Drops one reference; returns the slot when it became empty (its media should be ejected). */
+  release(image: string): Slot | undefined {
+    const s = this.slots.find((x) => x.image === image);
+    if (!s) return undefined;
+    if (--s.refs > 0) return undefined;
+    s.image = undefined;
+    s.storageId = undefined;
+    s.refs = 0;
+    return s;
+  }
+}
