@@ -10,6 +10,7 @@ import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { ConfigError, type CoveConfig, loadConfig } from "../config/config.ts";
+import type { Hypervisor } from "../hypervisor/types.ts";
 import { messageType } from "../proto/root.ts";
 import { layerImage } from "../rootfs/layers.ts";
 import { planRootfs } from "../rootfs/plan.ts";
@@ -118,14 +119,34 @@ export class SandboxRuntime implements TaskRuntime {
     }
   }
 
-  /** The pod's VM, booting it for the pod's first task. */
-  private async podFor(spec: CreateSpec, oci: Json, first: Ctr | undefined, prepare: () => Promise<void>) {
-    if (this.pod) return this.pod;
-    if (this.booting) return this.booting;
+  /** Before anything is read or built for the pod's first task: config, guest artifacts, backend. */
+  private preflight(spec: CreateSpec): { config: CoveConfig; hypervisor: Hypervisor } {
     const log = this.log;
     const config = this.loadConfig(spec);
     log.info({ id: spec.id, config: config.source, hypervisor: config.hypervisor }, "pod config loaded");
     checkGuestArtifacts(config);
+    const host = (this.opts.probe ?? probeHost)();
+    const choice = chooseBackend(config.hypervisor, host);
+    log.info(
+      { id: spec.id, backend: choice.kind, accel: choice.accel, reason: choice.reason },
+      "hypervisor backend chosen",
+    );
+    return { config, hypervisor: backendFactory(choice)(config, choice) };
+  }
+
+  /** The pod's VM, booting it for the pod's first task. */
+  private async podFor(
+    spec: CreateSpec,
+    oci: Json,
+    pre: { config: CoveConfig; hypervisor: Hypervisor } | undefined,
+    first: Ctr | undefined,
+    prepare: () => Promise<void>,
+  ) {
+    if (this.pod) return this.pod;
+    if (this.booting) return this.booting;
+    if (!pre) throw new TtrpcError(Code.UNAVAILABLE, "the pod VM is not available (its boot failed)");
+    const log = this.log;
+    const { config, hypervisor } = pre;
     const net = networkNamespace(oci);
     if (!net.present) {
       throw new TtrpcError(
@@ -133,13 +154,6 @@ export class SandboxRuntime implements TaskRuntime {
         `cove cannot run ${spec.id} with the node's network (hostNetwork / --net-host): a VM cannot join the host's network namespace; give the pod its own network namespace`,
       );
     }
-    const host = (this.opts.probe ?? probeHost)();
-    const choice = chooseBackend(config.hypervisor, host);
-    log.info(
-      { id: spec.id, backend: choice.kind, accel: choice.accel, reason: choice.reason },
-      "hypervisor backend chosen",
-    );
-    const hypervisor = backendFactory(choice)(config, choice);
     const o = podOverrides(annotationsOf(oci), config);
     for (const n of o.notes) log.info({ id: spec.id }, n);
     this.config = config;
@@ -270,13 +284,14 @@ export class SandboxRuntime implements TaskRuntime {
   }
 
   async create(spec: CreateSpec): Promise<{ pid: number }> {
+    const pre = !this.pod && !this.booting ? this.preflight(spec) : undefined;
     const oci = readSpec(spec.bundle);
     const sandbox = annotationsOf(oci)[CONTAINER_TYPE] === "sandbox";
     const c: Ctr = { id: spec.id, bundle: spec.bundle, sandbox, images: [], files: [], procs: new Map() };
     let prepared: Awaited<ReturnType<SandboxRuntime["disks"]>> | undefined;
     try {
       const first = !this.pod && !this.booting && !sandbox ? c : undefined;
-      const pod = await this.podFor(spec, oci, first, async () => {
+      const pod = await this.podFor(spec, oci, pre, first, async () => {
         prepared = await this.disks(c, spec, this.config!);
       });
       this.ctrs.set(c.id, c);

@@ -178,17 +178,19 @@ test("sandbox Create: missing kernel first; with artifacts, backend selection sa
     };
     await assert.rejects(rt.create({ ...spec, options }), (e: TtrpcError) => e.message.includes(join(d, "elsewhere")));
 
-    // With a registered backend, selection gets past "not available" to the part not yet wired.
+    // With a registered backend, selection gets past "not available" to the pod's own checks: a
+    // spec without a network namespace (host network) is refused before any VM starts.
     let made = 0;
     registerBackend("qemu", (_config, choice) => {
       made++;
       assert.equal(choice.accel, "tcg");
-      return { name: "fake-qemu", start: async () => assert.fail("no VM may be started yet") };
+      return { name: "fake-qemu", start: async () => assert.fail("no VM may be started for a host-network pod") };
     });
+    writeFileSync(join(d, "config.json"), JSON.stringify({ ociVersion: "1.0.2", linux: { namespaces: [] } }));
     try {
       await assert.rejects(
         rt.create(spec),
-        (e: TtrpcError) => e.code === Code.UNIMPLEMENTED && /fake-qemu backend is available/.test(e.message),
+        (e: TtrpcError) => e.code === Code.FAILED_PRECONDITION && /host's network namespace/.test(e.message),
       );
       assert.equal(made, 1);
     } finally {
