@@ -154,6 +154,9 @@ static napi_value map_anonymous(napi_env env, napi_callback_info info) {
   if (size <= 0 || (size & 4095)) return cove_throw(env, "vmmMapAnonymous: size must be a positive multiple of 4096");
   void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return cove_throw_errno(env, errno, "mmap");
+  /* Guest RAM stays out of the VMM's core dumps; the distinct VMA flag also keeps the kernel from
+   * merging it with neighbouring heap mappings, so /proc/self/smaps shows it on its own. */
+  madvise(p, (size_t)size, MADV_DONTDUMP);
   return wrap_mapping(env, p, (size_t)size);
 }
 COVE_EXPORT(vmmMapAnonymous, map_anonymous)

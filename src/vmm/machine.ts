@@ -102,6 +102,11 @@ export class Machine {
     return this.ram.mem;
   }
 
+  /** Guest RAM's host mappings (memory accounting must leave them out). */
+  get ramHostRanges(): readonly { start: bigint; size: number }[] {
+    return this.ram.hostRanges;
+  }
+
   /** Creates the VM and its memory; devices attach next, then boot(). */
   static create(cfg: MachineConfig): Machine {
     if (!Number.isInteger(cfg.vcpus) || cfg.vcpus < 1 || cfg.vcpus > MAX_VCPUS) {

@@ -7,21 +7,27 @@ import { ramRanges } from "./layout.ts";
 
 export interface GuestRam {
   mem: GuestMemory;
+  /** Where each region is mapped in this process (to tell guest RAM apart in /proc/self/smaps). */
+  hostRanges: { start: bigint; size: number }[];
   /** Unmaps every region (KVM slots must be gone, i.e. the VM closed, or vCPUs stopped). */
   release(): void;
 }
 
 export function allocateGuestRam(vm: Vm, bytes: number): GuestRam {
   const maps: ArrayBuffer[] = [];
+  const hostRanges: { start: bigint; size: number }[] = [];
   try {
     const regions = ramRanges(bytes).map((r, slot) => {
       const ab = mapAnonymous(r.size);
       maps.push(ab);
-      vm.setMemoryRegion(slot, r.guestAddr, r.size, addressOf(ab));
+      const host = addressOf(ab);
+      hostRanges.push({ start: host, size: r.size });
+      vm.setMemoryRegion(slot, r.guestAddr, r.size, host);
       return { guestAddr: r.guestAddr, bytes: Buffer.from(ab) };
     });
     return {
       mem: new GuestMemory(regions),
+      hostRanges,
       release() {
         for (const ab of maps) unmap(ab);
       },

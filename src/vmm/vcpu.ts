@@ -2,7 +2,7 @@
 // reaches userspace — port I/O and MMIO go to the buses, the rest ends the run with a reason.
 // The guest stays parked (the thread waits) while an exit is being handled here.
 import type { Logger } from "pino";
-import { type VcpuRunner, vcpuCreate, vcpuKick, vcpuStart, vcpuStop } from "../native/vcpu.ts";
+import { type VcpuRunner, vcpuCreate, vcpuKick, vcpuResume, vcpuStart, vcpuStop } from "../native/vcpu.ts";
 import type { Bus } from "./bus.ts";
 import { Exit, type Vcpu } from "./kvm.ts";
 
@@ -30,6 +30,8 @@ export class VcpuLoop {
   private runner: VcpuRunner | undefined;
   private readonly bytes: Uint8Array;
   private stopped = false;
+  private pauseWaiters: (() => void)[] = [];
+  private parked = false;
   /** Exits that reached userspace, by KVM exit reason. */
   readonly exits = new Map<number, number>();
 
@@ -49,6 +51,23 @@ export class VcpuLoop {
   /** Forces the vCPU out of the guest once (it shows up as an INTR exit and resumes). */
   kick(): void {
     if (this.runner) vcpuKick(this.runner);
+  }
+
+  /**
+   * Brings the vCPU out of the guest and keeps it parked (its thread waits) until resume(): the
+   * vCPU's registers and stats can then be read (KVM serialises those ioctls with KVM_RUN).
+   */
+  pause(): Promise<void> {
+    if (!this.runner || this.stopped || this.parked) return Promise.resolve();
+    const p = new Promise<void>((res) => this.pauseWaiters.push(res));
+    vcpuKick(this.runner);
+    return p;
+  }
+
+  resume(): void {
+    if (!this.runner || !this.parked || this.stopped) return;
+    this.parked = false;
+    vcpuResume(this.runner);
   }
 
   /** Stops and joins the thread (idempotent). */
@@ -73,6 +92,19 @@ export class VcpuLoop {
     const v = this.vcpu.runView;
     const reason = v.getUint32(RUN_EXIT_REASON, true);
     this.exits.set(reason, (this.exits.get(reason) ?? 0) + 1);
+    if (this.pauseWaiters.length) {
+      // Whatever exit this is, it has to be completed before the guest runs again; handle it,
+      // then park instead of re-entering.
+      const resume = this.handle(reason, v);
+      if (!resume) return false;
+      this.parked = true;
+      for (const w of this.pauseWaiters.splice(0)) w();
+      return false;
+    }
+    return this.handle(reason, v);
+  }
+
+  private handle(reason: number, v: DataView): boolean {
     try {
       switch (reason) {
         case Exit.IO:

@@ -65,6 +65,9 @@ export function qemuArgs(kernel: string, share: string, opts: NestedOptions): st
     "console=ttyS0",
     "reboot=t",
     "panic=-1",
+    // TCG's vCPUs have unsynchronised TSCs; without this the L1 marks the TSC unstable and KVM in
+    // it can spin on clock updates before the first guest entry (a guest then never starts).
+    "tsc=reliable",
     "root=hostroot",
     "rootfstype=9p",
     "rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=512000",

@@ -238,6 +238,24 @@ describe("tiny guests on /dev/kvm", { skip }, () => {
     assert.equal(threads(), threadsBefore);
   });
 
+  test("pause parks a spinning guest so its registers can be read; resume lets it run on", async () => {
+    const t = tiny([0x90, 0xeb, 0xfd]); // nop; jmp back to the nop
+    try {
+      t.loop.start();
+      await new Promise((r) => setTimeout(r, 20));
+      await within(t.loop.pause(), 5_000, "the vCPU to park");
+      const rip = Number(t.loop.vcpu.getRegs().rip);
+      assert.ok(rip >= CODE && rip < CODE + 3, `rip 0x${rip.toString(16)} inside the loop`);
+      const intr = t.loop.exits.get(Exit.INTR) ?? 0;
+      t.loop.resume();
+      // Running again: a second pause needs a second kick, which shows up as another INTR exit.
+      await within(t.loop.pause(), 5_000, "the vCPU to park again");
+      assert.ok((t.loop.exits.get(Exit.INTR) ?? 0) > intr);
+    } finally {
+      t.close();
+    }
+  });
+
   after(() => {
     // Nothing global to undo: each test closes its own VM.
   });

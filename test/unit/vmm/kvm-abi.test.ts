@@ -89,3 +89,8 @@ test("cpuid, msrs and GSI routing encodings", () => {
   assert.equal(g.getUint32(56 + 4, true), 1, "type IRQCHIP");
   assert.equal(g.getUint32(56 + 16, true), 2);
 });
+
+test("KVM_GET_STATS_FD is _IO(KVMIO, 0xce)", async () => {
+  const { KVM_GET_STATS_FD } = await import("../../../src/vmm/stats.ts");
+  assert.equal(KVM_GET_STATS_FD, (0xae << 8) | 0xce);
+});
