@@ -24,6 +24,7 @@ import { ProcessIo } from "./io.ts";
 import { podOverrides } from "./overrides.ts";
 import { PodVm } from "./pod.ts";
 import { SlotTable } from "./slots.ts";
+import { adjustSpecForGuest } from "./spec.ts";
 
 export interface SandboxOptions {
   logger: Logger;
@@ -304,9 +305,11 @@ export class SandboxRuntime implements TaskRuntime {
         for (const i of prepared.inserts) await pod.changeMedia(i.serial, i.path);
       }
       const io = new ProcessIo(spec, this.log.child({ id: c.id }));
+      const adjusted = adjustSpecForGuest(oci);
+      for (const n of adjusted.notes) this.log.info({ id: c.id }, n);
       const req = {
         container_id: c.id,
-        spec: Buffer.from(JSON.stringify(oci)),
+        spec: Buffer.from(JSON.stringify(adjusted.spec)),
         storages: prepared.storages,
         rootfs: prepared.rootfs,
         stdio: io.want,

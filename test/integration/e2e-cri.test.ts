@@ -1,0 +1,176 @@
+// Pods through CRI (what kubelet does) on the `cove` handler: RunPodSandbox boots one microVM, both
+// containers run in it, ExecSync, CRI logs, stats, StopContainer graceful then SIGKILL, and
+// Stop/RemovePodSandbox tear the VM down. CNI (bridge + host-local) gives the pod a network
+// namespace exactly as under kubelet; a host-network pod is refused with a clear error.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { guestArtifacts } from "../../src/guest/paths.ts";
+import { COVE_RUNTIME_TYPE, Containerd, REPO_ROOT } from "../harness/containerd.ts";
+import { CriClient, hostNetworkPod, type PodSandboxConfig } from "../harness/cri.ts";
+import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage, pauseImage } from "../harness/image.ts";
+import { mountsUnder, processesWithArg, processesWithCwdUnder, waitFor } from "../harness/processes.ts";
+import { requireIntegration } from "../harness/skip.ts";
+
+const art = guestArtifacts();
+const CNI_BIN = "/usr/lib/cni";
+const BRIDGE = "cove-e2e0";
+const skip = requireIntegration([
+  { path: join(REPO_ROOT, "dist", "containerd-shim-cove-v2.cjs"), why: "the bundled shim (npm test builds first)" },
+  { path: art.kernel, why: "the guest kernel (npm run guest)" },
+  { path: art.rootfs, why: "the guest image (npm run guest)" },
+  { path: "/usr/bin/qemu-system-x86_64", why: "QEMU (qemu-system-x86)" },
+  { path: join(CNI_BIN, "bridge"), why: "CNI plugins (containernetworking-plugins)" },
+]);
+
+const qemus = (dir: string) => processesWithCwdUnder(dir).filter((p) => /qemu-system/.test(p.argv[0] ?? ""));
+
+describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
+  let cd: Containerd;
+  let cri: CriClient;
+  let dir: string;
+
+  before(async () => {
+    const { mkdtempSync } = await import("node:fs");
+    dir = mkdtempSync("/tmp/cove-e2e-cri-");
+    const conf = join(dir, "cni-conf");
+    mkdirSync(conf);
+    writeFileSync(
+      join(conf, "10-cove-e2e.conflist"),
+      JSON.stringify({
+        cniVersion: "1.0.0",
+        name: "cove-e2e",
+        plugins: [
+          {
+            type: "bridge",
+            bridge: BRIDGE,
+            isGateway: false,
+            ipMasq: false,
+            ipam: { type: "host-local", ranges: [[{ subnet: "10.231.7.0/24" }]], dataDir: join(dir, "ipam") },
+          },
+          { type: "loopback" },
+        ],
+      }),
+    );
+    const configPath = join(dir, "cove.toml");
+    writeFileSync(
+      configPath,
+      `cache_dir = "${join(dir, "cache")}"\n\n[guest]\nkernel = "${art.kernel}"\nimage = "${art.rootfs}"\n\n[pod]\nwritable_layer_mib = 64\nallowed_annotations = ["io.cove.*"]\n`,
+    );
+    cd = await Containerd.start({
+      criRuntimes: { cove: { runtimeType: COVE_RUNTIME_TYPE, configPath } },
+      cniConfDir: conf,
+      cniBinDir: CNI_BIN,
+    });
+    const images = join(cd.dir, "images");
+    await importImage(cd, await buildImage(pauseImage(), images), "k8s.io");
+    await importImage(cd, await buildImage(busyboxImage(), images), "k8s.io");
+    cri = new CriClient(cd.address);
+  });
+
+  after(async () => {
+    cri?.close();
+    await cd?.stop();
+    try {
+      execFileSync("ip", ["link", "del", BRIDGE], { stdio: "ignore" });
+    } catch {
+      // never created
+    }
+    if (dir) execFileSync("rm", ["-rf", dir]);
+  });
+
+  test("a host-network pod gets a clear error and leaves nothing", async () => {
+    await assert.rejects(cri.runPodSandbox(hostNetworkPod("hostnet"), "cove"), (e: Error) => {
+      assert.match(e.message, /VM cannot join the host's network namespace/);
+      return true;
+    });
+    await waitFor("no shim left", () => processesWithArg(cd.address).length === 0, 15_000);
+    assert.equal(qemus(cd.dir).length, 0);
+  });
+
+  test("a pod: one VM, two containers in it, exec, logs, stats, graceful and forced stop, teardown", async () => {
+    const logDir = join(dir, "pod-logs");
+    const pod: PodSandboxConfig = {
+      metadata: { name: "web", uid: `web-${Date.now()}`, namespace: "default", attempt: 0 },
+      hostname: "web-pod",
+      log_directory: logDir,
+      annotations: { "io.cove.memory_mib": "320" },
+      linux: {},
+    };
+    const podId = await cri.runPodSandbox(pod, "cove");
+    assert.equal(qemus(cd.dir).length, 1, "RunPodSandbox booted one VM");
+    assert.match(cd.log(), /the guest has loopback only/, "the shim says the guest has no pod network yet");
+    assert.match(cd.log(), /annotation io\.cove\.memory_mib=320 applied/);
+
+    const ctr = (name: string, args: string[]) =>
+      cri.createContainer(
+        podId,
+        {
+          metadata: { name },
+          image: { image: BUSYBOX_IMAGE_REF },
+          command: ["/bin/sh", "-c"],
+          args,
+          log_path: `${name}.log`,
+        },
+        pod,
+      );
+    const c1 = await ctr("graceful", [
+      "trap 'echo bye; exit 0' TERM; echo started-graceful; while true; do sleep 1; done",
+    ]);
+    await cri.startContainer(c1);
+    const c2 = await ctr("stubborn", ["echo started-stubborn; exec sleep 100000"]);
+    await cri.startContainer(c2);
+    assert.equal(qemus(cd.dir).length, 1, "both containers went into the pod's VM");
+
+    const boot = (id: string) => cri.execSync(id, ["cat", "/proc/sys/kernel/random/boot_id"]);
+    const b1 = (await boot(c1)).stdout.toString();
+    const b2 = (await boot(c2)).stdout.toString();
+    assert.equal(b1, b2, "one guest kernel for both containers");
+    assert.notEqual(b1.trim(), readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim(), "not the host kernel");
+    const mem = await cri.execSync(c1, ["sh", "-c", "grep MemTotal /proc/meminfo"]);
+    const kib = Number(/(\d+)/.exec(mem.stdout.toString())?.[1]);
+    assert.ok(kib > 250_000 && kib < 330_000, `guest RAM follows the annotation: ${kib} KiB`);
+
+    const ex = await cri.execSync(c1, ["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert.equal(ex.exit_code, 3);
+    assert.equal(ex.stdout.toString(), "out\n");
+    assert.equal(ex.stderr.toString(), "err\n");
+
+    await waitFor("the CRI log of the first container", () => existsSync(join(logDir, "graceful.log")), 10_000);
+    await waitFor(
+      "started-graceful in the CRI log",
+      () => /stdout F started-graceful/.test(readFileSync(join(logDir, "graceful.log"), "utf8")),
+      10_000,
+    );
+
+    const st = (await cri.containerStats(c1)).stats as { memory?: { working_set_bytes?: { value: string } } };
+    assert.ok(Number(st.memory?.working_set_bytes?.value ?? 0) > 0, `memory stats: ${JSON.stringify(st)}`);
+
+    const t0 = Date.now();
+    await cri.stopContainer(c1, 10);
+    assert.ok(Date.now() - t0 < 8000, "SIGTERM was enough for the trapping container");
+    const s1 = (await cri.containerStatus(c1)).status;
+    assert.equal(s1.state, "CONTAINER_EXITED");
+    assert.equal(s1.exit_code, 0);
+    assert.match(readFileSync(join(logDir, "graceful.log"), "utf8"), /stdout F bye/);
+
+    const t1 = Date.now();
+    await cri.stopContainer(c2, 2);
+    assert.ok(Date.now() - t1 >= 1900, "the stubborn container outlived its grace period");
+    const s2 = (await cri.containerStatus(c2)).status;
+    assert.equal(s2.exit_code, 137, "then SIGKILL");
+
+    await cri.removeContainer(c1);
+    await cri.removeContainer(c2);
+    await cri.stopPodSandbox(podId);
+    await cri.removePodSandbox(podId);
+    await waitFor(
+      "the pod's shim and VM to go",
+      () => processesWithArg(cd.address).length === 0 && qemus(cd.dir).length === 0,
+      20_000,
+    );
+    assert.deepEqual(mountsUnder(cd.dir), [], "no mounts left");
+  });
+});
