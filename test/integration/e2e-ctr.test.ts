@@ -2,11 +2,12 @@
 // crun in the guest. The container's rootfs reaches the guest as block devices (an erofs image per
 // layer + an ext4 writable layer), never as a host directory.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
-import { COVE_RUNTIME_TYPE, Containerd, REPO_ROOT } from "../harness/containerd.ts";
+import { COVE_RUNTIME_TYPE, Containerd, CTR_BIN, REPO_ROOT } from "../harness/containerd.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage } from "../harness/image.ts";
 import { mountsUnder, processesWithArg, processesWithCwdUnder, waitFor } from "../harness/processes.ts";
 import { requireIntegration } from "../harness/skip.ts";
@@ -105,5 +106,107 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     assert.equal(lines[199_999], "200000");
     assert.equal(lines.length, 200_001);
     await nothingLeft("t3");
+  });
+
+  test("-d, then exec, ps, pause/resume, metrics, kill, kill --all, rm; events in order", async () => {
+    // `ctr events` runs alongside and records every topic for this container.
+    const ev = spawn(CTR_BIN, ["-a", cd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
+    let events = "";
+    ev.stdout.on("data", (d: Buffer) => {
+      events += d.toString();
+    });
+    try {
+      const id = "d1";
+      await cd.ctrOk(
+        [
+          "run",
+          "-d",
+          "--runtime",
+          COVE_RUNTIME_TYPE,
+          "--runtime-config-path",
+          configPath,
+          BUSYBOX_IMAGE_REF,
+          id,
+          "/bin/sh",
+          "-c",
+          "trap 'exit 42' USR1; while true; do sleep 1; done",
+        ],
+        { timeoutMs: 180_000 },
+      );
+      const ex = await cd.ctr(["task", "exec", "--exec-id", "e1", id, "/bin/sh", "-c", "echo in-exec; exit 5"], {
+        timeoutMs: 60_000,
+      });
+      assert.equal(ex.code, 5, `exec exit code: ${ex.stderr}`);
+      assert.equal(ex.stdout, "in-exec\n");
+      const ps = await cd.ctrOk(["task", "ps", id]);
+      assert.ok(ps.stdout.trim().split("\n").length >= 2, `ps lists the init process:\n${ps.stdout}`);
+      await cd.ctrOk(["task", "pause", id]);
+      assert.match((await cd.ctrOk(["task", "ls"])).stdout, /d1\s+\d+\s+PAUSED/);
+      await cd.ctrOk(["task", "resume", id]);
+      assert.match((await cd.ctrOk(["task", "ls"])).stdout, /d1\s+\d+\s+RUNNING/);
+      const m = await cd.ctrOk(["task", "metrics", "--format", "json", id]);
+      assert.match(m.stdout, /"memory"/, `metrics:\n${m.stdout.slice(0, 400)}`);
+      // One signal: the trap turns USR1 into exit 42.
+      await cd.ctrOk(["task", "kill", "-s", "SIGUSR1", id]);
+      await waitFor(
+        "d1 to stop",
+        async () => /d1\s+\d+\s+STOPPED/.test((await cd.ctrOk(["task", "ls"])).stdout),
+        30_000,
+      );
+      await cd.ctrOk(["task", "rm", id]);
+      await cd.ctrOk(["container", "rm", id]);
+
+      // kill --all, and a signal death reported as 128+n.
+      await cd.ctrOk(
+        [
+          "run",
+          "-d",
+          "--runtime",
+          COVE_RUNTIME_TYPE,
+          "--runtime-config-path",
+          configPath,
+          BUSYBOX_IMAGE_REF,
+          "d2",
+          "sleep",
+          "1000",
+        ],
+        { timeoutMs: 180_000 },
+      );
+      await cd.ctrOk(["task", "kill", "--all", "-s", "SIGKILL", "d2"]);
+      await waitFor(
+        "d2 to stop",
+        async () => /d2\s+\d+\s+STOPPED/.test((await cd.ctrOk(["task", "ls"])).stdout),
+        30_000,
+      );
+      await cd.ctrOk(["task", "rm", "d2"]);
+      await cd.ctrOk(["container", "rm", "d2"]);
+      ev.kill("SIGKILL"); // its argv holds containerd's address too
+      await nothingLeft("d2");
+
+      const topics = events
+        .split("\n")
+        .filter((l) => l.includes('"container_id":"d1"') || /\bd1\b/.test(l))
+        .map((l) => /\/tasks\/[a-z-/]+/.exec(l)?.[0])
+        .filter((t): t is string => !!t);
+      const order = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+      ];
+      let at = -1;
+      for (const t of order) {
+        const i = topics.indexOf(t, at + 1);
+        assert.ok(i > at, `${t} after the previous events: ${topics.join(" ")}`);
+        at = i;
+      }
+      assert.match(events, /exit_status[":]+42/, "exit status 42 in the exit event");
+    } finally {
+      ev.kill("SIGKILL");
+    }
   });
 });
