@@ -7,7 +7,7 @@
 //  * stdin throughput: the client writes N MiB into `cat > /dev/null` through the agent vs straight
 //    into the container's stdin pipe
 // Medians of alternating rounds. Writes bench-results/agent.json.
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -203,6 +203,19 @@ async function directStdin(): Promise<number> {
 await c.destroySandbox();
 await a.stop();
 rmSync(dir, { recursive: true, force: true });
+// The reference containers' cgroup parents (crun removes only the containers' own directories).
+spawnSync("find", [
+  "/sys/fs/cgroup",
+  "-depth",
+  "-type",
+  "d",
+  "-name",
+  `cove-bench-*${process.pid}`,
+  "-exec",
+  "rmdir",
+  "{}",
+  ";",
+]);
 
 const header = ["measure", "through agent", "crun direct", "agent/direct"];
 const table = rows.map((r) => [
