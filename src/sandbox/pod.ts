@@ -1,7 +1,7 @@
 // One pod's microVM: booted on the chosen backend from the guest kernel + image, with the pod's
 // virtio-blk slots and a vsock device; ready when the agent answers on vsock port 1024.
 import { createHash } from "node:crypto";
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
@@ -78,6 +78,8 @@ export class PodVm {
         workDir,
         logger: log,
       });
+      // For the `delete` binary, should this shim die without stopping the VM (src/sandbox/cleanup.ts).
+      writeFileSync(join(workDir, "vmm.pid"), String(vm.pid));
       vm.console.on("data", (d: Buffer) => {
         tail = (tail + d.toString()).slice(-CONSOLE_TAIL);
       });

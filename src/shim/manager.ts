@@ -1,11 +1,13 @@
 // The shim binary's `start` and `delete` actions (containerd runs them as short-lived processes), kept
 // apart from the serving daemon. `start` stays light: no proto root, no logger, no sandbox code.
+
 import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import protobuf from "protobufjs/minimal.js";
 import { closeFd, unixListen } from "../native/fdpass.ts";
+import { reapOrphanVm } from "../sandbox/cleanup.ts";
 import { addressPath, DEFAULT_SOCKET_DIR, groupingOf, socketAddress, socketPath } from "./address.ts";
 import { daemonArgs, type ShimFlags } from "./flags.ts";
 import { decodeStartOptions, logLevelName } from "./options.ts";
@@ -212,6 +214,8 @@ export interface DeleteIO {
   /** Unmount hook (tests); default runs umount(8), since Node has no umount(2). */
   unmount?: (path: string) => void;
   warn?: (msg: string) => void;
+  /** Orphaned-VM cleanup hook (tests); default src/sandbox/cleanup.ts. */
+  reapVm?: (bundle: string) => void;
 }
 
 /**
@@ -232,10 +236,12 @@ export async function deleteTask(flags: ShimFlags, io: DeleteIO): Promise<Uint8A
   for (const m of mountsUnder(join(bundle, "rootfs"))) unmount(m);
 
   const addrFile = join(bundle, "address");
+  let daemonAlive = false;
   if (existsSync(addrFile)) {
     const sock = addressPath(readFileSync(addrFile, "utf8").trim());
     // A socket nobody serves is stale (the daemon died); a live one may serve other tasks of the pod.
-    if (sock.startsWith("/") && existsSync(sock) && !(await canConnect(sock))) {
+    daemonAlive = sock.startsWith("/") && existsSync(sock) && (await canConnect(sock));
+    if (sock.startsWith("/") && existsSync(sock) && !daemonAlive) {
       try {
         unlinkSync(sock);
       } catch (e) {
@@ -243,6 +249,8 @@ export async function deleteTask(flags: ShimFlags, io: DeleteIO): Promise<Uint8A
       }
     }
   }
+  // A dead daemon may have left its pod VM running (this bundle's, if it started the pod).
+  if (!daemonAlive) (io.reapVm ?? ((b: string) => reapOrphanVm(b, warn)))(bundle);
   let pid = 0;
   try {
     pid = Number.parseInt(readFileSync(join(bundle, "init.pid"), "utf8"), 10) || 0;
