@@ -3,5 +3,6 @@ import { checkCommand } from "./check.ts";
 import type { Command } from "./command.ts";
 import { guestBuild } from "./guest.ts";
 import { helpCommand } from "./help.ts";
+import { installCommand } from "./install.ts";
 
-export const COMMANDS: readonly Command[] = [guestBuild, checkCommand, helpCommand(() => COMMANDS)];
+export const COMMANDS: readonly Command[] = [guestBuild, checkCommand, installCommand, helpCommand(() => COMMANDS)];

@@ -1,0 +1,80 @@
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { install } from "../../../src/cli/install.ts";
+import { defaultConfig } from "../../../src/config/config.ts";
+import { podOverrides } from "../../../src/sandbox/overrides.ts";
+import { SlotTable } from "../../../src/sandbox/slots.ts";
+import { adjustSpecForGuest } from "../../../src/sandbox/spec.ts";
+import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+
+test("slots: a shared layer takes one slot, refcounted; empty slots run out with a clear error", () => {
+  const t = new SlotTable(2, 1);
+  const a = t.claim("/c/a.erofs", "layer-a", true);
+  assert.equal(a.serial, "cove-ro0");
+  assert.equal(t.reuse("/c/a.erofs"), a);
+  assert.equal(a.refs, 2);
+  t.claim("/c/b.erofs", "layer-b", true);
+  assert.throws(
+    () => t.claim("/c/c.erofs", "layer-c", true),
+    (e: unknown) => e instanceof TtrpcError && e.code === Code.RESOURCE_EXHAUSTED && /layer_slots/.test(e.message),
+  );
+  assert.equal(t.claim("/u.ext4", "upper-x", false).serial, "cove-rw0");
+  assert.equal(t.release("/c/a.erofs"), undefined, "still used");
+  assert.equal(t.release("/c/a.erofs")?.serial, "cove-ro0", "now empty: eject");
+  assert.equal(t.claim("/c/c.erofs", "layer-c", true).serial, "cove-ro0", "reused");
+});
+
+test("annotation overrides apply only when allowed, and are validated", () => {
+  const c = defaultConfig();
+  const ann = { "io.cove.memory_mib": "512", "io.cove.vcpus": "2" };
+  const none = podOverrides(ann, c);
+  assert.equal(none.memoryMib, c.guest.memoryMib);
+  assert.equal(none.notes.length, 2);
+  c.pod.allowedAnnotations = ["io.cove.memory_mib"];
+  const some = podOverrides(ann, c);
+  assert.equal(some.memoryMib, 512);
+  assert.equal(some.vcpus, c.guest.vcpus);
+  c.pod.allowedAnnotations = ["io.cove.*"];
+  assert.throws(() => podOverrides({ "io.cove.vcpus": "lots" }, c), /integer/);
+});
+
+test("CRI's /dev/shm bind becomes a guest tmpfs; other mounts are untouched", () => {
+  const r = adjustSpecForGuest({
+    mounts: [
+      { destination: "/dev/shm", type: "bind", source: "/run/x/sandboxes/p/shm", options: ["rbind", "ro"] },
+      { destination: "/proc", type: "proc", source: "proc" },
+    ],
+  });
+  const mounts = r.spec.mounts as { type: string; destination: string }[];
+  assert.equal(mounts[0]!.type, "tmpfs");
+  assert.equal(mounts[1]!.type, "proc");
+  assert.equal(r.notes.length, 1);
+});
+
+test("cove install links the shim and writes the config only when absent", () => {
+  const d = mkdtempSync(join(tmpdir(), "cove-install-"));
+  try {
+    const root = join(d, "repo");
+    mkdirSync(join(root, "bin"), { recursive: true });
+    mkdirSync(join(root, "dist"));
+    mkdirSync(join(root, "config"));
+    writeFileSync(join(root, "bin", "containerd-shim-cove-v2"), "#!/bin/sh\n");
+    writeFileSync(join(root, "dist", "containerd-shim-cove-v2.cjs"), "");
+    writeFileSync(join(root, "config", "cove.toml"), "# defaults\n");
+    const cfg = join(d, "etc", "cove.toml");
+    const r = install({ binDir: join(d, "bin"), configPath: cfg, root });
+    assert.equal(readlinkSync(r.shim), join(root, "bin", "containerd-shim-cove-v2"));
+    assert.equal(readFileSync(cfg, "utf8"), "# defaults\n");
+    writeFileSync(cfg, "mine\n");
+    const again = install({ binDir: join(d, "bin"), configPath: cfg, root });
+    assert.match(again.lines[0]!, /already installed/);
+    assert.equal(readFileSync(cfg, "utf8"), "mine\n", "an existing config is kept");
+    writeFileSync(join(d, "bin", "other"), "");
+    assert.ok(existsSync(r.shim));
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+});
