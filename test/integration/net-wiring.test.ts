@@ -4,134 +4,35 @@
 // into the pod namespace with tc redirects, and a virtio-net device driven from TypeScript plays
 // the guest. Frames must go veth ↔ tap both ways; teardown must leave nothing behind.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { PodNetwork, TAP_PREFIX } from "../../src/network/pod-network.ts";
 import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../src/virtio/device.ts";
 import { NetDevice } from "../../src/virtio/net/device.ts";
 import { VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF } from "../../src/virtio/net/header.ts";
+import { CniPod, cniUnavailable, iptablesRules } from "../unit/network/cni.ts";
 import { NetGuest } from "../unit/network/netguest.ts";
-import { arpReply, netUnavailable, parseFrame, sh, TestNetns, UdpPeer, udpFrame } from "../unit/network/testnet.ts";
+import { arpReply, parseFrame, TestNetns, UdpPeer, udpFrame } from "../unit/network/testnet.ts";
 
-const CNI_DIR = "/usr/lib/cni";
-const SUBNET = "10.250.9.0/24";
 const GATEWAY = "10.250.9.1";
-const BRIDGE = "cvtbr0";
 
-function unavailable(): string | undefined {
-  const why = netUnavailable();
-  if (why) return why;
-  for (const p of ["bridge", "host-local"]) {
-    if (!existsSync(join(CNI_DIR, p))) return `CNI plugin ${p} missing (apt-get install containernetworking-plugins)`;
-  }
-  return undefined;
-}
-
-interface CniResult {
-  interfaces?: { name: string; mac?: string; sandbox?: string }[];
-  ips?: { address: string; gateway?: string; interface?: number }[];
-}
-
-/** Runs a CNI plugin inside `node` (so everything it makes lives there), as CRI would. */
-function cni(
-  node: TestNetns,
-  command: "ADD" | "DEL",
-  podNetns: string,
-  containerId: string,
-  conf: object,
-): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("ip", ["netns", "exec", node.name, join(CNI_DIR, "bridge")], {
-      env: {
-        PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: containerId,
-        CNI_NETNS: podNetns,
-        CNI_IFNAME: "eth0",
-        CNI_PATH: CNI_DIR,
-      },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (d) => {
-      out += String(d);
-    });
-    child.stderr.on("data", (d) => {
-      err += String(d);
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      if (code === 0) resolve(out);
-      else reject(new Error(`CNI ${command} failed (${code}): ${out} ${err}`));
-    });
-    child.stdin.end(JSON.stringify(conf));
-  });
-}
-
-function iptablesRules(): string {
-  try {
-    // Rules only (no counters, no timestamps/comments), for a before/after comparison.
-    return sh("iptables-save", [])
-      .split("\n")
-      .filter((l) => l.startsWith("-A") || l.startsWith(":") || l.startsWith("*"))
-      .map((l) => l.replace(/\[\d+:\d+\]/, ""))
-      .join("\n");
-  } catch {
-    return "(iptables unavailable)";
-  }
-}
-
-const skip = unavailable();
+const skip = cniUnavailable();
 
 describe("pod network wiring: CNI veth ↔ tap with tc redirects", { skip: skip && `SKIPPED LOUDLY: ${skip}` }, () => {
-  let node: TestNetns;
+  let cni: CniPod;
   let pod: TestNetns;
-  let ipamDir: string;
-  let conf: object;
-  const containerId = `cove-test-${process.pid}`;
-  let iptablesBefore: string;
   let podIp: string;
-  let cniAdded = false;
+  let iptablesBefore: string;
 
   before(async () => {
     iptablesBefore = iptablesRules();
-    node = TestNetns.create("node");
-    pod = TestNetns.create("pod");
-    ipamDir = mkdtempSync(join(tmpdir(), "cove-ipam-"));
-    conf = {
-      cniVersion: "1.0.0",
-      name: "cove-test",
-      type: "bridge",
-      bridge: BRIDGE,
-      isGateway: true,
-      ipMasq: false,
-      ipam: {
-        type: "host-local",
-        ranges: [[{ subnet: SUBNET, gateway: GATEWAY }]],
-        routes: [{ dst: "0.0.0.0/0" }],
-        dataDir: ipamDir,
-      },
-    };
-    const res = JSON.parse(await cni(node, "ADD", pod.path, containerId, conf)) as CniResult;
-    cniAdded = true;
-    podIp = res.ips?.[0]?.address.split("/")[0] ?? "";
-    assert.match(podIp, /^10\.250\.9\.\d+$/, "the pod got an address from host-local");
+    cni = await CniPod.create("wire", "10.250.9");
+    pod = cni.pod;
+    podIp = cni.ip;
   });
 
   after(async () => {
-    try {
-      if (cniAdded) await cni(node, "DEL", pod.path, containerId, conf);
-    } finally {
-      pod?.remove();
-      node?.remove();
-      if (ipamDir) rmSync(ipamDir, { recursive: true, force: true });
-    }
-    assert.ok(!TestNetns.exists(pod.name) && !TestNetns.exists(node.name), "test namespaces removed");
+    await cni?.remove();
+    assert.ok(!TestNetns.exists(cni.pod.name) && !TestNetns.exists(cni.node.name), "test namespaces removed");
     assert.equal(iptablesRules(), iptablesBefore, "no iptables rule left behind");
   });
 
@@ -178,7 +79,7 @@ describe("pod network wiring: CNI veth ↔ tap with tc redirects", { skip: skip 
       };
 
       // node → bridge → veth → eth0 ingress → tap → guest, and the reply back the same way.
-      peer = await UdpPeer.start(node, GATEWAY, 5000);
+      peer = await UdpPeer.start(cni.node, GATEWAY, 5000);
       peer.send(podIp, 6000, Buffer.from("hello-pod"));
       const [d] = await peer.waitFor(1, 10_000);
       assert.equal(d!.from, podIp);
