@@ -100,7 +100,7 @@ export class NetDevice implements VirtioDevice {
     this.mtu = mtu;
     this.name = `virtio-net(${formatMac(this.mac)})`;
     this.log = (opts.logger ?? defaultLogger).child({ device: this.name });
-    this.queueMaxSizes = [opts.queueSize ?? 256, opts.queueSize ?? 256];
+    this.queueMaxSizes = [opts.queueSize ?? 1024, opts.queueSize ?? 1024];
     let f =
       bit(VIRTIO_F_VERSION_1) |
       bit(VIRTIO_F_RING_EVENT_IDX) |
