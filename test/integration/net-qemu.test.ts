@@ -56,6 +56,19 @@ process.stdin.on("end", () => {
 });
 `;
 
+/** Accepts one TCP connection and prints the sha256 and length of what it received. */
+const TCP_SINK = `
+const [host, port] = process.argv.slice(1);
+const h = require("node:crypto").createHash("sha256");
+let n = 0;
+const srv = require("node:net").createServer((c) => {
+  c.on("data", (d) => { h.update(d); n += d.length; });
+  c.on("end", () => { console.log(h.digest("hex") + " " + n); srv.close(); });
+});
+srv.listen(Number(port), host, () => console.log("LISTENING"));
+setTimeout(() => process.exit(3), 120000).unref();
+`;
+
 function exchange(s: Duplex, input: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const out: Buffer[] = [];
@@ -203,6 +216,43 @@ describe("a guest on qemu with our virtio-net over vhost-user, on a CNI pod netw
       `net-qemu: 8 MiB node → guest over TCP in ${ms.toFixed(0)} ms (${((8 * 8) / (ms / 1000)).toFixed(1)} Mbit/s, ${chooseAccel().accel})`,
     );
     console.error(`net-qemu: device metrics ${JSON.stringify(dev!.metrics)}`);
+  });
+
+  it("moves a TCP stream guest → node (GSO frames from the guest through the tap)", async () => {
+    const sink = spawn("ip", ["netns", "exec", cni!.node.name, process.execPath, "-e", TCP_SINK, cni!.gateway, "7001"]);
+    let out = "";
+    sink.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    try {
+      const deadline = Date.now() + 10_000;
+      while (!out.includes("LISTENING") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      const tx0 = dev!.metrics.txFrames;
+      const txBytes0 = dev!.metrics.txBytes;
+      const g = await guestSh(
+        [
+          "dd if=/dev/urandom of=/tmp/x bs=1M count=8 2>/dev/null",
+          "sha256sum /tmp/x",
+          `socat -u FILE:/tmp/x TCP:${cni!.gateway}:7001 && echo SENT`,
+        ].join("\n"),
+        120_000,
+      );
+      assert.match(g, /SENT/);
+      const sum = /^([0-9a-f]{64})\s/m.exec(g)?.[1];
+      while (!/[0-9a-f]{64} \d+/.test(out) && Date.now() < deadline + 60_000) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(out.match(/([0-9a-f]{64}) (\d+)/)?.[1], sum, "node received what the guest sent");
+      assert.match(out, / 8388608/);
+      const frames = dev!.metrics.txFrames - tx0;
+      const bytes = dev!.metrics.txBytes - txBytes0;
+      console.error(
+        `net-qemu: guest → node ${bytes} bytes in ${frames} tx frames (${(bytes / frames).toFixed(0)} B/frame)`,
+      );
+      assert.ok(bytes >= 8 << 20);
+    } finally {
+      sink.kill();
+    }
   });
 
   it("teardown leaves no tap or qdisc in the pod namespace", async () => {
