@@ -4,6 +4,10 @@ import { QemuHypervisor } from "../hypervisor/qemu/qemu.ts";
 import { registerBackend } from "./backend.ts";
 
 export function registerBuiltinBackends(): void {
-  registerBackend("qemu", (_config, choice) => new QemuHypervisor({ accel: choice.accel, reason: choice.reason }));
+  registerBackend(
+    "qemu",
+    (config, choice) =>
+      new QemuHypervisor({ accel: choice.accel, reason: choice.reason }, { binary: config.qemu.binary }),
+  );
   registerBackend("embedded", () => new EmbeddedHypervisor());
 }

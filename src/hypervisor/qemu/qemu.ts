@@ -1,7 +1,7 @@
 // The qemu backend: QEMU microvm with our own virtio devices attached over vhost-user
 // (blk per disk, vsock), serial console captured, accelerator chosen from the host.
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, mkdirSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { type Logger, pino } from "pino";
@@ -13,11 +13,30 @@ import type { Hypervisor, RunningVm, VmConfig, VmExit } from "../types.ts";
 import { type AccelChoice, chooseAccel } from "./accel.ts";
 import { qemuArgs } from "./args.ts";
 
-export const QEMU_BINARY = process.env.COVE_QEMU ?? "qemu-system-x86_64";
+/** The default binary; `[qemu] binary` in cove.toml (QemuOptions.binary) and $COVE_QEMU override it. */
+export const QEMU_BINARY = "qemu-system-x86_64";
+/** util-linux's setpriv sets PR_SET_PDEATHSIG in the child before exec'ing QEMU. */
+export const SETPRIV = "/usr/bin/setpriv";
 
 export interface QemuOptions {
   /** Appended to QEMU's argv (benchmarks: QEMU's own devices next to ours). */
   extraArgs?: string[];
+  /** QEMU binary (a name is looked up on PATH); $COVE_QEMU wins over it (tests, debugging). */
+  binary?: string;
+}
+
+/** QEMU's binary and the argv that ties its life to ours: QEMU gets SIGKILL when the process
+ * that spawned it dies, even by SIGKILL (PR_SET_PDEATHSIG, via setpriv). The death signal follows
+ * the forking *thread*; Node forks from its main thread, which lives as long as the shim. The
+ * `delete`-time reaping (src/sandbox/cleanup.ts) stays as the safety net (e.g. no setpriv). */
+export function qemuCommand(
+  args: string[],
+  opts: { binary?: string; env?: NodeJS.ProcessEnv; setpriv?: string | null } = {},
+): { file: string; argv: string[] } {
+  const binary = (opts.env ?? process.env).COVE_QEMU || opts.binary || QEMU_BINARY;
+  const setpriv = opts.setpriv === undefined ? (existsSync(SETPRIV) ? SETPRIV : null) : opts.setpriv;
+  if (!setpriv) return { file: binary, argv: args };
+  return { file: setpriv, argv: ["--pdeathsig", "KILL", "--", binary, ...args] };
 }
 
 export class QemuHypervisor implements Hypervisor {
@@ -87,8 +106,9 @@ export class QemuHypervisor implements Hypervisor {
         vsockSocket,
       });
       args.push(...(this.opts.extraArgs ?? []));
-      log.debug({ argv: [QEMU_BINARY, ...args].join(" ") }, "starting qemu");
-      const child = spawn(QEMU_BINARY, args, { stdio: ["pipe", "pipe", "pipe"] });
+      const cmd = qemuCommand(args, { binary: this.opts.binary });
+      log.debug({ argv: [cmd.file, ...cmd.argv].join(" ") }, "starting qemu");
+      const child = spawn(cmd.file, cmd.argv, { stdio: ["pipe", "pipe", "pipe"] });
       const console = new PassThrough();
       child.stdout!.pipe(console);
       if (cfg.consoleLog) child.stdout!.pipe(createWriteStream(cfg.consoleLog, { flags: "a" }));
