@@ -16,7 +16,7 @@ export interface RxFrame {
 /** The guest side: rx buffers posted to the device, frames collected from the used ring. */
 export class NetGuest {
   readonly mem = GuestMemory.alloc(32 << 20);
-  readonly rx = new TestDriver(256, 0, this.mem, 0);
+  readonly rx: TestDriver;
   readonly tx = new TestDriver(256, 0, this.mem, 16 << 20);
   readonly frames: RxFrame[] = [];
   onFrame: ((f: RxFrame, p: Parsed) => void) | undefined;
@@ -26,7 +26,9 @@ export class NetGuest {
   constructor(
     readonly dev: NetDevice,
     readonly features: bigint,
+    rxRingSize = 256,
   ) {
+    this.rx = new TestDriver(rxRingSize, 0, this.mem, 0);
     dev.activate({
       mem: this.mem,
       queues: [this.rx.queue(), this.tx.queue()],

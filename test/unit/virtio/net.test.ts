@@ -45,10 +45,10 @@ describe("virtio-net over a tap in a private namespace", { skip: skip && `SKIPPE
     assert.ok(!TestNetns.exists(ns.name), "test namespace removed");
   });
 
-  function setup(features: bigint, opts: { mtu?: number; staticNeigh?: boolean } = {}) {
+  function setup(features: bigint, opts: { mtu?: number; staticNeigh?: boolean; rxRing?: number } = {}) {
     const tap = TapBackend.open({ name: "cvnet%d", netns: ns.path });
     const dev = new NetDevice({ backend: tap, mac: GUEST_MAC, mtu: opts.mtu });
-    const guest = new NetGuest(dev, features);
+    const guest = new NetGuest(dev, features, opts.rxRing);
     if (opts.mtu) ns.ip("link", "set", "dev", tap.name, "mtu", String(opts.mtu));
     ns.ip("addr", "add", `${HOST_IP}/24`, "dev", tap.name);
     ns.ip("link", "set", "dev", tap.name, "up");
@@ -133,6 +133,22 @@ describe("virtio-net over a tap in a private namespace", { skip: skip && `SKIPPE
       assert.equal(f!.hdr.readUInt16LE(10), 1, "num_buffers is 1 without mergeable buffers");
       assert.equal(dev.metrics.rxDropped, 1);
       assert.equal(dev.metrics.rxFrames, 1);
+    } finally {
+      peer.stop();
+      cleanup();
+    }
+  });
+
+  it("drops a frame the whole rx ring could not hold, instead of waiting forever", async () => {
+    const { dev, guest, cleanup } = setup(ALL, { mtu: 9000, staticNeigh: true, rxRing: 8 });
+    guest.post(8, 128); // 1 KiB in all: a 3000-byte frame can never fit
+    const peer = await UdpPeer.start(ns, HOST_IP, 5000);
+    try {
+      peer.send(GUEST_IP, 6000, Buffer.alloc(3000, 2));
+      peer.send(GUEST_IP, 6000, Buffer.from("fits"));
+      const [f] = await guest.waitFrames(1);
+      assert.equal(parseFrame(f!.frame).udp?.payload.toString(), "fits");
+      assert.equal(dev.metrics.rxDropped, 1);
     } finally {
       peer.stop();
       cleanup();
