@@ -1,6 +1,11 @@
-// Faults under ctr: the VM is killed, the shim is SIGKILLed. In each case
-// containerd sees the task exit, `ctr task rm` + `container rm` succeed, and no shim, VMM, mount or
-// VM work dir is left.
+// Faults under ctr: the guest kernel panics, the VM is killed, the shim is SIGKILLed, containerd
+// restarts. In each case containerd sees the task exit (or re-attaches after its restart),
+// `ctr task rm` + `container rm` succeed, and no shim, VMM, mount or VM work dir is left.
+//
+// "The agent dies" has no separate test: the agent is the guest's PID 1, which the kernel protects
+// from every signal sent from inside the guest (SIGNAL_UNKILLABLE), so no container can kill it;
+// when it does die (a crash, a fatal V8 error) the kernel panics ("Attempted to kill init"), which
+// is the panic path tested here (panic=-1 + reboot=t + QEMU -no-reboot end the VM).
 import assert from "node:assert/strict";
 import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -96,7 +101,44 @@ describe("faults: containerd sees the exit and nothing leaks", { skip, timeout: 
     await removeAndCheck("f1", before);
   });
 
-  test("the shim is SIGKILLed: containerd sees the exit, `delete` stops the orphaned VM", async () => {
+  test("the guest kernel panics: the VM ends and the task exits", async () => {
+    const before = vmDirs();
+    await runDetached("f0", ["--privileged"]);
+    assert.equal(qemus().length, 1, "a VMM runs");
+    // /proc/sysrq-trigger is writable in a privileged container (CONFIG_MAGIC_SYSRQ in the guest).
+    const r = await cd.ctr(
+      ["task", "exec", "--exec-id", "crash", "f0", "/bin/sh", "-c", "echo c > /proc/sysrq-trigger"],
+      {
+        timeoutMs: 60_000,
+      },
+    );
+    assert.notEqual(r.code, 0, `the exec cannot finish normally in a crashing guest: ${r.stdout}${r.stderr}`);
+    await waitFor("the VM to end after the panic", () => qemus().length === 0, 60_000);
+    await waitFor("f0 to be reported stopped", async () => (await status("f0")) === "STOPPED", 30_000);
+    await removeAndCheck("f0", before);
+  });
+
+  test("containerd restarts: it re-attaches, the task still answers, then exits on kill", async () => {
+    const before = vmDirs();
+    await runDetached("f4");
+    const shimsBefore = processesWithArg(cd.address).map((p) => p.pid);
+    await cd.restart();
+    assert.deepEqual(
+      processesWithArg(cd.address).map((p) => p.pid),
+      shimsBefore,
+      "the shim and the VM survive containerd's restart",
+    );
+    assert.equal(await status("f4"), "RUNNING");
+    const e = await cd.ctrOk(["task", "exec", "--exec-id", "after", "f4", "/bin/echo", "still here"], {
+      timeoutMs: 60_000,
+    });
+    assert.equal(e.stdout.trim(), "still here");
+    await cd.ctrOk(["task", "kill", "-s", "SIGKILL", "f4"]);
+    await waitFor("f4 to be reported stopped", async () => (await status("f4")) === "STOPPED", 30_000);
+    await removeAndCheck("f4", before);
+  });
+
+  test("the shim is SIGKILLed: containerd sees the exit, QEMU dies with it (pdeathsig), `delete` cleans up", async () => {
     const before = vmDirs();
     await runDetached("f3");
     const shims = processesWithArg(cd.address).filter((p) => !/qemu/.test(p.argv[0] ?? ""));
