@@ -280,8 +280,8 @@ describe("virtio-net without a tap", () => {
     setOffload(flags: number): void {
       this.offload = flags;
     }
-    onReady(): void {}
-    want(): void {}
+    onReady(_cb: (r: boolean, w: boolean) => void): void {}
+    want(_r: boolean, _w: boolean): void {}
     close(): void {}
   }
 
@@ -328,6 +328,49 @@ describe("virtio-net without a tap", () => {
       features: 0n,
     });
     assert.match(dev.needsReset ?? "", /VERSION_1/);
+  });
+
+  it("holds a tx frame while the backend is full and sends it when it drains", () => {
+    class FullOnce extends FakeBackend {
+      full = true;
+      sent: Buffer[] = [];
+      wanted: [boolean, boolean][] = [];
+      ready: ((r: boolean, w: boolean) => void) | undefined;
+      override send(bufs: Buffer[]): number {
+        if (this.full) return -1;
+        this.sent.push(Buffer.concat(bufs));
+        return this.sent.at(-1)!.length;
+      }
+      override onReady(cb: (r: boolean, w: boolean) => void): void {
+        this.ready = cb;
+      }
+      override want(r: boolean, w: boolean): void {
+        this.wanted.push([r, w]);
+      }
+    }
+    const be = new FullOnce();
+    const dev = new NetDevice({ backend: be, mac: GUEST_MAC });
+    const tx = new TestDriver(16);
+    const rx = new TestDriver(16, 0, tx.mem, 0x80000);
+    dev.activate({
+      mem: tx.mem,
+      queues: [rx.queue(), tx.queue()],
+      interrupt: { queue: () => {}, config: () => {} },
+      features: bit(VIRTIO_F_VERSION_1),
+    });
+    const frame = Buffer.alloc(NET_HDR_SIZE + 60, 0xab);
+    tx.add([frame], []);
+    tx.add([frame], []);
+    dev.notify(1);
+    assert.equal(tx.takeUsed().length, 0, "nothing completed while the backend is full");
+    assert.deepEqual(be.wanted.at(-1), [false, true], "the device waits for writability");
+    assert.equal(dev.metrics.txBlocked, 1);
+    be.full = false;
+    be.ready!(false, true);
+    assert.equal(tx.takeUsed().length, 2, "both frames went out, in order");
+    assert.equal(be.sent.length, 2);
+    assert.deepEqual(be.sent[0], frame);
+    assert.deepEqual(be.wanted.at(-1), [false, false], "writability no longer watched");
   });
 
   it("survives a descriptor loop in the tx ring (device needs reset, nothing thrown)", () => {
