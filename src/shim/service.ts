@@ -48,6 +48,20 @@ export interface TaskServiceOptions {
   onShutdown: () => void;
 }
 
+/** RPCs that change a task: logged at info (one line each per task, rare). */
+const LIFECYCLE_RPCS: ReadonlySet<string> = new Set([
+  "Create",
+  "Start",
+  "Delete",
+  "Exec",
+  "Kill",
+  "Pause",
+  "Resume",
+  "Update",
+  "Checkpoint",
+  "Shutdown",
+]);
+
 export class TaskService {
   private readonly containers = new Map<string, Container>();
   private shuttingDown = false;
@@ -79,7 +93,10 @@ export class TaskService {
   }
 
   private log(method: string, req: IdReq, extra: Record<string, unknown> = {}): void {
-    this.opts.logger.info({ method, id: req.id, exec_id: req.exec_id || undefined, ...extra }, `task ${method}`);
+    // Queries (State, Wait, Connect, Stats, Pids…) come often; a line each at info cost more than
+    // half of the daemon's CPU in test/bench/shim.bench.ts. They are debug; lifecycle RPCs stay info.
+    const level = LIFECYCLE_RPCS.has(method) ? "info" : "debug";
+    this.opts.logger[level]({ method, id: req.id, exec_id: req.exec_id || undefined, ...extra }, `task ${method}`);
   }
 
   private onExit(e: ExitEvent): void {
