@@ -32,6 +32,7 @@ import {
 } from "./layout.ts";
 import { allocateGuestRam, type GuestRam } from "./memory.ts";
 import { Serial } from "./serial.ts";
+import { StatsReader } from "./stats.ts";
 import { type StopReason, VcpuLoop } from "./vcpu.ts";
 import { MmioTransport, WINDOW_SIZE } from "./virtio-mmio.ts";
 import { KvmMmioInterrupts, KvmMmioNotifiers } from "./virtio-mmio-kvm.ts";
@@ -72,6 +73,8 @@ export class Machine {
   private started = false;
   readonly router: GsiRouter;
   readonly transports: MmioTransport[] = [];
+  /** Per-vCPU KVM stats, readable while the vCPUs run (absent where KVM has no binary stats). */
+  readonly vcpuStats: (StatsReader | undefined)[] = [];
   private readonly deviceIrqs: { interrupts: KvmMmioInterrupts; notifiers: KvmMmioNotifiers }[] = [];
 
   private constructor(
@@ -195,6 +198,11 @@ export class Machine {
         vcpu.setSregs(longModeSregs(vcpu.getSregs()));
         vcpu.setRegs(entryRegs(vcpu.getRegs(), HIMEM_START + 0x200, ZERO_PAGE_ADDR));
       }
+      try {
+        this.vcpuStats.push(new StatsReader(vcpu.fd));
+      } catch {
+        this.vcpuStats.push(undefined); // KVM < 5.14
+      }
       // Application processors wait in the in-kernel LAPIC for the BSP's INIT/SIPI.
       this.loops.push(
         new VcpuLoop(vcpu, { pio: this.pio, mmio: this.mmio, log: cfg.log, onStop: (r) => this.onVcpuStop(id, r) }),
@@ -224,6 +232,7 @@ export class Machine {
     if (this.closed) return;
     this.closed = true;
     for (const l of this.loops) l.stop();
+    for (const s of this.vcpuStats) s?.close();
     for (const t of this.transports) t.device.reset();
     for (const d of this.deviceIrqs) {
       d.notifiers.detachAll();

@@ -60,3 +60,23 @@ export function kvmStats(vmOrVcpuFd: number): Map<string, bigint> {
     closeSync(fd);
   }
 }
+
+/**
+ * A stats fd kept open: it is readable at any time, even while the vCPU is in KVM_RUN (getting
+ * the fd is a vCPU ioctl, serialised with KVM_RUN; reading it is not).
+ */
+export class StatsReader {
+  readonly fd: number;
+  private closed = false;
+  constructor(vmOrVcpuFd: number) {
+    this.fd = kvmIoctl(vmOrVcpuFd, KVM_GET_STATS_FD);
+  }
+  read(): Map<string, bigint> {
+    return readStats(this.fd);
+  }
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeSync(this.fd);
+  }
+}
