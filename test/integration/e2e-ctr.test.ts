@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { COVE_RUNTIME_TYPE, Containerd, CTR_BIN, REPO_ROOT } from "../harness/containerd.ts";
+import { run as runCmd } from "../harness/exec.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage } from "../harness/image.ts";
 import { mountsUnder, processesWithArg, processesWithCwdUnder, waitFor } from "../harness/processes.ts";
 import { requireIntegration } from "../harness/skip.ts";
@@ -208,5 +209,97 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     } finally {
       ev.kill("SIGKILL");
     }
+  });
+
+  test("ctr run -t: an interactive terminal that follows resizes (driven through tmux)", async () => {
+    // tmux gives ctr a real pty whose size we set; a resize reaches ctr as SIGWINCH, then the shim's
+    // ResizePty, then the guest pty. `stty size` inside prints rows and columns.
+    const sock = join(cd.dir, "tmux.sock");
+    const tmux = (args: string[]) => runCmd("tmux", ["-S", sock, ...args], { timeoutMs: 10_000 });
+    const screen = async () => (await tmux(["capture-pane", "-p", "-t", "t"])).stdout;
+    const ctrCmd = [
+      CTR_BIN,
+      "-a",
+      cd.address,
+      "run",
+      "-t",
+      "--rm",
+      "--runtime",
+      COVE_RUNTIME_TYPE,
+      "--runtime-config-path",
+      configPath,
+      BUSYBOX_IMAGE_REF,
+      "tty1",
+      "/bin/sh",
+    ].join(" ");
+    const started = await tmux(["-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "80", "-y", "24", ctrCmd]);
+    assert.equal(started.code, 0, `tmux new-session: ${started.stderr}`);
+    try {
+      let last = "";
+      const shows = (re: RegExp) => async () => {
+        last = await screen();
+        return re.test(last);
+      };
+      const onScreen = (what: string, re: RegExp, ms: number) =>
+        waitFor(what, shows(re), ms).catch((e) => {
+          throw new Error(`${(e as Error).message}; screen:\n${last}`);
+        });
+      // capture-pane drops trailing blanks: busybox's "/ # " prompt ends the line as "/ #".
+      await onScreen("the shell prompt", /^\/ #$/m, 120_000);
+      await tmux(["send-keys", "-t", "t", "stty size", "Enter"]);
+      await onScreen("stty size to print 24 80", /^24 80$/m, 20_000);
+      const resized = await tmux(["resize-window", "-t", "t", "-x", "132", "-y", "50"]);
+      assert.equal(resized.code, 0, `tmux resize-window: ${resized.stderr}`);
+      await tmux(["send-keys", "-t", "t", "clear; stty size; echo tty=$(tty)", "Enter"]);
+      await onScreen("stty size to print 50 132 after the resize", /^50 132$/m, 20_000);
+      assert.match(last, /^tty=\/dev\/(pts\/\d+|console)$/m, "the shell's stdin is a terminal");
+      await tmux(["send-keys", "-t", "t", "exit 3", "Enter"]);
+      await waitFor(
+        "ctr run -t to end with the shell",
+        async () => (await tmux(["has-session", "-t", "t"])).code !== 0,
+        30_000,
+      );
+    } finally {
+      await tmux(["kill-server"]);
+    }
+    await nothingLeft("tty1");
+  });
+
+  test("a container past its memory limit is OOM-killed: exit 137 and an oom event", async () => {
+    const ev = spawn(CTR_BIN, ["-a", cd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
+    let events = "";
+    ev.stdout.on("data", (d: Buffer) => {
+      events += d.toString();
+    });
+    try {
+      // 32 MiB limit; dd's 64 MiB buffer is touched as it reads /dev/zero into it.
+      const r = await cd.ctr(
+        [
+          "run",
+          "--rm",
+          "--memory-limit",
+          String(32 * 1024 * 1024),
+          "--runtime",
+          COVE_RUNTIME_TYPE,
+          "--runtime-config-path",
+          configPath,
+          BUSYBOX_IMAGE_REF,
+          "oom1",
+          "/bin/sh",
+          "-c",
+          "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+        ],
+        { timeoutMs: 180_000 },
+      );
+      assert.equal(r.code, 137, `exit code 137 (SIGKILL by the OOM killer): ${r.stdout}${r.stderr}`);
+      await waitFor(
+        "a /tasks/oom event for oom1",
+        () => events.split("\n").some((l) => l.includes("/tasks/oom") && l.includes("oom1")),
+        15_000,
+      );
+    } finally {
+      ev.kill("SIGKILL");
+    }
+    await nothingLeft("oom1");
   });
 });
