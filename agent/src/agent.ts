@@ -22,6 +22,8 @@ import { Cgroups } from "./cgroups/cgroups.ts";
 import { Container } from "./container/container.ts";
 import { Proc, type StdioWanted, type StreamName } from "./container/process.ts";
 import type { Logger } from "./log.ts";
+import { parseNetworkConfig } from "./network/config.ts";
+import { type ConfiguredInterface, configureNetwork, loopbackUp } from "./network/configure.ts";
 import type { Reaper } from "./pid1/reaper.ts";
 import { OciRuntime, RuntimeError, readPidFile } from "./runtime/oci.ts";
 import { checkProcess, rewriteSpec } from "./spec/rewrite.ts";
@@ -242,6 +244,7 @@ export class Agent {
     writeFileSync(etc["/etc/hostname"], `${hostname}\n`);
 
     if (this.o.guest) {
+      loopbackUp(); // the kernel leaves lo down; pods without a network still need 127.0.0.1
       if (req.hostname) sethostname(req.hostname);
       for (const [k, v] of Object.entries(req.sysctls ?? {})) {
         try {
@@ -289,6 +292,14 @@ export class Agent {
       this.log.info("sandbox destroyed");
     }
     this.sandbox = undefined;
+  }
+
+  /** ConfigureNetwork (agent/src/network/configure.ts). On a host only with COVE_AGENT_NETWORK=1. */
+  configureNetwork(req: unknown): ConfiguredInterface[] {
+    if (!this.o.guest && process.env.COVE_AGENT_NETWORK !== "1")
+      throw precondition("ConfigureNetwork: not the guest's agent (set COVE_AGENT_NETWORK=1 in a private netns)");
+    const cfg = parseNetworkConfig(req);
+    return configureNetwork(cfg, { resolvConf: join(this.o.stateDir, "sandbox", "resolv.conf"), log: this.log });
   }
 
   // ---- containers ------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ export function agentService(agent: Agent): Record<string, Handler<Req, Record<s
       agent.closeStdin(r);
       return empty;
     },
+    ConfigureNetwork: async (r: Req) => ({ interfaces: agent.configureNetwork(r) }),
     GetOOMEvent: async (_r: Req, ctx) => ({ container_id: await agent.getOomEvent(ctx.signal) }),
   };
 }

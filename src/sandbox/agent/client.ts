@@ -69,6 +69,27 @@ export interface ProcessState {
   terminal: boolean;
 }
 
+/** cove.agent.v1.ConfigureNetworkRequest (PodNetwork.guestConfig() has this shape). */
+export interface NetworkConfigRequest {
+  interfaces: { mac: string; name: string; mtu?: number; addresses?: string[] }[];
+  routes?: {
+    dst: string;
+    gateway?: string;
+    dev: string;
+    src?: string;
+    scope?: string;
+    family?: "inet" | "inet6";
+    metric?: number;
+  }[];
+  dns?: { nameservers?: string[]; searches?: string[]; options?: string[] };
+}
+
+export interface ConfiguredInterface {
+  mac: string;
+  name: string;
+  index: number;
+}
+
 /** io.containerd.cgroups.v2.Metrics as a plain object (uint64s as numbers). */
 export type Metrics = Record<string, Record<string, unknown> | unknown>;
 
@@ -221,6 +242,15 @@ export class AgentClient {
   /** Long poll for the next OOM kill; returns the container id. */
   async getOomEvent(opts?: CallOptions): Promise<string> {
     return (await this.call<{ container_id: string }>("GetOOMEvent", {}, opts)).container_id;
+  }
+
+  /**
+   * ConfigureNetwork: the guest's NICs (found by MAC), routes in order, DNS for containers. Takes
+   * PodNetwork.guestConfig() as it is; call it after createSandbox (its DNS then wins).
+   */
+  async configureNetwork(req: NetworkConfigRequest, opts?: CallOptions): Promise<ConfiguredInterface[]> {
+    const res = await this.call<{ interfaces?: ConfiguredInterface[] }>("ConfigureNetwork", req, opts);
+    return res.interfaces ?? [];
   }
 
   /**
