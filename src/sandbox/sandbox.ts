@@ -314,7 +314,7 @@ export class SandboxRuntime implements TaskRuntime {
         rootfs: prepared.rootfs,
         stdio: io.want,
       };
-      const pid = await this.createInGuest(pod, req, prepared.inserts.length > 0 && first === undefined);
+      const pid = await pod.agent.createContainer(req);
       c.procs.set("", { io, started: false, exited: false });
       await io.attach((stream) => pod.agent.openStdio(c.id, "", stream));
       return { pid };
@@ -322,27 +322,6 @@ export class SandboxRuntime implements TaskRuntime {
       await this.release(c);
       this.ctrs.delete(c.id);
       throw e;
-    }
-  }
-
-  /**
-   * CreateContainer; when disks were just inserted into empty slots, the guest may not have re-read
-   * their capacity yet (the config interrupt races the RPC), so a failed mount is retried briefly.
-   */
-  private async createInGuest(
-    pod: PodVm,
-    req: Parameters<PodVm["agent"]["createContainer"]>[0],
-    inserted: boolean,
-  ): Promise<number> {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await pod.agent.createContainer(req);
-      } catch (e) {
-        const retry = inserted && attempt < 10 && e instanceof TtrpcError && e.code === Code.INTERNAL;
-        if (!retry) throw e;
-        this.log.info({ id: req.container_id, err: e.message }, "guest did not see the new disk yet; retrying");
-        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
-      }
     }
   }
 

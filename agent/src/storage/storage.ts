@@ -67,6 +67,16 @@ export function deviceBySerial(serial: string, sysBlock = "/sys/block"): string 
   return undefined;
 }
 
+/** The disk's size in 512-byte sectors from /sys/block/<name>/size; undefined when unknown (partitions). */
+export function blockSectors(dev: string, sysBlock = "/sys/block"): number | undefined {
+  try {
+    const n = Number.parseInt(readFileSync(join(sysBlock, dev.slice(dev.lastIndexOf("/") + 1), "size"), "utf8"), 10);
+    return Number.isFinite(n) ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class Storages {
@@ -140,9 +150,11 @@ export class Storages {
       } else throw invalid(`storage ${spec.id}: source must be serial:<s>, /dev/<dev> or tmpfs, not "${spec.source}"`);
       if (dev) {
         if (!statSync(dev).isBlockDevice()) throw invalid(`storage ${spec.id}: ${dev} is not a block device`);
-        return dev;
-      }
-      if (Date.now() > deadline) throw notFound(`storage ${spec.id}: block device ${spec.source}`);
+        // Media inserted into an empty slot reaches the guest as a config change; until the driver
+        // has re-read the capacity the disk has size 0 and a mount would fail: wait for it.
+        if (blockSectors(dev) !== 0) return dev;
+        if (Date.now() > deadline) throw notFound(`storage ${spec.id}: ${dev} (${spec.source}) has no media (size 0)`);
+      } else if (Date.now() > deadline) throw notFound(`storage ${spec.id}: block device ${spec.source}`);
       await sleep(50);
     }
   }
