@@ -15,7 +15,7 @@ PACKAGES=(
   # native addon
   python3 make g++
   # what the tests and tools call
-  iproute2 util-linux procps socat
+  iproute2 util-linux procps socat tmux
 )
 
 missing=()
