@@ -3,6 +3,7 @@
 // the embedded VMM.
 import type { Duplex, Readable } from "node:stream";
 import type { Logger } from "pino";
+import type { NetBackend } from "../virtio/net/backend.ts";
 
 export interface DiskConfig {
   /** Stable name used for media changes (e.g. "root", "ctr-1"). */
@@ -12,6 +13,17 @@ export interface DiskConfig {
   readOnly?: boolean;
   /** What the guest sees in /sys/block/vdX/serial (≤ 20 bytes); defaults to id. */
   serial?: string;
+}
+
+export interface NetConfig {
+  /** Stable name used in socket names and logs (e.g. "net0"). */
+  id: string;
+  /** The host end (a tap in the pod's netns); owned by the caller, who closes it after the VM is gone. */
+  backend: NetBackend;
+  /** The MAC the guest NIC gets: the pod interface's own, so CNI's ARP/neighbour state stays right. */
+  mac: string;
+  /** The pod interface's MTU (virtio-net's host_mtu); 0 = not offered. */
+  mtu: number;
 }
 
 export interface VmConfig {
@@ -28,6 +40,8 @@ export interface VmConfig {
     /** Hybrid vsock Unix socket (CONNECT <port>), optional; guest connections to host port P go to <path>_P. */
     hybridSocket?: string;
   };
+  /** virtio-net NICs, in order. Only for a backend whose `nets` capability is true. */
+  nets?: NetConfig[];
   /** Directory for sockets and logs (created; files removed at exit). */
   workDir: string;
   /** Also append the serial console to this file. */
@@ -58,5 +72,7 @@ export interface RunningVm {
 
 export interface Hypervisor {
   readonly name: string;
+  /** True if start() serves VmConfig.nets; the sandbox gives other backends no NIC (and says so). */
+  readonly nets?: boolean;
   start(config: VmConfig): Promise<RunningVm>;
 }

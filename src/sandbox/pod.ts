@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import type { CoveConfig } from "../config/config.ts";
-import type { Hypervisor, RunningVm, VmExit } from "../hypervisor/types.ts";
+import type { Hypervisor, NetConfig, RunningVm, VmExit } from "../hypervisor/types.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { AGENT_PORT, AgentClient, vsockDialer } from "./agent/index.ts";
 import type { SlotTable } from "./slots.ts";
@@ -35,6 +35,8 @@ export interface PodBoot {
   memoryMib: number;
   hypervisor: Hypervisor;
   slots: SlotTable;
+  /** The pod's NICs (taps in its network namespace), if it has a network. */
+  nets?: NetConfig[];
   logger: Logger;
 }
 
@@ -75,6 +77,7 @@ export class PodVm {
           ...b.slots.slots.map((s) => ({ id: s.serial, serial: s.serial, path: s.image, readOnly: s.readOnly })),
         ],
         vsock: { guestCid: GUEST_CID, hybridSocket: join(workDir, "hybrid.vsock") },
+        ...(b.nets?.length ? { nets: b.nets } : {}),
         workDir,
         logger: log,
       });
@@ -83,7 +86,10 @@ export class PodVm {
       vm.console.on("data", (d: Buffer) => {
         tail = (tail + d.toString()).slice(-CONSOLE_TAIL);
       });
-      log.info({ pid: vm.pid, hypervisor: b.hypervisor.name, disks: b.slots.slots.length + 1 }, "pod VM started");
+      log.info(
+        { pid: vm.pid, hypervisor: b.hypervisor.name, disks: b.slots.slots.length + 1, nics: b.nets?.length ?? 0 },
+        "pod VM started",
+      );
       const agent = await waitForAgent(vm, b.config.pod.bootTimeoutMs, () => tail);
       const pod = new PodVm(vm, agent, workDir, performance.now() - t0);
       pod.consoleTail = tail;

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ConfigError, type CoveConfig, loadConfig } from "../config/config.ts";
 import type { Hypervisor } from "../hypervisor/types.ts";
+import type { PodNetwork } from "../network/pod-network.ts";
 import { messageType } from "../proto/root.ts";
 import { layerImage } from "../rootfs/layers.ts";
 import { planRootfs } from "../rootfs/plan.ts";
@@ -21,6 +22,15 @@ import type { Storage } from "./agent/index.ts";
 import { backendFactory, chooseBackend, type HostKvm, probeHost } from "./backend.ts";
 import { checkGuestArtifacts } from "./guest.ts";
 import { ProcessIo } from "./io.ts";
+import {
+  attachPodNetwork,
+  describeNics,
+  hostNetworkRefusal,
+  nicsOf,
+  podDns,
+  podNetnsOf,
+  resolvConfSource,
+} from "./network.ts";
 import { podOverrides } from "./overrides.ts";
 import { PodVm } from "./pod.ts";
 import { SlotTable } from "./slots.ts";
@@ -81,12 +91,6 @@ function annotationsOf(spec: Json): Record<string, string> {
   return a && typeof a === "object" ? (a as Record<string, string>) : {};
 }
 
-function networkNamespace(spec: Json): { present: boolean; path?: string } {
-  const linux = spec.linux as { namespaces?: { type?: string; path?: string }[] } | undefined;
-  const ns = linux?.namespaces?.find((n) => n.type === "network");
-  return { present: !!ns, path: ns?.path || undefined };
-}
-
 function isNotFound(e: unknown): boolean {
   return e instanceof TtrpcError && e.code === Code.NOT_FOUND;
 }
@@ -97,6 +101,10 @@ export class SandboxRuntime implements TaskRuntime {
   private booting?: Promise<PodVm>;
   private config?: CoveConfig;
   private slots?: SlotTable;
+  /** The pod's network wiring (taps + redirects in its netns), if it has one; detached after the VM. */
+  private net?: PodNetwork;
+  /** The resolv.conf the guest has been given (a container's mount may name it first). */
+  private dnsFrom?: string;
   private readonly ctrs = new Map<string, Ctr>();
   private shuttingDown = false;
 
@@ -148,13 +156,8 @@ export class SandboxRuntime implements TaskRuntime {
     if (!pre) throw new TtrpcError(Code.UNAVAILABLE, "the pod VM is not available (its boot failed)");
     const log = this.log;
     const { config, hypervisor } = pre;
-    const net = networkNamespace(oci);
-    if (!net.present) {
-      throw new TtrpcError(
-        Code.FAILED_PRECONDITION,
-        `cove cannot run ${spec.id} with the node's network (hostNetwork / --net-host): a VM cannot join the host's network namespace; give the pod its own network namespace`,
-      );
-    }
+    const ns = podNetnsOf(oci, spec.id);
+    if (ns.kind === "host") throw hostNetworkRefusal(spec.id);
     const o = podOverrides(annotationsOf(oci), config);
     for (const n of o.notes) log.info({ id: spec.id }, n);
     this.config = config;
@@ -162,28 +165,51 @@ export class SandboxRuntime implements TaskRuntime {
       this.slots = new SlotTable(config.pod.layerSlots, config.pod.writableSlots);
       // The first container's disks are in place at boot; later ones use the empty slots.
       if (first) await prepare();
-      const pod = await PodVm.boot({
-        id: spec.id,
-        bundle: spec.bundle,
-        hostname: typeof oci.hostname === "string" && oci.hostname ? oci.hostname : spec.id,
-        config,
-        vcpus: o.vcpus,
-        memoryMib: o.memoryMib,
-        hypervisor,
-        slots: this.slots,
-        logger: log,
-      });
+      let net: PodNetwork | undefined;
+      if (ns.kind === "netns" && !hypervisor.nets) {
+        log.warn(
+          { id: spec.id, netns: ns.path, hypervisor: hypervisor.name },
+          "pod network: the guest has loopback only (this hypervisor backend has no virtio-net yet)",
+        );
+      } else if (ns.kind === "netns") {
+        net = await attachPodNetwork(ns.path, log);
+      }
+      let pod: PodVm | undefined;
       try {
+        pod = await PodVm.boot({
+          id: spec.id,
+          bundle: spec.bundle,
+          hostname: typeof oci.hostname === "string" && oci.hostname ? oci.hostname : spec.id,
+          config,
+          vcpus: o.vcpus,
+          memoryMib: o.memoryMib,
+          hypervisor,
+          slots: this.slots,
+          ...(net ? { nets: nicsOf(net) } : {}),
+          logger: log,
+        });
         await pod.agent.createSandbox({ hostname: typeof oci.hostname === "string" ? oci.hostname : undefined });
+        if (net) {
+          // After CreateSandbox: its DNS would otherwise overwrite ours.
+          const t0 = performance.now();
+          await pod.agent.configureNetwork(net.guestConfig(podDns(oci, log)));
+          this.dnsFrom = resolvConfSource(oci);
+          log.info(
+            { id: spec.id, netns: ns.kind === "netns" ? ns.path : undefined, ms: Math.round(performance.now() - t0) },
+            `pod network: ${describeNics(net)}`,
+          );
+        } else if (ns.kind === "new") {
+          log.info(
+            { id: spec.id },
+            "pod network: the guest has loopback only (the pod has a fresh, empty network namespace)",
+          );
+        }
       } catch (e) {
-        await pod.destroy(log);
+        if (pod) await pod.destroy(log);
+        await net?.detach();
         throw e;
       }
-      // Networking (a tap in the pod's netns) is a later issue: say so once per pod.
-      log.warn(
-        { id: spec.id, netns: net.path ?? "(new)" },
-        "pod network: the guest has loopback only (attaching the VM to the pod's network namespace is not implemented yet)",
-      );
+      this.net = net;
       this.watch(pod);
       return pod;
     })();
@@ -304,6 +330,7 @@ export class SandboxRuntime implements TaskRuntime {
         prepared = await this.disks(c, spec, this.config ?? this.loadConfig(spec));
         for (const i of prepared.inserts) await pod.changeMedia(i.serial, i.path);
       }
+      await this.dnsFromContainer(pod, oci);
       const io = new ProcessIo(spec, this.log.child({ id: c.id }));
       const adjusted = adjustSpecForGuest(oci);
       for (const n of adjusted.notes) this.log.info({ id: c.id }, n);
@@ -323,6 +350,21 @@ export class SandboxRuntime implements TaskRuntime {
       this.ctrs.delete(c.id);
       throw e;
     }
+  }
+
+  /**
+   * CRI mounts the pod's resolv.conf into its containers, not (always) into the sandbox: the first
+   * container that names one gives the guest its DNS (ConfigureNetwork is idempotent).
+   */
+  private async dnsFromContainer(pod: PodVm, oci: Json): Promise<void> {
+    const net = this.net;
+    const src = resolvConfSource(oci);
+    if (!net || !src || src === this.dnsFrom) return;
+    const dns = podDns(oci, this.log);
+    if (!dns) return;
+    await pod.agent.configureNetwork(net.guestConfig(dns));
+    this.dnsFrom = src;
+    this.log.info({ path: src, nameservers: dns.nameservers }, "pod network: DNS from the pod's resolv.conf");
   }
 
   /** Gives back the container's slots (ejecting media nobody uses) and removes its files. */
@@ -487,6 +529,13 @@ export class SandboxRuntime implements TaskRuntime {
     if (!pod) return;
     this.log.info({ reason }, "pod VM shutting down");
     await pod.destroy(this.log);
+    // The VM (and its virtio-net devices) are gone: now the taps and redirects can go.
+    const net = this.net;
+    this.net = undefined;
+    if (net) {
+      await net.detach();
+      this.log.info({ netns: net.netns }, "pod network detached");
+    }
     for (const c of this.ctrs.values()) await this.release(c);
   }
 

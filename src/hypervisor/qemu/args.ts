@@ -10,7 +10,11 @@ export interface QemuArgsInput {
   /** vhost-user-blk sockets, in disk order. */
   blkSockets: string[];
   vsockSocket: string;
+  /** vhost-user net sockets with the NIC's MAC and MTU, in NIC order. */
+  nets?: { socket: string; mac: string; mtu: number }[];
 }
+
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 
 export function qemuArgs(i: QemuArgsInput): string[] {
   const a = [
@@ -39,6 +43,20 @@ export function qemuArgs(i: QemuArgsInput): string[] {
   a.push("-kernel", i.kernel, "-append", i.cmdline);
   i.blkSockets.forEach((s, n) => {
     a.push("-chardev", `socket,id=blk${n},path=${s}`, "-device", `vhost-user-blk,chardev=blk${n},num-queues=1`);
+  });
+  (i.nets ?? []).forEach((n, k) => {
+    // Both go into a comma-separated option string: only a well-formed MAC and an integer MTU.
+    if (!MAC_RE.test(n.mac)) throw new Error(`invalid MAC ${JSON.stringify(n.mac)}`);
+    if (!Number.isInteger(n.mtu) || n.mtu < 0 || n.mtu > 65535) throw new Error(`invalid MTU ${n.mtu}`);
+    const mtu = n.mtu ? `,host_mtu=${n.mtu}` : "";
+    a.push(
+      "-chardev",
+      `socket,id=net${k},path=${n.socket}`,
+      "-netdev",
+      `vhost-user,id=n${k},chardev=net${k}`,
+      "-device",
+      `virtio-net-device,netdev=n${k},mac=${n.mac.toLowerCase()}${mtu}`,
+    );
   });
   a.push("-chardev", `socket,id=vsock,path=${i.vsockSocket}`, "-device", "vhost-user-vsock-device,chardev=vsock");
   return a;

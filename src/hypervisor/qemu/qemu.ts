@@ -1,11 +1,12 @@
 // The qemu backend: QEMU microvm with our own virtio devices attached over vhost-user
-// (blk per disk, vsock), serial console captured, accelerator chosen from the host.
+// (blk per disk, vsock, net per pod NIC), serial console captured, accelerator chosen from the host.
 import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { type Logger, pino } from "pino";
 import { BlkDevice } from "../../virtio/blk/device.ts";
+import { NetDevice } from "../../virtio/net/device.ts";
 import { VhostUserBackend } from "../../virtio/vhost-user/backend.ts";
 import { VsockDevice } from "../../virtio/vsock/device.ts";
 import { HybridVsock } from "../../virtio/vsock/hybrid.ts";
@@ -41,6 +42,7 @@ export function qemuCommand(
 
 export class QemuHypervisor implements Hypervisor {
   readonly name = "qemu";
+  readonly nets = true;
   constructor(
     private readonly accel: AccelChoice = chooseAccel(),
     private readonly opts: QemuOptions = {},
@@ -90,6 +92,20 @@ export class QemuHypervisor implements Hypervisor {
       vbe.listen();
       backends.set("vsock", vbe);
       cleanups.push(() => vbe.close());
+      const nets: { socket: string; mac: string; mtu: number }[] = [];
+      const netDevices = new Map<string, NetDevice>();
+      for (const [n, c] of (cfg.nets ?? []).entries()) {
+        const dev = new NetDevice({ backend: c.backend, mac: c.mac, mtu: c.mtu, logger: log });
+        // reset, not close: the tap belongs to the caller (PodNetwork.detach closes it).
+        cleanups.push(() => dev.reset());
+        const socket = join(cfg.workDir, `net${n}.sock`);
+        const be = new VhostUserBackend(dev, socket, { queues: 2, logger: log });
+        be.listen();
+        cleanups.push(() => be.close());
+        backends.set(c.id, be);
+        netDevices.set(c.id, dev);
+        nets.push({ socket, mac: c.mac, mtu: c.mtu });
+      }
       if (cfg.vsock.hybridSocket) {
         const h = new HybridVsock(vsock, cfg.vsock.hybridSocket, { logger: log });
         await h.listen();
@@ -104,6 +120,7 @@ export class QemuHypervisor implements Hypervisor {
         accel: this.accel.accel,
         blkSockets,
         vsockSocket,
+        nets,
       });
       args.push(...(this.opts.extraArgs ?? []));
       const cmd = qemuCommand(args, { binary: this.opts.binary });
@@ -127,7 +144,7 @@ export class QemuHypervisor implements Hypervisor {
           cleanup().then(() => resolve({ code, signal }));
         });
       });
-      return new QemuVm(child, console, vsock, disks, exited, () => stderr, backends);
+      return new QemuVm(child, console, vsock, disks, exited, () => stderr, backends, netDevices);
     } catch (e) {
       await cleanup();
       throw e;
@@ -143,8 +160,9 @@ export class QemuVm implements RunningVm {
     private readonly disks: Map<string, BlkDevice>,
     private readonly exited: Promise<VmExit>,
     readonly stderr: () => string,
-    /** The vhost-user servers by disk id, and "vsock" (metrics for benchmarks). */
+    /** The vhost-user servers by disk id, NIC id, and "vsock" (metrics for benchmarks). */
     readonly backends: ReadonlyMap<string, VhostUserBackend> = new Map(),
+    private readonly nets: ReadonlyMap<string, NetDevice> = new Map(),
   ) {}
 
   get pid(): number {
@@ -185,7 +203,7 @@ export class QemuVm implements RunningVm {
 
   /** Device metrics (tests, benchmarks). */
   get devices() {
-    return { vsock: this.vsock, disks: this.disks };
+    return { vsock: this.vsock, disks: this.disks, nets: this.nets };
   }
 }
 

@@ -87,4 +87,40 @@ describe("qemuArgs", () => {
     const a = qemuArgs({ ...base, accel: "tcg", cmdline: "a=1 b=2  c" });
     assert.equal(a[a.indexOf("-append") + 1], "a=1 b=2  c");
   });
+
+  it("adds one vhost-user virtio-net device per NIC, in order, with the NIC's MAC and MTU", () => {
+    const a = qemuArgs({
+      ...base,
+      accel: "tcg",
+      nets: [
+        { socket: "/w/net0.sock", mac: "0A:58:0A:E7:07:02", mtu: 1500 },
+        { socket: "/w/net1.sock", mac: "02:00:00:00:00:01", mtu: 0 },
+      ],
+    });
+    assert.deepEqual(values(a, "-netdev"), ["vhost-user,id=n0,chardev=net0", "vhost-user,id=n1,chardev=net1"]);
+    assert.deepEqual(
+      values(a, "-device").filter((d) => d.startsWith("virtio-net")),
+      [
+        "virtio-net-device,netdev=n0,mac=0a:58:0a:e7:07:02,host_mtu=1500",
+        // MTU 0: not offered (the guest keeps its default).
+        "virtio-net-device,netdev=n1,mac=02:00:00:00:00:01",
+      ],
+    );
+    assert.ok(values(a, "-chardev").includes("socket,id=net1,path=/w/net1.sock"));
+    // Disks stay first (their order is the guest's /dev/vdX order).
+    assert.ok(a.indexOf("socket,id=blk1,path=/w/blk1.sock") < a.indexOf("socket,id=net0,path=/w/net0.sock"));
+  });
+
+  it("refuses a MAC or MTU that could smuggle QEMU options", () => {
+    const n = (mac: string, mtu: number) => ({ ...base, accel: "tcg" as const, nets: [{ socket: "/s", mac, mtu }] });
+    assert.throws(() => qemuArgs(n("0a:58:0a:e7:07:02,romfile=/x", 1500)), /invalid MAC/);
+    assert.throws(() => qemuArgs(n("0a:58:0a:e7:07", 1500)), /invalid MAC/);
+    assert.throws(() => qemuArgs(n("0a:58:0a:e7:07:02", 1.5)), /invalid MTU/);
+    assert.throws(() => qemuArgs(n("0a:58:0a:e7:07:02", 70000)), /invalid MTU/);
+  });
+
+  it("has no net device without NICs", () => {
+    const a = qemuArgs({ ...base, accel: "tcg" });
+    assert.equal(a.includes("-netdev"), false);
+  });
 });
