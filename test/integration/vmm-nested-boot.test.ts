@@ -1,7 +1,7 @@
 // The embedded VMM against a genuine /dev/kvm: inside the nested test host (test/harness/nested.ts)
 // it boots the real guest kernel with the real guest image on our virtio-blk over our virtio-mmio
 // transport, to the agent's readiness line; a guest panic reboots (reboot=t → triple fault) and
-// ends the run; and the tiny-guest suite passes on real KVM too. The stock guest kernel has no
+// ends the run. (vCPU-thread teardown on genuine KVM: vmm-embedded-backend.test.ts.) The stock guest kernel has no
 // virtio-mmio MSI driver, so these boots use the legacy interrupt (InterruptStatus/ACK + irqfd);
 // the MSI path is covered by the transport's unit tests until the guest driver exists.
 import assert from "node:assert/strict";
@@ -53,15 +53,13 @@ describe("embedded VMM in the nested test host", { skip }, () => {
     assert.equal(runResult(r.output).result, "shutdown");
   });
 
-  test("the tiny-guest suite passes on genuine KVM", async () => {
+  test("two vCPUs: the BSP starts the AP through the in-kernel LAPIC (MP table), both come up", async () => {
     const r = await runNested(
-      "node --import tsx --test --test-reporter=spec test/integration/vmm-tiny-guest.test.ts 2>&1",
-      {
-        timeoutMs: 200_000,
-      },
+      `node --import tsx src/vmm/run.ts --vcpus 2 --timeout 150 --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
+      { timeoutMs: 280_000, cpus: 2 },
     );
-    assert.equal(r.status, 0, r.output.slice(-4000));
-    assert.match(r.output, /ℹ pass 6/);
-    assert.match(r.output, /ℹ fail 0/);
+    assert.equal(r.status, 0, r.output.slice(-3000));
+    assert.match(r.output, /smp: Brought up 1 node, 2 CPUs/);
+    assert.equal(runResult(r.output).result, "until");
   });
 });
