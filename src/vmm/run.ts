@@ -103,17 +103,6 @@ async function main(): Promise<number> {
     machine.close();
     return 1;
   }
-  // When the guest first exits to KVM at all (VM entry works), polled from the stats fd.
-  let firstKvmExitMs: number | undefined;
-  const poll = values.report
-    ? setInterval(() => {
-        const n = machine.vcpuStats[0]?.read().get("exits");
-        if (n !== undefined && n > 0n && firstKvmExitMs === undefined) {
-          firstKvmExitMs = performance.now() - t0;
-          clearInterval(poll);
-        }
-      }, 20)
-    : undefined;
   const report = (why: string) => {
     const kvm: Record<string, number> = {};
     for (const l of machine.loops) {
@@ -123,11 +112,10 @@ async function main(): Promise<number> {
         // KVM without binary stats (< 5.14): counters stay empty
       }
     }
-    clearInterval(poll);
     return {
       why,
       ms: performance.now() - t0,
-      firstKvmExitMs,
+      firstKvmExitMs: machine.firstExitMs,
       pss: pssReport("self", withinRanges(machine.ramHostRanges)),
       userspaceExits: Object.fromEntries(machine.loops.flatMap((l) => [...l.exits])),
       kvm,
