@@ -74,5 +74,7 @@ export interface Hypervisor {
   readonly name: string;
   /** True if start() serves VmConfig.nets; the sandbox gives other backends no NIC (and says so). */
   readonly nets?: boolean;
+  /** How many virtio devices (disks + NICs + vsock) one VM can have; undefined = no fixed limit. */
+  readonly maxDevices?: number;
   start(config: VmConfig): Promise<RunningVm>;
 }

@@ -33,7 +33,7 @@ import {
 } from "./network.ts";
 import { podOverrides } from "./overrides.ts";
 import { PodVm } from "./pod.ts";
-import { SlotTable } from "./slots.ts";
+import { fitSlots, SlotTable } from "./slots.ts";
 import { adjustSpecForGuest } from "./spec.ts";
 
 export interface SandboxOptions {
@@ -162,9 +162,6 @@ export class SandboxRuntime implements TaskRuntime {
     for (const n of o.notes) log.info({ id: spec.id }, n);
     this.config = config;
     this.booting = (async () => {
-      this.slots = new SlotTable(config.pod.layerSlots, config.pod.writableSlots);
-      // The first container's disks are in place at boot; later ones use the empty slots.
-      if (first) await prepare();
       let net: PodNetwork | undefined;
       if (ns.kind === "netns" && !hypervisor.nets) {
         log.warn(
@@ -173,6 +170,24 @@ export class SandboxRuntime implements TaskRuntime {
         );
       } else if (ns.kind === "netns") {
         net = await attachPodNetwork(ns.path, log);
+      }
+      // Each NIC takes a device place the disks could have used (root and vsock take one each).
+      const nics = net?.interfaces.length ?? 0;
+      const free = hypervisor.maxDevices === undefined ? undefined : hypervisor.maxDevices - 2 - nics;
+      const fit = fitSlots(config.pod.layerSlots, config.pod.writableSlots, free);
+      if (fit.layerSlots !== config.pod.layerSlots || fit.writableSlots !== config.pod.writableSlots) {
+        log.info(
+          { id: spec.id, nics, layer_slots: fit.layerSlots, writable_slots: fit.writableSlots },
+          `disk slots reduced to fit ${hypervisor.name}'s ${hypervisor.maxDevices} virtio devices`,
+        );
+      }
+      this.slots = new SlotTable(fit.layerSlots, fit.writableSlots);
+      try {
+        // The first container's disks are in place at boot; later ones use the empty slots.
+        if (first) await prepare();
+      } catch (e) {
+        await net?.detach();
+        throw e;
       }
       let pod: PodVm | undefined;
       try {

@@ -14,6 +14,27 @@ export interface Slot {
   refs: number;
 }
 
+/**
+ * Disk slots that fit in `free` device places (the backend's limit minus root, vsock and NICs):
+ * layer slots give way first (down to one), then writable ones. undefined = no limit.
+ */
+export function fitSlots(
+  layerSlots: number,
+  writableSlots: number,
+  free: number | undefined,
+): { layerSlots: number; writableSlots: number } {
+  let l = layerSlots;
+  let w = writableSlots;
+  if (free === undefined) return { layerSlots: l, writableSlots: w };
+  while (l + w > Math.max(0, free)) {
+    if (l > 1) l--;
+    else if (w > 1) w--;
+    else if (l > 0) l--;
+    else w--;
+  }
+  return { layerSlots: l, writableSlots: w };
+}
+
 export class SlotTable {
   readonly slots: Slot[] = [];
 

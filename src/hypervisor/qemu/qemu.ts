@@ -18,6 +18,8 @@ import { qemuArgs } from "./args.ts";
 export const QEMU_BINARY = "qemu-system-x86_64";
 /** util-linux's setpriv sets PR_SET_PDEATHSIG in the child before exec'ing QEMU. */
 export const SETPRIV = "/usr/bin/setpriv";
+/** virtio-mmio transports of QEMU's microvm machine: every disk, NIC and the vsock takes one. */
+export const MICROVM_TRANSPORTS = 8;
 
 export interface QemuOptions {
   /** Appended to QEMU's argv (benchmarks: QEMU's own devices next to ours). */
@@ -43,6 +45,8 @@ export function qemuCommand(
 export class QemuHypervisor implements Hypervisor {
   readonly name = "qemu";
   readonly nets = true;
+  /** QEMU's microvm machine has 8 virtio-mmio transports (VIRTIO_NUM_TRANSPORTS in hw/i386/microvm.c). */
+  readonly maxDevices = MICROVM_TRANSPORTS;
   constructor(
     private readonly accel: AccelChoice = chooseAccel(),
     private readonly opts: QemuOptions = {},
@@ -51,6 +55,12 @@ export class QemuHypervisor implements Hypervisor {
   async start(cfg: VmConfig): Promise<RunningVm> {
     const log = (cfg.logger ?? pino({ level: "warn" }, pino.destination(2))).child({ vm: cfg.id, hypervisor: "qemu" });
     log.info({ accel: this.accel.accel, reason: this.accel.reason }, "qemu accelerator");
+    const devices = cfg.disks.length + (cfg.nets?.length ?? 0) + 1;
+    if (devices > MICROVM_TRANSPORTS) {
+      throw new Error(
+        `${cfg.disks.length} disks, ${cfg.nets?.length ?? 0} NICs and vsock need ${devices} virtio-mmio transports; QEMU's microvm has ${MICROVM_TRANSPORTS}`,
+      );
+    }
     mkdirSync(cfg.workDir, { recursive: true });
     const cleanups: (() => Promise<void> | void)[] = [];
     const cleanup = async () => {
