@@ -101,7 +101,7 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
     };
     const podId = await cri.runPodSandbox(pod, "cove");
     assert.equal(qemus(cd.dir).length, 1, "RunPodSandbox booted one VM");
-    assert.match(cd.log(), /the guest has loopback only/, "the shim says the guest has no pod network yet");
+    assert.match(cd.log(), /pod network: eth0 /, "the shim attached the pod's CNI network to the guest");
     assert.match(cd.log(), /annotation io\.cove\.memory_mib=320 applied/);
 
     const ctr = (name: string, args: string[]) =>
