@@ -14,6 +14,13 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /var/tmp 2>/dev/null
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none coveshare /mnt
+# The checkout, at its own path: it may live under /tmp, which the tmpfs above hides.
+if [ -s /mnt/repo-path ]; then
+  repo=$(cat /mnt/repo-path)
+  mkdir -p "$repo" 2>/dev/null
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro coverepo "$repo" ||
+    echo "cove-nested: could not mount the checkout at $repo" > /dev/console
+fi
 ip link set lo up 2>/dev/null
 echo "cove-nested: up $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
 cd /

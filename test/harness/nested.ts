@@ -103,6 +103,13 @@ export function qemuArgs(kernel: string, share: string, opts: NestedOptions): st
     `local,id=share,path=${share},security_model=none,multidevs=remap`,
     "-device",
     "virtio-9p-device,fsdev=share,mount_tag=coveshare",
+    // The checkout again, on its own: the nested host mounts tmpfs over /tmp and /var/tmp, which
+    // would hide a checkout living there (CI clones wherever it likes). init.sh mounts this share
+    // at the checkout's own path (named in <share>/repo-path).
+    "-fsdev",
+    `local,id=repo,path=${REPO_ROOT},readonly=on,security_model=none,multidevs=remap`,
+    "-device",
+    "virtio-9p-device,fsdev=repo,mount_tag=coverepo",
   ];
 }
 
@@ -115,6 +122,7 @@ export async function runNested(command: string, opts: NestedOptions = {}): Prom
     const env = Object.entries(opts.env ?? {})
       .map(([k, v]) => `export ${k}=${shellQuote(v)}\n`)
       .join("");
+    writeFileSync(join(share, "repo-path"), `${REPO_ROOT}\n`);
     writeFileSync(join(share, "cmd.sh"), `${env}cd ${shellQuote(opts.cwd ?? REPO_ROOT)} || exit 125\n${command}\n`);
     const child = spawn(QEMU, qemuArgs(kernel, share, opts), { stdio: ["ignore", "pipe", "pipe"] });
     let consoleText = "";
