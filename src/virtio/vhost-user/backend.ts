@@ -343,7 +343,7 @@ export class VhostUserBackend {
       this.mappings = maps;
       // Rings already running keep their indexes but must use the new mappings.
       if (this.active) {
-        this.device.reset();
+        this.resetDevice();
         this.active = false;
         for (const [i, r] of this.rings.entries()) {
           if (r.queue) {
@@ -465,7 +465,7 @@ export class VhostUserBackend {
     if (!r) return 0;
     const base = r.queue ? r.queue.nextAvail : r.base;
     if (this.active) {
-      this.device.reset();
+      this.resetDevice();
       this.active = false;
     }
     r.kickPoll?.stop();
@@ -476,6 +476,16 @@ export class VhostUserBackend {
     r.queue = undefined;
     r.base = base;
     return base;
+  }
+
+  /** A device reset runs from poll callbacks and the disconnect path: a throw there would leave
+   * the event loop and crash the shim, so it is logged instead (the rings stop either way). */
+  private resetDevice(): void {
+    try {
+      this.device.reset();
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, "device reset failed");
+    }
   }
 
   private resetRings(): void {
@@ -536,7 +546,11 @@ export class VhostUserBackend {
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.protocolNegotiated = false;
-    this.onDisconnect?.();
+    try {
+      this.onDisconnect?.();
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, "onDisconnect handler failed");
+    }
   }
 
   /** Stops listening, drops the frontend and removes the socket file. */

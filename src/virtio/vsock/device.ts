@@ -118,13 +118,29 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     this.schedulePump();
   }
 
-  /** Device reset: every connection is gone (the guest forgot them too). */
+  /** Device reset: every connection is gone (the guest forgot them too). Harmless on a device
+   * never activated (QEMU died at startup) and when repeated. Only streams already handed to a
+   * consumer get an error; a destroy(err) on any other would be an 'error' nobody listens to. */
   reset(): void {
     this.ctx = undefined;
     this.control.length = 0;
     this.ready.clear();
-    for (const c of [...this.conns.values()]) c.close(connReset("vsock device reset"));
+    const conns = [...this.conns.values()];
     this.conns.clear();
+    for (const c of conns) {
+      if (c.state === "connecting") {
+        // The pending connect() rejects; its stream was never handed out.
+        c.onEstablished?.(
+          connReset(`vsock connect to guest port ${c.guestPort}: device reset before the guest answered`),
+        );
+        c.close();
+        c.stream.destroy();
+      } else if (c.state === "accepting") {
+        // Waiting for the acceptor: go() sees the state and hands nothing out.
+        c.state = "closed";
+        c.stream.destroy();
+      } else c.close(connReset("vsock device reset"));
+    }
   }
 
   private fail(reason: string): void {
