@@ -33,3 +33,6 @@ npm ci --no-audit --no-fund --loglevel=error
 
 echo "==> guest kernel and image (cached)"
 npm run --silent guest
+
+echo "==> nested test host kernel (cached; only the tests of the embedded VMM on PVM hosts use it)"
+node --import tsx deploy/nested/kernel.ts
