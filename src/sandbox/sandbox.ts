@@ -174,7 +174,14 @@ export class SandboxRuntime implements TaskRuntime {
       // Each NIC takes a device place the disks could have used (root and vsock take one each).
       const nics = net?.interfaces.length ?? 0;
       const free = hypervisor.maxDevices === undefined ? undefined : hypervisor.maxDevices - 2 - nics;
-      const fit = fitSlots(config.pod.layerSlots, config.pod.writableSlots, free);
+      let fit: ReturnType<typeof fitSlots>;
+      try {
+        fit = fitSlots(config.pod.layerSlots, config.pod.writableSlots, free);
+      } catch (e) {
+        log.error({ id: spec.id, nics, max_devices: hypervisor.maxDevices }, (e as Error).message);
+        await net?.detach();
+        throw e;
+      }
       if (fit.layerSlots !== config.pod.layerSlots || fit.writableSlots !== config.pod.writableSlots) {
         log.info(
           { id: spec.id, nics, layer_slots: fit.layerSlots, writable_slots: fit.writableSlots },

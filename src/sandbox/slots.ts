@@ -17,6 +17,8 @@ export interface Slot {
 /**
  * Disk slots that fit in `free` device places (the backend's limit minus root, vsock and NICs):
  * layer slots give way first (down to one), then writable ones. undefined = no limit.
+ * A container needs one layer and one writable slot (of those asked for): when even that does not
+ * fit, the pod is refused here (RESOURCE_EXHAUSTED) rather than booted with no usable slot.
  */
 export function fitSlots(
   layerSlots: number,
@@ -26,10 +28,15 @@ export function fitSlots(
   let l = layerSlots;
   let w = writableSlots;
   if (free === undefined) return { layerSlots: l, writableSlots: w };
-  while (l + w > Math.max(0, free)) {
+  const min = Math.min(1, l) + Math.min(1, w);
+  if (free < min) {
+    throw new TtrpcError(
+      Code.RESOURCE_EXHAUSTED,
+      `the pod VM has ${Math.max(0, free)} virtio device place(s) left for disk slots after root, vsock and NICs; it needs at least ${min} (one layer and one writable slot)`,
+    );
+  }
+  while (l + w > free) {
     if (l > 1) l--;
-    else if (w > 1) w--;
-    else if (l > 0) l--;
     else w--;
   }
   return { layerSlots: l, writableSlots: w };
