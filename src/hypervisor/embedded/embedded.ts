@@ -6,6 +6,7 @@ import type { Duplex } from "node:stream";
 import { PassThrough } from "node:stream";
 import { type Logger, pino } from "pino";
 import { BlkDevice } from "../../virtio/blk/device.ts";
+import { NetDevice } from "../../virtio/net/device.ts";
 import { VsockDevice } from "../../virtio/vsock/device.ts";
 import { HybridVsock } from "../../virtio/vsock/hybrid.ts";
 import { MiB } from "../../vmm/layout.ts";
@@ -20,6 +21,8 @@ export function exitOf(reason: StopReason): VmExit {
 
 export class EmbeddedHypervisor implements Hypervisor {
   readonly name = "embedded";
+  /** VmConfig.nets are served in process over virtio-mmio, like the disks. */
+  readonly nets = true;
 
   async start(cfg: VmConfig): Promise<RunningVm> {
     const log = (cfg.logger ?? pino({ level: "warn" }, pino.destination(2))).child({
@@ -71,6 +74,14 @@ export class EmbeddedHypervisor implements Hypervisor {
         machine.addVirtioDevice(dev);
         disks.set(d.id, dev);
       }
+      const nets = new Map<string, NetDevice>();
+      for (const c of cfg.nets ?? []) {
+        const dev = new NetDevice({ backend: c.backend, mac: c.mac, mtu: c.mtu, logger: log });
+        // reset, not close: the tap belongs to the caller (PodNetwork.detach closes it).
+        cleanups.push(() => dev.reset());
+        machine.addVirtioDevice(dev);
+        nets.set(c.id, dev);
+      }
       const vsock = new VsockDevice({ guestCid: cfg.vsock.guestCid, logger: log });
       cleanups.push(() => vsock.reset());
       machine.addVirtioDevice(vsock);
@@ -97,7 +108,7 @@ export class EmbeddedHypervisor implements Hypervisor {
         log.info({ reason }, "guest stopped");
         void finish(exitOf(reason));
       });
-      return new EmbeddedVm(m, consoleStream, vsock, disks, exited, finish);
+      return new EmbeddedVm(m, consoleStream, vsock, disks, nets, exited, finish);
     } catch (e) {
       await cleanup();
       throw e;
@@ -111,6 +122,7 @@ export class EmbeddedVm implements RunningVm {
     readonly console: PassThrough,
     private readonly vsock: VsockDevice,
     private readonly disks: Map<string, BlkDevice>,
+    private readonly nets: ReadonlyMap<string, NetDevice>,
     private readonly exited: Promise<VmExit>,
     private readonly finish: (e: VmExit) => Promise<void>,
   ) {}
@@ -158,7 +170,7 @@ export class EmbeddedVm implements RunningVm {
 
   /** Device metrics and exit counters (tests, benchmarks). */
   get devices() {
-    return { vsock: this.vsock, disks: this.disks, transports: this.machine.transports };
+    return { vsock: this.vsock, disks: this.disks, nets: this.nets, transports: this.machine.transports };
   }
 }
 
