@@ -7,7 +7,7 @@ import { defaultLogger, type Logger } from "../virtio/log.ts";
 import { TapBackend } from "../virtio/net/tap.ts";
 import type { DnsConfig } from "./dns.ts";
 import { type PodInterface, readInterfaces } from "./interfaces.ts";
-import { NetnsShell } from "./iproute.ts";
+import { CommandError, NetnsShell } from "./iproute.ts";
 import { type Redirect, redirectBothWays, removeRedirect } from "./tc.ts";
 
 /** Tap names: "cove<N>"-style names no CNI plugin uses, numbered by the kernel. */
@@ -29,6 +29,41 @@ export interface AttachOptions {
   /** The pod's network namespace (from podNetns()). */
   netns: string;
   logger?: Logger;
+}
+
+/**
+ * What attach() created, as the sandbox records it in the VM's state directory: after a shim
+ * SIGKILL the taps vanish with their fds, but the ingress qdisc and redirect filter on the CNI
+ * interface stay, and `delete` undoes them from this record (undoRecorded).
+ */
+export interface NetRecord {
+  netns: string;
+  interfaces: { name: string; tap: string }[];
+}
+
+/** Interface names as the kernel allows them (IFNAMSIZ 16 with the NUL, no '/', no spaces). */
+const IFNAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
+
+/** A record read back from disk, checked (it drives `tc` and `ip` as root); throws if malformed. */
+export function parseNetRecord(v: unknown): NetRecord {
+  const r = v as Partial<NetRecord> | null;
+  if (
+    !r ||
+    typeof r !== "object" ||
+    typeof r.netns !== "string" ||
+    !r.netns.startsWith("/") ||
+    !Array.isArray(r.interfaces)
+  )
+    throw new Error("not a pod network record");
+  if (r.netns.length > 4096 || r.netns.includes("\0")) throw new Error("bad netns path in the pod network record");
+  const interfaces = r.interfaces.map((i: unknown) => {
+    const x = i as { name?: unknown; tap?: unknown } | null;
+    if (!x || typeof x.name !== "string" || typeof x.tap !== "string" || !IFNAME.test(x.name) || !IFNAME.test(x.tap))
+      throw new Error("bad interface in the pod network record");
+    if (!x.tap.startsWith(TAP_PREFIX)) throw new Error(`pod network record names ${x.tap}, not one of our taps`);
+    return { name: x.name, tap: x.tap };
+  });
+  return { netns: r.netns, interfaces };
 }
 
 interface Wiring {
@@ -74,6 +109,35 @@ export class PodNetwork {
       throw e;
     }
     return net;
+  }
+
+  record(): NetRecord {
+    return { netns: this.netns, interfaces: this.wirings.map((w) => ({ name: w.iface.name, tap: w.iface.tap.name })) };
+  }
+
+  /**
+   * Undoes a dead shim's wiring from its record: the ingress qdiscs (and so the redirect filters)
+   * on the CNI interfaces, and any tap still there. Idempotent; a namespace or interface that is
+   * already gone (CNI DEL ran first) is fine. Returns what could not be removed.
+   */
+  static async undoRecorded(rec: NetRecord): Promise<string[]> {
+    const sh = new NetnsShell(rec.netns);
+    const errors: string[] = [];
+    for (const i of [...rec.interfaces].reverse()) {
+      errors.push(...(await removeRedirect(sh, { qdiscs: [i.name, i.tap] })));
+      try {
+        await sh.ip("link", "del", "dev", i.tap);
+      } catch (e) {
+        if (
+          !(
+            e instanceof CommandError &&
+            /Cannot find device|No such|Cannot open network namespace|setns|reassociate/i.test(e.stderr)
+          )
+        )
+          errors.push((e as Error).message);
+      }
+    }
+    return errors;
   }
 
   guestConfig(dns?: DnsConfig): GuestNetworkConfig {

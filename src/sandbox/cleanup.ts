@@ -1,16 +1,25 @@
 // Cleanup of a pod VM whose shim died without tearing it down (SIGKILL, crash): run by the `delete`
 // binary that containerd calls afterwards. The VMM's pid is in <workDir>/vmm.pid; it is killed only
 // if that process still is the VMM of this work dir (its argv names the dir), never a reused pid.
+// The pod network's tc redirects on the CNI interface outlive the shim (its taps do not): they are
+// undone from <workDir>/net.json.
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { vmWorkDir } from "./pod.ts";
+import { PodNetwork, parseNetRecord } from "../network/pod-network.ts";
+import { NET_STATE_FILE, VMM_PID_FILE, vmWorkDir } from "./pod.ts";
 
-export const VMM_PID_FILE = "vmm.pid";
+export { NET_STATE_FILE, VMM_PID_FILE };
 
-/** Kills the dead shim's VMM for this bundle (if this bundle started the pod) and removes its dir. */
-export function reapOrphanVm(bundle: string, warn: (m: string) => void): { killed: number | undefined } {
+/**
+ * Kills the dead shim's VMM for this bundle (if this bundle started the pod), undoes its pod
+ * network wiring, and removes its dir. Idempotent: a second call finds no dir.
+ */
+export async function reapOrphanVm(
+  bundle: string,
+  warn: (m: string) => void,
+): Promise<{ killed: number | undefined; network: boolean }> {
   const dir = vmWorkDir(bundle);
-  if (!existsSync(dir)) return { killed: undefined };
+  if (!existsSync(dir)) return { killed: undefined, network: false };
   let killed: number | undefined;
   try {
     const pid = Number.parseInt(readFileSync(join(dir, VMM_PID_FILE), "utf8"), 10);
@@ -26,6 +35,15 @@ export function reapOrphanVm(bundle: string, warn: (m: string) => void): { kille
     if (code !== "ENOENT" && code !== "ESRCH")
       warn(`cove: cannot stop the orphaned VM in ${dir}: ${(e as Error).message}`);
   }
+  let network = false;
+  try {
+    const rec = parseNetRecord(JSON.parse(readFileSync(join(dir, NET_STATE_FILE), "utf8")));
+    for (const err of await PodNetwork.undoRecorded(rec)) warn(`cove: pod network cleanup in ${rec.netns}: ${err}`);
+    network = true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT")
+      warn(`cove: cannot undo the orphaned pod network of ${dir}: ${(e as Error).message}`);
+  }
   rmSync(dir, { recursive: true, force: true });
-  return { killed };
+  return { killed, network };
 }

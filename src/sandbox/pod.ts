@@ -7,11 +7,15 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import type { CoveConfig } from "../config/config.ts";
 import type { Hypervisor, NetConfig, RunningVm, VmExit } from "../hypervisor/types.ts";
+import type { NetRecord } from "../network/pod-network.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { AGENT_PORT, AgentClient, vsockDialer } from "./agent/index.ts";
 import type { SlotTable } from "./slots.ts";
 
 export const VM_RUN_DIR = "/run/cove/vm";
+/** Files in the VM's work dir that `delete` reads should the shim die (src/sandbox/cleanup.ts). */
+export const VMM_PID_FILE = "vmm.pid";
+export const NET_STATE_FILE = "net.json";
 export const GUEST_CID = 3;
 const CONSOLE_TAIL = 8192;
 
@@ -37,6 +41,8 @@ export interface PodBoot {
   slots: SlotTable;
   /** The pod's NICs (taps in its network namespace), if it has a network. */
   nets?: NetConfig[];
+  /** What the pod network attach created, recorded for `delete` after a shim crash. */
+  netRecord?: NetRecord;
   logger: Logger;
 }
 
@@ -63,6 +69,8 @@ export class PodVm {
     const workDir = vmWorkDir(b.bundle);
     rmSync(workDir, { recursive: true, force: true });
     mkdirSync(workDir, { recursive: true, mode: 0o700 });
+    // Before the VM starts: a shim killed during boot leaves the tc redirects too.
+    if (b.netRecord) writeFileSync(join(workDir, NET_STATE_FILE), JSON.stringify(b.netRecord));
     let tail = "";
     let vm: RunningVm | undefined;
     try {
@@ -82,7 +90,7 @@ export class PodVm {
         logger: log,
       });
       // For the `delete` binary, should this shim die without stopping the VM (src/sandbox/cleanup.ts).
-      writeFileSync(join(workDir, "vmm.pid"), String(vm.pid));
+      writeFileSync(join(workDir, VMM_PID_FILE), String(vm.pid));
       vm.console.on("data", (d: Buffer) => {
         tail = (tail + d.toString()).slice(-CONSOLE_TAIL);
       });

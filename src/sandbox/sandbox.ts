@@ -207,7 +207,7 @@ export class SandboxRuntime implements TaskRuntime {
           memoryMib: o.memoryMib,
           hypervisor,
           slots: this.slots,
-          ...(net ? { nets: nicsOf(net) } : {}),
+          ...(net ? { nets: nicsOf(net), netRecord: net.record() } : {}),
           logger: log,
         });
         await pod.agent.createSandbox({ hostname: typeof oci.hostname === "string" ? oci.hostname : undefined });

@@ -215,7 +215,7 @@ export interface DeleteIO {
   unmount?: (path: string) => void;
   warn?: (msg: string) => void;
   /** Orphaned-VM cleanup hook (tests); default src/sandbox/cleanup.ts. */
-  reapVm?: (bundle: string) => void;
+  reapVm?: (bundle: string) => void | Promise<void>;
 }
 
 /**
@@ -250,7 +250,8 @@ export async function deleteTask(flags: ShimFlags, io: DeleteIO): Promise<Uint8A
     }
   }
   // A dead daemon may have left its pod VM running (this bundle's, if it started the pod).
-  if (!daemonAlive) (io.reapVm ?? ((b: string) => reapOrphanVm(b, warn)))(bundle);
+  // (and its pod network's tc redirects, which outlive the shim's taps).
+  if (!daemonAlive) await (io.reapVm ?? (async (b: string) => void (await reapOrphanVm(b, warn))))(bundle);
   let pid = 0;
   try {
     pid = Number.parseInt(readFileSync(join(bundle, "init.pid"), "utf8"), 10) || 0;

@@ -4,8 +4,12 @@
 // into the pod namespace with tc redirects, and a virtio-net device driven from TypeScript plays
 // the guest. Frames must go veth ↔ tap both ways; teardown must leave nothing behind.
 import assert from "node:assert/strict";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { PodNetwork, TAP_PREFIX } from "../../src/network/pod-network.ts";
+import { PodNetwork, parseNetRecord, TAP_PREFIX } from "../../src/network/pod-network.ts";
+import { NET_STATE_FILE, reapOrphanVm } from "../../src/sandbox/cleanup.ts";
+import { vmWorkDir } from "../../src/sandbox/pod.ts";
 import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../src/virtio/device.ts";
 import { NetDevice } from "../../src/virtio/net/device.ts";
 import { VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF } from "../../src/virtio/net/header.ts";
@@ -133,6 +137,79 @@ describe("pod network wiring: CNI veth ↔ tap with tc redirects", { skip: skip 
       );
     } finally {
       pod.exec("tc", ["qdisc", "del", "dev", "eth0", "ingress"]);
+    }
+  });
+  it("delete after a shim SIGKILL removes the tc redirect the dead shim left on eth0 (from net.json)", async () => {
+    const ingressOnEth0 = () =>
+      (JSON.parse(pod.exec("tc", ["-j", "qdisc", "show", "dev", "eth0"]) || "[]") as { kind: string }[]).some(
+        (q) => q.kind === "ingress",
+      );
+    const bundle = `/run/cove-test/net-wiring-${process.pid}/bundle`;
+    const dir = vmWorkDir(bundle);
+    const warnings: string[] = [];
+    const warn = (m: string) => void warnings.push(m);
+    const net = await PodNetwork.attach({ netns: pod.path });
+    try {
+      const rec = net.record();
+      assert.deepEqual(parseNetRecord(JSON.parse(JSON.stringify(rec))), rec, "the record survives JSON");
+      assert.deepEqual(
+        rec.interfaces.map((i) => i.name),
+        ["eth0"],
+      );
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      writeFileSync(join(dir, NET_STATE_FILE), JSON.stringify(rec));
+      // The shim dies: its tap fds close (the taps vanish), nothing else runs.
+      for (const i of net.interfaces) i.tap.close();
+      assert.ok(ingressOnEth0(), "the dead shim's ingress qdisc is still on eth0");
+
+      const r = await reapOrphanVm(bundle, warn);
+      assert.equal(r.network, true);
+      assert.equal(r.killed, undefined, "no VMM pid was recorded");
+      assert.ok(!ingressOnEth0(), "delete removed the ingress qdisc (and its redirect filter)");
+      const filters = pod.exec("tc", ["-j", "filter", "show", "dev", "eth0", "ingress"]).trim();
+      assert.ok(filters === "" || filters === "[]", `no filter left (${filters})`);
+      const links = pod.ipJson<{ ifname: string }[]>("link", "show").map((l) => l.ifname);
+      assert.ok(links.includes("eth0") && !links.some((n) => n.startsWith(TAP_PREFIX)), links.join(","));
+      assert.ok(!existsSync(dir), "the VM state dir is gone");
+      assert.deepEqual(warnings, []);
+      // Idempotent: a second delete finds nothing to do.
+      assert.deepEqual(await reapOrphanVm(bundle, warn), { killed: undefined, network: false });
+      // And undoing the record again (the dir had survived) is harmless too.
+      assert.deepEqual(await PodNetwork.undoRecorded(rec), []);
+    } finally {
+      await net.detach();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("delete tolerates a namespace CNI already deleted, and refuses a malformed record", async () => {
+    const bundle = `/run/cove-test/net-wiring-gone-${process.pid}/bundle`;
+    const dir = vmWorkDir(bundle);
+    const warnings: string[] = [];
+    const warn = (m: string) => void warnings.push(m);
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const gone = {
+        netns: `/var/run/netns/cove-test-gone-${process.pid}`,
+        interfaces: [{ name: "eth0", tap: `${TAP_PREFIX}0` }],
+      };
+      assert.ok(!existsSync(gone.netns));
+      writeFileSync(join(dir, NET_STATE_FILE), JSON.stringify(gone));
+      assert.equal((await reapOrphanVm(bundle, warn)).network, true);
+      assert.deepEqual(warnings, [], "a vanished namespace is not an error");
+      assert.ok(!existsSync(dir));
+
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      writeFileSync(
+        join(dir, NET_STATE_FILE),
+        JSON.stringify({ netns: gone.netns, interfaces: [{ name: "eth0; reboot", tap: "x" }] }),
+      );
+      assert.equal((await reapOrphanVm(bundle, warn)).network, false);
+      assert.equal(warnings.length, 1);
+      assert.match(warnings[0]!, /bad interface/);
+      assert.ok(!existsSync(dir), "the dir is removed even so");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
