@@ -288,3 +288,35 @@ describe("vhost-user backend driven by a TypeScript frontend", () => {
     }
   });
 });
+
+it("vhost-user: a device reset that throws on frontend disconnect is logged, not thrown out of the event loop", async () => {
+  const uncaught: Error[] = [];
+  const onUncaught = (e: Error) => uncaught.push(e);
+  process.prependListener("uncaughtException", onUncaught);
+  const c = await setup();
+  try {
+    await negotiate(c);
+    await setupRing(c);
+    let resets = 0;
+    c.dev.reset = () => {
+      resets++;
+      throw new Error("reset exploded");
+    };
+    let disconnected = 0;
+    c.be.onDisconnect = () => {
+      disconnected++;
+      throw new Error("onDisconnect exploded");
+    };
+    c.fe.close(); // QEMU went away
+    c.fe.close = () => {}; // (cleanup must not close it again)
+    await waitFor("backend notices the disconnect", () => disconnected > 0);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(c.be.running, false);
+    assert.equal(resets, 1, "the device was reset once");
+    assert.deepEqual(uncaught, []);
+  } finally {
+    process.off("uncaughtException", onUncaught);
+    c.dev.reset = Object.getPrototypeOf(c.dev).reset;
+    await c.cleanup();
+  }
+});
