@@ -62,3 +62,27 @@ export function checkFeatures(offered: bigint, acked: bigint): string | undefine
   if (acked & ~offered) return `driver accepted unoffered features 0x${(acked & ~offered).toString(16)}`;
   return undefined;
 }
+
+/** Wires every present queue to the features the driver acked and to the device's fail(): one
+ * place for what each device does on activation. A queue already broken fails the device at
+ * once. `each` (optional) runs per queue right after its wiring, in queue order. */
+export function wireQueues(ctx: ActivateContext, fail: (reason: string) => void, each?: (index: number) => void): void {
+  const eventIdx = (ctx.features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
+  const indirect = (ctx.features & bit(VIRTIO_F_RING_INDIRECT_DESC)) !== 0n;
+  ctx.queues.forEach((q, i) => {
+    if (!q) return;
+    q.eventIdx = eventIdx;
+    q.indirect = indirect;
+    q.onBroken = (reason) => fail(`queue ${i}: ${reason}`);
+    if (q.broken) fail(`queue ${i}: ${q.broken}`);
+    each?.(i);
+  });
+}
+
+/** A driver's config-space read: `length` bytes of `config` from `offset`, zeros past its end or
+ * for an offset outside it (a negative length reads nothing). */
+export function readConfigWindow(config: Buffer, offset: number, length: number): Buffer {
+  const out = Buffer.alloc(Math.max(0, length));
+  if (offset >= 0 && offset < config.length) config.copy(out, 0, offset, Math.min(config.length, offset + length));
+  return out;
+}

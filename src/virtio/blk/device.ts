@@ -7,11 +7,13 @@ import {
   bit,
   checkFeatures,
   type InterruptSink,
+  readConfigWindow,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_F_VERSION_1,
   VIRTIO_ID_BLOCK,
   type VirtioDevice,
+  wireQueues,
 } from "../device.ts";
 import { GuestError } from "../errors.ts";
 import { defaultLogger, type Logger } from "../log.ts";
@@ -130,9 +132,7 @@ export class BlkDevice implements VirtioDevice {
     c.writeUInt32LE(MAX_DISCARD_SECTORS, 48);
     c.writeUInt32LE(MAX_DISCARD_SEGMENTS, 52);
     c.writeUInt8(1, 56); // write_zeroes_may_unmap
-    const out = Buffer.alloc(Math.max(0, length));
-    if (offset >= 0 && offset < BLK_CONFIG_SIZE) c.copy(out, 0, offset, Math.min(BLK_CONFIG_SIZE, offset + length));
-    return out;
+    return readConfigWindow(c, offset, length);
   }
 
   writeConfig(offset: number, data: Buffer): void {
@@ -148,14 +148,11 @@ export class BlkDevice implements VirtioDevice {
     }
     this.ctx = ctx;
     this.needsReset = undefined;
-    ctx.queues.forEach((q, i) => {
-      if (!q) return;
-      q.eventIdx = (ctx.features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
-      q.indirect = (ctx.features & bit(VIRTIO_F_RING_INDIRECT_DESC)) !== 0n;
-      q.onBroken = (reason) => this.fail(`queue ${i}: ${reason}`);
-      if (q.broken) this.fail(`queue ${i}: ${q.broken}`);
-      this.notify(i);
-    });
+    wireQueues(
+      ctx,
+      (reason) => this.fail(reason),
+      (i) => this.notify(i),
+    );
   }
 
   reset(): void {

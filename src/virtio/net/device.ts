@@ -10,10 +10,12 @@ import {
   type ActivateContext,
   bit,
   checkFeatures,
+  readConfigWindow,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_F_VERSION_1,
   type VirtioDevice,
+  wireQueues,
 } from "../device.ts";
 import { defaultLogger, type Logger } from "../log.ts";
 import { type DescriptorChain, scatter } from "../queue/chain.ts";
@@ -126,9 +128,7 @@ export class NetDevice implements VirtioDevice {
 
   readConfig(offset: number, length: number): Buffer {
     const c = encodeConfig({ mac: this.mac, mtu: this.mtu, linkUp: this.linkUp });
-    const out = Buffer.alloc(Math.max(0, length));
-    if (offset >= 0 && offset < c.length) c.copy(out, 0, offset, Math.min(c.length, offset + length));
-    return out;
+    return readConfigWindow(c, offset, length);
   }
 
   writeConfig(offset: number, data: Buffer): void {
@@ -160,13 +160,7 @@ export class NetDevice implements VirtioDevice {
     }
     this.ctx = ctx;
     this.needsReset = undefined;
-    ctx.queues.forEach((q, i) => {
-      if (!q) return;
-      q.eventIdx = has(VIRTIO_F_RING_EVENT_IDX);
-      q.indirect = has(VIRTIO_F_RING_INDIRECT_DESC);
-      q.onBroken = (reason) => this.fail(`queue ${i}: ${reason}`);
-      if (q.broken) this.fail(`queue ${i}: ${q.broken}`);
-    });
+    wireQueues(ctx, (reason) => this.fail(reason));
     this.log.debug({ features: `0x${ctx.features.toString(16)}`, offload: off }, "virtio-net activated");
     this.processTx();
     this.processRx();

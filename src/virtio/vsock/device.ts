@@ -6,11 +6,13 @@ import {
   type ActivateContext,
   bit,
   checkFeatures,
+  readConfigWindow,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_F_VERSION_1,
   VIRTIO_ID_VSOCK,
   type VirtioDevice,
+  wireQueues,
 } from "../device.ts";
 import { defaultLogger, type Logger } from "../log.ts";
 import { gather, scatter } from "../queue/chain.ts";
@@ -90,9 +92,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
   readConfig(offset: number, length: number): Buffer {
     const c = Buffer.alloc(8);
     c.writeBigUInt64LE(this.guestCid, 0);
-    const out = Buffer.alloc(Math.max(0, length));
-    if (offset >= 0 && offset < 8) c.copy(out, 0, offset, Math.min(8, offset + length));
-    return out;
+    return readConfigWindow(c, offset, length);
   }
 
   writeConfig(): void {
@@ -107,13 +107,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     }
     this.ctx = ctx;
     this.needsReset = undefined;
-    ctx.queues.forEach((q, i) => {
-      if (!q) return;
-      q.eventIdx = (ctx.features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
-      q.indirect = (ctx.features & bit(VIRTIO_F_RING_INDIRECT_DESC)) !== 0n;
-      q.onBroken = (reason) => this.fail(`queue ${i}: ${reason}`);
-      if (q.broken) this.fail(`queue ${i}: ${q.broken}`);
-    });
+    wireQueues(ctx, (reason) => this.fail(reason));
     this.notify(TX_QUEUE);
     this.schedulePump();
   }
