@@ -1,8 +1,12 @@
-/* Addon entry point: exports every function registered with COVE_EXPORT. */
+/* Addon entry point: exports every function registered with COVE_EXPORT, and the helpers every
+ * area shares (declared in registry.h). */
 #include "registry.h"
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static cove_export *cove_exports = 0;
 
@@ -109,10 +113,95 @@ int cove_arg_string(napi_env env, napi_value v, char *buf, size_t len) {
   return 0;
 }
 
+int cove_arg_bytes(napi_env env, napi_value v, void **data, size_t *len) {
+  bool ok = false;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t off;
+  if (napi_is_typedarray(env, v, &ok) != napi_ok || !ok) return cove_throw(env, "expected a Uint8Array"), -1;
+  napi_get_typedarray_info(env, v, &type, len, data, &ab, &off);
+  if (type != napi_uint8_array) return cove_throw(env, "expected a Uint8Array"), -1;
+  return 0;
+}
+
+int cove_arg_iovec(napi_env env, napi_value v, struct iovec *iov, uint32_t max, uint32_t *n) {
+  bool is_array = false;
+  if (napi_is_array(env, v, &is_array) != napi_ok || !is_array) return cove_throw(env, "expected an array of buffers"), -1;
+  napi_get_array_length(env, v, n);
+  if (*n == 0 || *n > max) return cove_throw(env, "buffer count out of range"), -1;
+  for (uint32_t i = 0; i < *n; i++) {
+    napi_value el, ab;
+    napi_typedarray_type type;
+    size_t len, off;
+    void *data;
+    bool ok = false;
+    napi_get_element(env, v, i, &el);
+    if (napi_is_typedarray(env, el, &ok) != napi_ok || !ok) return cove_throw(env, "expected Uint8Array buffers"), -1;
+    napi_get_typedarray_info(env, el, &type, &len, &data, &ab, &off);
+    if (type != napi_uint8_array) return cove_throw(env, "expected Uint8Array buffers"), -1;
+    iov[i].iov_base = data;
+    iov[i].iov_len = len;
+  }
+  return 0;
+}
+
+int cove_arg_opt_string(napi_env env, napi_value v, char *buf, size_t len, const char **out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_null || t == napi_undefined) {
+    *out = NULL;
+    return 0;
+  }
+  if (cove_arg_string(env, v, buf, len) != 0) return -1;
+  *out = buf;
+  return 0;
+}
+
+int cove_arg_netns(napi_env env, napi_value v, char *buf, size_t len, const char **path) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t != napi_string && t != napi_null && t != napi_undefined) return cove_throw(env, "netns must be a path or null"), -1;
+  return cove_arg_opt_string(env, v, buf, len, path);
+}
+
+int cove_enter_netns(const char *path, int *err, const char **step) {
+  if (!path) return 0;
+  int ns = open(path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0) {
+    *err = errno;
+    *step = "open(netns)";
+    return -1;
+  }
+  /* This thread only: it ends right after, so its namespace dies with it. */
+  int r = setns(ns, CLONE_NEWNET);
+  int e = errno;
+  close(ns);
+  if (r != 0) {
+    *err = e;
+    *step = "setns(CLONE_NEWNET)";
+    return -1;
+  }
+  return 0;
+}
+
+napi_value cove_close_throw_errno(napi_env env, int fd, const char *syscall) {
+  int e = errno;
+  close(fd);
+  return cove_throw_errno(env, e, syscall);
+}
+
 napi_value cove_int32(napi_env env, int32_t v) {
   napi_value r;
   napi_create_int32(env, v, &r);
   return r;
+}
+
+napi_value cove_int32_pair(napi_env env, int32_t a, int32_t b) {
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, cove_int32(env, a));
+  napi_set_element(env, arr, 1, cove_int32(env, b));
+  return arr;
 }
 
 napi_value cove_undefined(napi_env env) {

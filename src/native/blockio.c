@@ -93,25 +93,10 @@ static napi_value rw_nowait(napi_env env, napi_callback_info info, int write) {
   int32_t fd;
   int64_t pos;
   uint32_t n;
-  bool is_array = false;
-  if (argc < 3 || cove_arg_int32(env, argv[0], &fd) || cove_arg_int64(env, argv[2], &pos)) return NULL;
-  if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array) return cove_throw(env, "expected an array of buffers");
-  napi_get_array_length(env, argv[1], &n);
-  if (n == 0 || n > COVE_MAX_IOV) return cove_throw(env, "buffer count out of range");
   struct iovec iov[COVE_MAX_IOV];
-  for (uint32_t i = 0; i < n; i++) {
-    napi_value el, ab;
-    napi_typedarray_type type;
-    size_t len, off;
-    void *data;
-    bool ok = false;
-    napi_get_element(env, argv[1], i, &el);
-    if (napi_is_typedarray(env, el, &ok) != napi_ok || !ok) return cove_throw(env, "expected Uint8Array buffers");
-    napi_get_typedarray_info(env, el, &type, &len, &data, &ab, &off);
-    if (type != napi_uint8_array) return cove_throw(env, "expected Uint8Array buffers");
-    iov[i].iov_base = data;
-    iov[i].iov_len = len;
-  }
+  if (argc < 3 || cove_arg_int32(env, argv[0], &fd) || cove_arg_int64(env, argv[2], &pos) ||
+      cove_arg_iovec(env, argv[1], iov, COVE_MAX_IOV, &n))
+    return NULL;
   ssize_t r = write ? pwritev2(fd, iov, (int)n, pos, RWF_NOWAIT) : preadv2(fd, iov, (int)n, pos, RWF_NOWAIT);
   if (r < 0) {
     if (errno == EAGAIN || errno == EOPNOTSUPP || errno == EINTR) return cove_int32(env, -1);

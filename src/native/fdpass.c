@@ -28,11 +28,8 @@ static napi_value unix_listen(napi_env env, napi_callback_info info) {
   if (argc > 1 && cove_arg_int32(env, argv[1], &backlog)) return NULL;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return cove_throw_errno(env, errno, "socket");
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, backlog) != 0) {
-    int e = errno;
-    close(fd);
-    return cove_throw_errno(env, e, "bind/listen");
-  }
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, backlog) != 0)
+    return cove_close_throw_errno(env, fd, "bind/listen");
   return cove_int32(env, fd);
 }
 COVE_EXPORT(unixListen, unix_listen)
@@ -46,11 +43,7 @@ static napi_value unix_connect(napi_env env, napi_callback_info info) {
   if (argc < 1 || make_addr(env, argv[0], &a)) return NULL;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return cove_throw_errno(env, errno, "socket");
-  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-    int e = errno;
-    close(fd);
-    return cove_throw_errno(env, e, "connect");
-  }
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) return cove_close_throw_errno(env, fd, "connect");
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   return cove_int32(env, fd);
 }

@@ -45,11 +45,7 @@ static napi_value memfd_create_js(napi_env env, napi_callback_info info) {
   if (argc < 2 || cove_arg_string(env, argv[0], name, sizeof name) || cove_arg_int64(env, argv[1], &size)) return NULL;
   int fd = memfd_create(name, MFD_CLOEXEC);
   if (fd < 0) return cove_throw_errno(env, errno, "memfd_create");
-  if (ftruncate(fd, size) != 0) {
-    int e = errno;
-    close(fd);
-    return cove_throw_errno(env, e, "ftruncate");
-  }
+  if (ftruncate(fd, size) != 0) return cove_close_throw_errno(env, fd, "ftruncate");
   return cove_int32(env, fd);
 }
 COVE_EXPORT(memfdCreate, memfd_create_js)

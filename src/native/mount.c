@@ -12,20 +12,7 @@
 #define PATH_LEN 4096
 #define DATA_LEN 4096
 
-/* A JS string argument, or NULL when the argument is null/undefined (mount(2) takes NULL there). */
-static int opt_string(napi_env env, napi_value v, char *buf, size_t len, const char **out) {
-  napi_valuetype t;
-  napi_typeof(env, v, &t);
-  if (t == napi_null || t == napi_undefined) {
-    *out = NULL;
-    return 0;
-  }
-  if (cove_arg_string(env, v, buf, len) != 0) return -1;
-  *out = buf;
-  return 0;
-}
-
-/* mount(source, target, fstype, flags, data) */
+/* mount(source, target, fstype, flags, data): source, fstype and data may be null (mount(2) takes NULL there). */
 static napi_value cove_mount(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -34,11 +21,11 @@ static napi_value cove_mount(napi_env env, napi_callback_info info) {
   char source[PATH_LEN], target[PATH_LEN], fstype[256], data[DATA_LEN];
   const char *src, *fs, *dat = NULL;
   uint32_t flags;
-  if (opt_string(env, argv[0], source, sizeof source, &src) != 0) return NULL;
+  if (cove_arg_opt_string(env, argv[0], source, sizeof source, &src) != 0) return NULL;
   if (cove_arg_string(env, argv[1], target, sizeof target) != 0) return NULL;
-  if (opt_string(env, argv[2], fstype, sizeof fstype, &fs) != 0) return NULL;
+  if (cove_arg_opt_string(env, argv[2], fstype, sizeof fstype, &fs) != 0) return NULL;
   if (cove_arg_uint32(env, argv[3], &flags) != 0) return NULL;
-  if (argc >= 5 && opt_string(env, argv[4], data, sizeof data, &dat) != 0) return NULL;
+  if (argc >= 5 && cove_arg_opt_string(env, argv[4], data, sizeof data, &dat) != 0) return NULL;
   if (mount(src, target, fs, flags, dat) != 0) return cove_throw_errno(env, errno, "mount");
   return cove_undefined(env);
 }

@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <linux/netlink.h>
 #include <pthread.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -35,22 +34,7 @@ typedef struct {
 static void *nl_open_thread(void *arg) {
   nl_job *j = arg;
   j->fd = -1;
-  if (j->netns) {
-    int ns = open(j->netns, O_RDONLY | O_CLOEXEC);
-    if (ns < 0) {
-      j->err = errno;
-      j->step = "open(netns)";
-      return NULL;
-    }
-    int r = setns(ns, CLONE_NEWNET); /* this thread only; it ends right after */
-    int e = errno;
-    close(ns);
-    if (r != 0) {
-      j->err = e;
-      j->step = "setns(CLONE_NEWNET)";
-      return NULL;
-    }
-  }
+  if (cove_enter_netns(j->netns, &j->err, &j->step)) return NULL;
   int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
   if (fd < 0) {
     j->err = errno;
@@ -91,14 +75,7 @@ static napi_value netlink_open(napi_env env, napi_callback_info info) {
   nl_job j;
   memset(&j, 0, sizeof j);
   char netns[4096];
-  napi_valuetype t;
-  napi_typeof(env, argv[0], &t);
-  if (t == napi_string) {
-    if (cove_arg_string(env, argv[0], netns, sizeof netns)) return NULL;
-    j.netns = netns;
-  } else if (t != napi_null && t != napi_undefined) {
-    return cove_throw(env, "netns must be a path or null");
-  }
+  if (cove_arg_netns(env, argv[0], netns, sizeof netns, &j.netns)) return NULL;
   int32_t timeout;
   if (cove_arg_int32(env, argv[1], &timeout)) return NULL;
   if (timeout <= 0) return cove_throw(env, "timeoutMs must be positive");
@@ -112,17 +89,6 @@ static napi_value netlink_open(napi_env env, napi_callback_info info) {
 }
 COVE_EXPORT(netlinkOpen, netlink_open)
 
-static int buffer_arg(napi_env env, napi_value v, void **data, size_t *len) {
-  bool ok = false;
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t off;
-  if (napi_is_typedarray(env, v, &ok) != napi_ok || !ok) return cove_throw(env, "expected a Uint8Array"), -1;
-  napi_get_typedarray_info(env, v, &type, len, data, &ab, &off);
-  if (type != napi_uint8_array) return cove_throw(env, "expected a Uint8Array"), -1;
-  return 0;
-}
-
 /* netlinkSend(fd, bytes) -> bytes sent (to the kernel, pid 0). One call = one datagram. */
 static napi_value netlink_send(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -131,7 +97,7 @@ static napi_value netlink_send(napi_env env, napi_callback_info info) {
   int32_t fd;
   void *data;
   size_t len;
-  if (argc < 2 || cove_arg_int32(env, argv[0], &fd) || buffer_arg(env, argv[1], &data, &len)) return NULL;
+  if (argc < 2 || cove_arg_int32(env, argv[0], &fd) || cove_arg_bytes(env, argv[1], &data, &len)) return NULL;
   struct sockaddr_nl to;
   memset(&to, 0, sizeof to);
   to.nl_family = AF_NETLINK;
@@ -154,7 +120,7 @@ static napi_value netlink_recv(napi_env env, napi_callback_info info) {
   int32_t fd;
   void *data;
   size_t len;
-  if (argc < 2 || cove_arg_int32(env, argv[0], &fd) || buffer_arg(env, argv[1], &data, &len)) return NULL;
+  if (argc < 2 || cove_arg_int32(env, argv[0], &fd) || cove_arg_bytes(env, argv[1], &data, &len)) return NULL;
   for (;;) {
     struct sockaddr_nl from;
     struct iovec iov = {.iov_base = data, .iov_len = len};

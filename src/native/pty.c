@@ -34,11 +34,7 @@ static napi_value pty_get_winsize(napi_env env, napi_callback_info info) {
   if (argc < 1 || cove_arg_int32(env, argv[0], &fd)) return NULL;
   struct winsize ws;
   if (ioctl(fd, TIOCGWINSZ, &ws) != 0) return cove_throw_errno(env, errno, "ioctl(TIOCGWINSZ)");
-  napi_value arr;
-  napi_create_array_with_length(env, 2, &arr);
-  napi_set_element(env, arr, 0, cove_int32(env, ws.ws_row));
-  napi_set_element(env, arr, 1, cove_int32(env, ws.ws_col));
-  return arr;
+  return cove_int32_pair(env, ws.ws_row, ws.ws_col);
 }
 COVE_EXPORT(ptyGetWinsize, pty_get_winsize)
 
@@ -49,11 +45,7 @@ static napi_value open_pty(napi_env env, napi_callback_info info) {
   fcntl(m, F_SETFD, FD_CLOEXEC);
   fcntl(s, F_SETFD, FD_CLOEXEC);
   fcntl(m, F_SETFL, fcntl(m, F_GETFL) | O_NONBLOCK);
-  napi_value arr;
-  napi_create_array_with_length(env, 2, &arr);
-  napi_set_element(env, arr, 0, cove_int32(env, m));
-  napi_set_element(env, arr, 1, cove_int32(env, s));
-  return arr;
+  return cove_int32_pair(env, m, s);
 }
 COVE_EXPORT(openPty, open_pty)
 
@@ -85,10 +77,6 @@ static napi_value make_pipe(napi_env env, napi_callback_info info) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return cove_throw_errno(env, errno, "pipe2");
   if (size > 0) fcntl(fds[1], F_SETPIPE_SZ, size);
-  napi_value arr;
-  napi_create_array_with_length(env, 2, &arr);
-  napi_set_element(env, arr, 0, cove_int32(env, fds[0]));
-  napi_set_element(env, arr, 1, cove_int32(env, fds[1]));
-  return arr;
+  return cove_int32_pair(env, fds[0], fds[1]);
 }
 COVE_EXPORT(makePipe, make_pipe)

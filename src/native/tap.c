@@ -12,7 +12,6 @@
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <pthread.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
@@ -31,23 +30,7 @@ typedef struct {
 static void *tap_open_thread(void *arg) {
   tap_job *j = arg;
   j->fd = -1;
-  if (j->netns) {
-    int ns = open(j->netns, O_RDONLY | O_CLOEXEC);
-    if (ns < 0) {
-      j->err = errno;
-      j->step = "open(netns)";
-      return NULL;
-    }
-    /* This thread only: it ends right after, so its namespace dies with it. */
-    int r = setns(ns, CLONE_NEWNET);
-    int e = errno;
-    close(ns);
-    if (r != 0) {
-      j->err = e;
-      j->step = "setns(CLONE_NEWNET)";
-      return NULL;
-    }
-  }
+  if (cove_enter_netns(j->netns, &j->err, &j->step)) return NULL;
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     j->err = errno;
@@ -89,14 +72,7 @@ static napi_value tap_open(napi_env env, napi_callback_info info) {
   memset(&j, 0, sizeof j);
   if (cove_arg_string(env, argv[0], j.name, IFNAMSIZ)) return NULL;
   char netns[4096];
-  napi_valuetype t;
-  napi_typeof(env, argv[1], &t);
-  if (t == napi_string) {
-    if (cove_arg_string(env, argv[1], netns, sizeof netns)) return NULL;
-    j.netns = netns;
-  } else if (t != napi_null && t != napi_undefined) {
-    return cove_throw(env, "netns must be a path or null");
-  }
+  if (cove_arg_netns(env, argv[1], netns, sizeof netns, &j.netns)) return NULL;
   int32_t hdr;
   if (cove_arg_int32(env, argv[2], &hdr)) return NULL;
   j.vnet_hdr_sz = hdr;
@@ -151,25 +127,8 @@ static napi_value tap_rw(napi_env env, napi_callback_info info, int write) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
   uint32_t n;
-  bool is_array = false;
-  if (argc < 2 || cove_arg_int32(env, argv[0], &fd)) return NULL;
-  if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array) return cove_throw(env, "expected an array of buffers");
-  napi_get_array_length(env, argv[1], &n);
-  if (n == 0 || n > TAP_MAX_IOV) return cove_throw(env, "buffer count out of range");
   struct iovec iov[TAP_MAX_IOV];
-  for (uint32_t i = 0; i < n; i++) {
-    napi_value el, ab;
-    napi_typedarray_type type;
-    size_t len, off;
-    void *data;
-    bool ok = false;
-    napi_get_element(env, argv[1], i, &el);
-    if (napi_is_typedarray(env, el, &ok) != napi_ok || !ok) return cove_throw(env, "expected Uint8Array buffers");
-    napi_get_typedarray_info(env, el, &type, &len, &data, &ab, &off);
-    if (type != napi_uint8_array) return cove_throw(env, "expected Uint8Array buffers");
-    iov[i].iov_base = data;
-    iov[i].iov_len = len;
-  }
+  if (argc < 2 || cove_arg_int32(env, argv[0], &fd) || cove_arg_iovec(env, argv[1], iov, TAP_MAX_IOV, &n)) return NULL;
   ssize_t r;
   do {
     r = write ? writev(fd, iov, (int)n) : readv(fd, iov, (int)n);

@@ -28,16 +28,8 @@ static napi_value vsock_listen(napi_env env, napi_callback_info info) {
   if (fd < 0) return cove_throw_errno(env, errno, "socket(AF_VSOCK)");
   struct sockaddr_vm a;
   make_addr(&a, VMADDR_CID_ANY, port);
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-    int e = errno;
-    close(fd);
-    return cove_throw_errno(env, e, "bind(AF_VSOCK)");
-  }
-  if (listen(fd, backlog) != 0) {
-    int e = errno;
-    close(fd);
-    return cove_throw_errno(env, e, "listen(AF_VSOCK)");
-  }
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) return cove_close_throw_errno(env, fd, "bind(AF_VSOCK)");
+  if (listen(fd, backlog) != 0) return cove_close_throw_errno(env, fd, "listen(AF_VSOCK)");
   return cove_int32(env, fd);
 }
 COVE_EXPORT(vsockListen, vsock_listen)
@@ -54,11 +46,8 @@ static napi_value vsock_connect(napi_env env, napi_callback_info info) {
   if (fd < 0) return cove_throw_errno(env, errno, "socket(AF_VSOCK)");
   struct sockaddr_vm a;
   make_addr(&a, cid, port);
-  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS) {
-    int e = errno;
-    close(fd);
-    return cove_throw_errno(env, e, "connect(AF_VSOCK)");
-  }
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS)
+    return cove_close_throw_errno(env, fd, "connect(AF_VSOCK)");
   return cove_int32(env, fd);
 }
 COVE_EXPORT(vsockConnect, vsock_connect)
