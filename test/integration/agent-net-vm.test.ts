@@ -18,6 +18,7 @@ import { PodNetwork } from "../../src/network/pod-network.ts";
 import { AgentClient, vsockDialer } from "../../src/sandbox/agent/index.ts";
 import { NetDevice } from "../../src/virtio/net/device.ts";
 import { VhostUserBackend } from "../../src/virtio/vhost-user/backend.ts";
+import { vhostUserNetArgs, waitForConsole } from "../harness/qemu-guest.ts";
 import { CniPod, cniUnavailable } from "../unit/network/cni.ts";
 import { busyboxErofs, hostAgentSkip, ociSpec, readAll, withTimeout } from "./agent-harness.ts";
 
@@ -77,11 +78,7 @@ describe("the agent configures the pod network in the microVM (qemu, virtio-net 
     vu = new VhostUserBackend(dev, sock, { queues: 2 });
     vu.listen();
     vm = await new QemuHypervisor(chooseAccel(), {
-      extraArgs: [
-        ...["-chardev", `socket,id=net0,path=${sock}`],
-        ...["-netdev", "vhost-user,id=n0,chardev=net0"],
-        ...["-device", `virtio-net-device,netdev=n0,mac=${eth0.mac},host_mtu=${eth0.mtu}`],
-      ],
+      extraArgs: vhostUserNetArgs(sock, eth0.mac, eth0.mtu),
     }).start({
       id: "agent-net-vm",
       kernel: art.kernel,
@@ -100,10 +97,7 @@ describe("the agent configures the pod network in the microVM (qemu, virtio-net 
       consoleText += d.toString();
     });
     const deadline = Date.now() + 180_000;
-    while (!consoleText.includes("cove-agent ready")) {
-      if (Date.now() > deadline) throw new Error(`guest did not become ready:\n${consoleText.slice(-3000)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitForConsole(() => consoleText, "cove-agent ready", deadline, "guest did not become ready:");
     c = await AgentClient.connect(vsockDialer((port) => vm!.connectVsock(port, 10_000)));
   });
 

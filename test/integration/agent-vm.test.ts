@@ -12,6 +12,7 @@ import { QemuHypervisor } from "../../src/hypervisor/qemu/qemu.ts";
 import type { RunningVm } from "../../src/hypervisor/types.ts";
 import { AgentClient, vsockDialer } from "../../src/sandbox/agent/index.ts";
 import { Code, TtrpcError } from "../../src/ttrpc/index.ts";
+import { waitForConsole } from "../harness/qemu-guest.ts";
 import { busyboxErofs, hostAgentSkip, ociSpec, readAll, withTimeout } from "./agent-harness.ts";
 
 const art = guestArtifacts();
@@ -66,10 +67,7 @@ describe("agent inside the microVM (qemu, vsock)", { skip, timeout: 600_000 }, (
       consoleText += d.toString();
     });
     const deadline = Date.now() + 180_000;
-    while (!consoleText.includes("cove-agent ready")) {
-      if (Date.now() > deadline) throw new Error(`guest did not become ready:\n${consoleText.slice(-3000)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitForConsole(() => consoleText, "cove-agent ready", deadline, "guest did not become ready:");
     c = await AgentClient.connect(vsockDialer((port) => vm!.connectVsock(port, 10_000)));
   });
 

@@ -18,6 +18,7 @@ import type { RunningVm } from "../../src/hypervisor/types.ts";
 import { PodNetwork } from "../../src/network/pod-network.ts";
 import { NetDevice } from "../../src/virtio/net/device.ts";
 import { VhostUserBackend } from "../../src/virtio/vhost-user/backend.ts";
+import { retryUntil, vhostUserNetArgs, waitForConsole } from "../harness/qemu-guest.ts";
 import { CniPod, cniUnavailable } from "../unit/network/cni.ts";
 import { sh } from "../unit/network/testnet.ts";
 import { buildTestRoot, CMD_PORT } from "./virtio-guest-root.ts";
@@ -136,11 +137,7 @@ describe("a guest on qemu with our virtio-net over vhost-user, on a CNI pod netw
       ],
     });
     vm = await new QemuHypervisor(chooseAccel(), {
-      extraArgs: [
-        ...["-chardev", `socket,id=net0,path=${sock}`],
-        ...["-netdev", "vhost-user,id=n0,chardev=net0"],
-        ...["-device", `virtio-net-device,netdev=n0,mac=${eth0.mac},host_mtu=${eth0.mtu}`],
-      ],
+      extraArgs: vhostUserNetArgs(sock, eth0.mac, eth0.mtu),
     }).start({
       id: "net-test",
       kernel,
@@ -155,19 +152,8 @@ describe("a guest on qemu with our virtio-net over vhost-user, on a CNI pod netw
       consoleText += d.toString();
     });
     const deadline = Date.now() + 150_000;
-    while (!consoleText.includes("COVE-TEST-GUEST-READY")) {
-      if (Date.now() > deadline) throw new Error(`guest did not boot; console:\n${consoleText.slice(-3000)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    for (;;) {
-      try {
-        assert.match(await guestSh("echo up"), /up/);
-        break;
-      } catch (e) {
-        if (Date.now() > deadline) throw e;
-        await new Promise((r) => setTimeout(r, 300));
-      }
-    }
+    await waitForConsole(() => consoleText, "COVE-TEST-GUEST-READY", deadline, "guest did not boot; console:");
+    await retryUntil(async () => assert.match(await guestSh("echo up"), /up/), deadline);
   });
 
   after(async () => {

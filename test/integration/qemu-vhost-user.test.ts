@@ -13,6 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { QemuHypervisor } from "../../src/hypervisor/qemu/qemu.ts";
 import type { RunningVm } from "../../src/hypervisor/types.ts";
+import { retryUntil, waitForConsole } from "../harness/qemu-guest.ts";
 import { buildTestRoot, CMD_PORT, ECHO_PORT } from "./virtio-guest-root.ts";
 
 const kernel = process.env.COVE_TEST_KERNEL ?? guestArtifacts().kernel;
@@ -79,19 +80,8 @@ describe("guest on qemu + our vhost-user blk and vsock", { skip, timeout: 300_00
     });
     // Boot: wait for the guest to say it is ready, then for its command port.
     const deadline = Date.now() + 120_000;
-    while (!consoleText.includes("COVE-TEST-GUEST-READY")) {
-      if (Date.now() > deadline) throw new Error(`guest did not boot; console:\n${consoleText.slice(-3000)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    for (;;) {
-      try {
-        assert.match(await guestSh("echo up"), /up/);
-        break;
-      } catch (e) {
-        if (Date.now() > deadline) throw e;
-        await new Promise((r) => setTimeout(r, 300));
-      }
-    }
+    await waitForConsole(() => consoleText, "COVE-TEST-GUEST-READY", deadline, "guest did not boot; console:");
+    await retryUntil(async () => assert.match(await guestSh("echo up"), /up/), deadline);
   });
 
   after(async () => {
