@@ -21,6 +21,7 @@ import { VhostUserBackend } from "../../src/virtio/vhost-user/backend.ts";
 import { retryUntil, vhostUserNetArgs, waitForConsole } from "../harness/qemu-guest.ts";
 import { CniPod, cniUnavailable } from "../unit/network/cni.ts";
 import { sh } from "../unit/network/testnet.ts";
+import { withTimeout } from "./agent-harness.ts";
 import { buildTestRoot, CMD_PORT } from "./virtio-guest-root.ts";
 
 const kernel = process.env.COVE_TEST_KERNEL ?? guestArtifacts().kernel;
@@ -34,16 +35,6 @@ function unavailable(): string | undefined {
 }
 const skip = unavailable();
 if (skip) console.error(`!!! SKIPPED: ${skip}`);
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, rej) => {
-      t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms);
-    }),
-  ]);
-}
 
 /** Reads stdin, sends it over TCP, half-closes, and prints the reply (run in the node namespace). */
 const TCP_SEND = `

@@ -14,6 +14,7 @@ import { guestArtifacts } from "../../src/guest/paths.ts";
 import { QemuHypervisor } from "../../src/hypervisor/qemu/qemu.ts";
 import type { RunningVm } from "../../src/hypervisor/types.ts";
 import { retryUntil, waitForConsole } from "../harness/qemu-guest.ts";
+import { withTimeout } from "./agent-harness.ts";
 import { buildTestRoot, CMD_PORT, ECHO_PORT } from "./virtio-guest-root.ts";
 
 const kernel = process.env.COVE_TEST_KERNEL ?? guestArtifacts().kernel;
@@ -23,16 +24,6 @@ const skip = existsSync(kernel)
 if (skip) console.error(skip);
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, rej) => {
-      t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms);
-    }),
-  ]);
-}
 
 /** Sends all of `input`, half-closes, and collects everything until the guest closes. */
 function exchange(s: Duplex, input: Buffer | string): Promise<Buffer> {
