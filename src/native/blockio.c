@@ -8,16 +8,22 @@
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 
-/* fallocate(fd, mode, offset, length) */
-static napi_value fallocate_js(napi_env env, napi_callback_info info) {
+/* The (fd, mode, offset, length) arguments both fallocate entry points take; -1 if one threw. */
+static int fallocate_args(napi_env env, napi_callback_info info, int32_t *fd, int32_t *mode, int64_t *off, int64_t *len) {
   size_t argc = 4;
   napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 4 || cove_arg_int32(env, argv[0], fd) || cove_arg_int32(env, argv[1], mode) ||
+      cove_arg_int64(env, argv[2], off) || cove_arg_int64(env, argv[3], len))
+    return -1;
+  return 0;
+}
+
+/* fallocate(fd, mode, offset, length) */
+static napi_value fallocate_js(napi_env env, napi_callback_info info) {
   int32_t fd, mode;
   int64_t off, len;
-  if (argc < 4 || cove_arg_int32(env, argv[0], &fd) || cove_arg_int32(env, argv[1], &mode) ||
-      cove_arg_int64(env, argv[2], &off) || cove_arg_int64(env, argv[3], &len))
-    return NULL;
+  if (fallocate_args(env, info, &fd, &mode, &off, &len)) return NULL;
   if (fallocate(fd, mode, off, len) != 0) return cove_throw_errno(env, errno, "fallocate");
   return cove_undefined(env);
 }
@@ -55,14 +61,9 @@ static void fallocate_done(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value fallocate_async_js(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd, mode;
   int64_t off, len;
-  if (argc < 4 || cove_arg_int32(env, argv[0], &fd) || cove_arg_int32(env, argv[1], &mode) ||
-      cove_arg_int64(env, argv[2], &off) || cove_arg_int64(env, argv[3], &len))
-    return NULL;
+  if (fallocate_args(env, info, &fd, &mode, &off, &len)) return NULL;
   fallocate_job *j = calloc(1, sizeof *j);
   if (!j) return cove_throw_errno(env, ENOMEM, "fallocate");
   j->fd = fd;
