@@ -359,11 +359,12 @@ static napi_value kvm_constants(napi_env env, napi_callback_info info) {
   C(KVM_CREATE_IRQCHIP); C(KVM_CREATE_PIT2); C(KVM_IRQ_LINE); C(KVM_IRQ_LINE_STATUS); C(KVM_IRQFD); C(KVM_IOEVENTFD);
   C(KVM_SET_GSI_ROUTING); C(KVM_SIGNAL_MSI); C(KVM_GET_REGS); C(KVM_SET_REGS); C(KVM_GET_SREGS);
   C(KVM_SET_SREGS); C(KVM_SET_CPUID2); C(KVM_SET_MSRS); C(KVM_GET_MSRS); C(KVM_SET_FPU); C(KVM_SET_LAPIC);
-  C(KVM_GET_LAPIC); C(KVM_SET_MP_STATE); C(KVM_GET_MP_STATE); C(KVM_GET_VCPU_EVENTS);
+  C(KVM_GET_LAPIC); C(KVM_SET_XCRS); C(KVM_SET_MP_STATE); C(KVM_GET_MP_STATE); C(KVM_GET_VCPU_EVENTS);
   C(sizeof(struct kvm_regs)); C(sizeof(struct kvm_sregs)); C(sizeof(struct kvm_run));
   C(sizeof(struct kvm_userspace_memory_region)); C(sizeof(struct kvm_irqfd)); C(sizeof(struct kvm_ioeventfd));
   C(sizeof(struct kvm_msi)); C(sizeof(struct kvm_irq_routing_entry)); C(sizeof(struct kvm_cpuid_entry2));
   C(sizeof(struct kvm_pit_config)); C(sizeof(struct kvm_msr_entry)); C(sizeof(struct kvm_lapic_state));
+  C(sizeof(struct kvm_xcrs));
   C(offsetof(struct kvm_run, io)); C(offsetof(struct kvm_run, mmio)); C(offsetof(struct kvm_run, exit_reason));
   C(offsetof(struct kvm_run, immediate_exit)); C(offsetof(struct kvm_sregs, cr0)); C(offsetof(struct kvm_sregs, efer));
   C(offsetof(struct kvm_sregs, gdt)); C(offsetof(struct kvm_sregs, idt));

@@ -511,6 +511,18 @@ export class Vcpu {
   setMsrs(msrs: readonly { index: number; data: bigint }[]): number {
     return kvmIoctl(this.fd, k("KVM_SET_MSRS"), encodeMsrs(msrs));
   }
+  /**
+   * XCR0 as KVM sees it (struct kvm_xcrs: nr_xcrs, flags, {xcr, reserved, value}[16], padding).
+   * Must follow setCpuid: KVM checks the value against the XSAVE features the CPUID table allows.
+   */
+  setXcr0(value: bigint): void {
+    const b = new Uint8Array(k("sizeof(struct kvm_xcrs)"));
+    const v = new DataView(b.buffer);
+    v.setUint32(0, 1, true);
+    v.setUint32(8, 0, true); // XCR_XFEATURE_ENABLED_MASK
+    v.setBigUint64(16, value, true);
+    kvmIoctl(this.fd, k("KVM_SET_XCRS"), b);
+  }
   /** Power-on FPU state: x87 control word 0x37f, MXCSR 0x1f80 (what Linux expects at entry). */
   setFpuDefaults(): void {
     const b = new Uint8Array(416); // struct kvm_fpu: fpr[8][16], fcw @128, …, xmm[16][16] @152, mxcsr @408
