@@ -6,8 +6,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 // Works from source (ESM under tsx) and from the esbuild CJS bundles in dist/.
-const here: string =
-  typeof __filename !== "undefined" ? dirname(__filename) : dirname(fileURLToPath(import.meta.url));
+const here: string = typeof __filename !== "undefined" ? dirname(__filename) : dirname(fileURLToPath(import.meta.url));
 
 export const ADDON_FILE = "cove_native.node";
 

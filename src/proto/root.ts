@@ -9,8 +9,7 @@ import protobuf from "protobufjs";
 
 declare const __COVE_PROTO_JSON__: protobuf.INamespace | undefined;
 
-const here: string =
-  typeof __filename !== "undefined" ? dirname(__filename) : dirname(fileURLToPath(import.meta.url));
+const here: string = typeof __filename !== "undefined" ? dirname(__filename) : dirname(fileURLToPath(import.meta.url));
 
 /** The proto/ directory when running from source (src/proto/ → ../../proto). */
 export function protoDir(): string {

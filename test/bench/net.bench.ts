@@ -171,7 +171,10 @@ async function main() {
         "the echo server",
         () =>
           open(ip, 9000)
-            .then((s) => (s.destroy(), true))
+            .then((s) => {
+              s.destroy();
+              return true;
+            })
             .catch(() => false),
         60_000,
         500,
