@@ -2,10 +2,20 @@
 // virtio-guest-root.ts) with a scenario script in /init, the data disks, the command line that
 // runs test/integration/msi-vm.ts once per scenario inside the nested test host, and the parser
 // of its output.
+import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { buildSync } from "esbuild";
 import { guestArtifacts } from "../../src/guest/paths.ts";
+import {
+  ensureNestedKernel,
+  type NestedOptions,
+  type NestedResult,
+  QEMU,
+  qemuArgs,
+  REPO_ROOT,
+} from "../harness/nested.ts";
 import { buildTestRoot } from "./virtio-guest-root.ts";
 
 /**
@@ -72,15 +82,52 @@ export interface Snapshot {
   transports: TransportSnapshot[];
 }
 
-/** The shell line that runs every scenario in turn, each between delimiter lines. */
-export function nestedScript(scenarios: Scenario[], common: string[]): string {
+/**
+ * The shell line that runs every scenario in turn, each between delimiter lines. `runner` is the
+ * command that starts msi-vm.ts: from source by default, or a bundle (bundleRunner) — tsx compiling
+ * the VMM's sources under TCG costs a minute per VM.
+ */
+export function nestedScript(
+  scenarios: Scenario[],
+  common: string[],
+  runner = "node --import tsx test/integration/msi-vm.ts",
+): string {
   const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
   return scenarios
     .map(
       (s) =>
-        `echo ${q(`=== RUN ${s.name}`)}; ${s.pre ? `${s.pre}; ` : ""}node --import tsx test/integration/msi-vm.ts ${[...common, ...s.flags].map(q).join(" ")} 2>&1; echo "=== EXIT $?"${s.post ? `; ${s.post}` : ""}`,
+        `echo ${q(`=== RUN ${s.name}`)}; ${s.pre ? `${s.pre}; ` : ""}${runner} ${[...common, ...s.flags].map(q).join(" ")} 2>&1; echo "=== EXIT $?"${s.post ? `; ${s.post}` : ""}`,
     )
     .join("; ");
+}
+
+/**
+ * msi-vm.ts bundled into one CJS file where the nested host sees it (esbuild, as scripts/build.mjs
+ * does), with the native addon named by COVE_NATIVE. Returns the command line and a cleanup.
+ */
+export function bundleRunner(): { runner: string; cleanup: () => void } {
+  const dir = hostScratchDir("msi-runner-");
+  const out = join(dir, "msi-vm.cjs");
+  try {
+    buildSync({
+      entryPoints: [join(REPO_ROOT, "test/integration/msi-vm.ts")],
+      outfile: out,
+      bundle: true,
+      platform: "node",
+      target: "node20",
+      format: "cjs",
+      logLevel: "warning",
+      logOverride: { "empty-import-meta": "silent" },
+    });
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const addon = join(REPO_ROOT, "build/Release/cove_native.node");
+  return {
+    runner: `COVE_NATIVE='${addon}' node '${out}'`,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 /** Splits the nested command's output into runs and parses each run's JSON lines. */
@@ -179,7 +226,8 @@ export const FUNCTIONAL_INIT = [
   "echo MSI-MARK boot",
   "echo '--- interrupts at boot'; cat /proc/interrupts; echo '--- end'",
   "echo MSI-MARK io-start",
-  'for i in 0 1 2 3; do (dd if=/dev/vdb bs=16k iflag=direct 2>/dev/null | sha256sum | sed "s/^/READ-SHA$i /") & done; wait',
+  // Wait for these readers only: /init's socat listeners are background jobs too.
+  'pids=""; for i in 0 1 2 3; do (dd if=/dev/vdb bs=16k iflag=direct 2>/dev/null | sha256sum | sed "s/^/READ-SHA$i /") & pids="$pids $!"; done; wait $pids',
   "echo MSI-MARK io-end",
   "dd if=/dev/urandom of=/tmp/w bs=64k count=16 2>/dev/null",
   'echo "WRITE-SHA $(sha256sum < /tmp/w)"',
@@ -224,4 +272,68 @@ export function interruptsDump(console: string[], title: string): string[] {
   if (i < 0) return [];
   const j = console.findIndex((l, k) => k > i && l.includes("--- end"));
   return console.slice(i + 1, j < 0 ? undefined : j);
+}
+
+/** The host's TSC frequency in kHz (from /proc/cpuinfo), or undefined. */
+export function hostTscKhz(): number | undefined {
+  const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
+  return m?.[1] ? Math.round(Number(m[1]) * 1000) : undefined;
+}
+
+/**
+ * test/harness/nested.ts runNested, plus `tsc_early_khz=<host's>` on the nested host's command
+ * line. Without it the nested kernel's early TSC calibration (PIT, under TCG) fails now and then on
+ * a loaded machine: no tsc/tsc-early clocksource, tsc_khz = 0, and KVM in the nested host then never
+ * enters a guest (kvm_guest_time_update sees cpu_tsc_khz = 0 and retries before every VMRUN: the
+ * embedded VMM's "BSP has not entered the guest yet"). Same protocol as runNested (cmd.sh in the
+ * share, status/output files back); kept here until the harness passes the option itself.
+ */
+export async function runNestedTsc(command: string, opts: NestedOptions = {}): Promise<NestedResult> {
+  const kernel = opts.kernel ?? (await ensureNestedKernel());
+  const share = mkdtempSync(join("/tmp", "cove-nested-msi-"));
+  const t0 = Date.now();
+  try {
+    const q = (x: string) => `'${x.replace(/'/g, "'\\''")}'`;
+    const env = Object.entries(opts.env ?? {})
+      .map(([k, v]) => `export ${k}=${q(v)}\n`)
+      .join("");
+    writeFileSync(join(share, "cmd.sh"), `${env}cd ${q(opts.cwd ?? REPO_ROOT)} || exit 125\n${command}\n`);
+    const args = qemuArgs(kernel, share, opts);
+    const khz = hostTscKhz();
+    const i = args.indexOf("-append");
+    if (khz && i >= 0 && args[i + 1]) args[i + 1] = `${args[i + 1]} tsc_early_khz=${khz}`;
+    const child = spawn(QEMU, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let consoleText = "";
+    const onData = (chunk: Buffer) => {
+      consoleText += chunk.toString("utf8");
+      if (consoleText.length > 4_000_000) consoleText = consoleText.slice(-2_000_000);
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, opts.timeoutMs ?? 300_000);
+    await new Promise<void>((res) => {
+      child.on("close", () => res());
+      child.on("error", (e) => {
+        consoleText += `\n[cannot run ${QEMU}: ${e.message}]\n`;
+        res();
+      });
+    });
+    clearTimeout(timer);
+    const statusFile = join(share, "status");
+    const outputFile = join(share, "output");
+    const status = existsSync(statusFile) ? Number(readFileSync(statusFile, "utf8").trim()) : -1;
+    return {
+      status: Number.isFinite(status) ? status : -1,
+      output: existsSync(outputFile) ? readFileSync(outputFile, "utf8") : "",
+      console: consoleText,
+      timedOut,
+      wallMs: Date.now() - t0,
+    };
+  } finally {
+    rmSync(share, { recursive: true, force: true });
+  }
 }

@@ -21,7 +21,6 @@ import type { VsockStream } from "../../src/virtio/vsock/connection.ts";
 import { VsockDevice } from "../../src/virtio/vsock/device.ts";
 import { FIRST_DEVICE_IRQ, MiB, VIRTIO_MMIO_BASE } from "../../src/vmm/layout.ts";
 import { Machine } from "../../src/vmm/machine.ts";
-import { kvmStats } from "../../src/vmm/stats.ts";
 import {
   type MmioInterrupts,
   MmioTransport,
@@ -101,9 +100,12 @@ export class CountingTransport extends MmioTransport {
 /** Sum of per-vCPU KVM binary statistics (exits counted by the kernel, in-kernel ones included). */
 function kvmExitStats(machine: Machine): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const l of machine.loops) {
+  // The stats fds the machine opened at vCPU creation: KVM_GET_STATS_FD is a vCPU ioctl, which
+  // would wait for a vCPU that sits in KVM_RUN (a halted AP) while this thread serves the BSP.
+  for (const reader of machine.vcpuStats) {
+    if (!reader) continue;
     try {
-      for (const [k, v] of kvmStats(l.vcpu.fd)) {
+      for (const [k, v] of reader.read()) {
         if (/exits|irq_injections|halt_wakeup|mmio|io_exits|insn_emulation$/.test(k))
           out[k] = (out[k] ?? 0) + Number(v);
       }
@@ -195,7 +197,13 @@ async function main(): Promise<number> {
   let onReady: () => void = () => {};
   const machine = Machine.create({
     kernel: values.kernel ?? guestArtifacts().kernel,
-    cmdline: `8250.nr_uarts=1 printk.time=1 ${values.cmdline}`.trim(),
+    cmdline: [
+      "8250.nr_uarts=1 printk.time=1",
+      values.root ? "root=/dev/vda rootfstype=erofs ro init=/init" : "",
+      values.cmdline,
+    ]
+      .filter(Boolean)
+      .join(" "),
     memoryBytes: Number(values.mem) * MiB,
     vcpus: Number(values.vcpus),
     log,
