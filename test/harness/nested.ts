@@ -60,7 +60,14 @@ function shellQuote(s: string): string {
   return `'${s.replace(/'/g, "'\\''")}'`;
 }
 
+/** The host's TSC frequency in kHz (from /proc/cpuinfo), or undefined. */
+export function hostTscKhz(cpuinfo = readFileSync("/proc/cpuinfo", "utf8")): number | undefined {
+  const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo);
+  return m?.[1] ? Math.round(Number(m[1]) * 1000) : undefined;
+}
+
 export function qemuArgs(kernel: string, share: string, opts: NestedOptions): string[] {
+  const khz = hostTscKhz();
   const append = [
     "console=ttyS0",
     "reboot=t",
@@ -68,6 +75,10 @@ export function qemuArgs(kernel: string, share: string, opts: NestedOptions): st
     // TCG's vCPUs have unsynchronised TSCs; without this the L1 marks the TSC unstable and KVM in
     // it can spin on clock updates before the first guest entry (a guest then never starts).
     "tsc=reliable",
+    // Without it the nested kernel's early TSC calibration (PIT, under TCG) fails now and then on a
+    // loaded machine: tsc_khz = 0, and KVM in the nested host then never enters a guest (it retries
+    // the clock update before every VMRUN — the "BSP has not entered the guest yet" stall).
+    ...(khz ? [`tsc_early_khz=${khz}`] : []),
     "root=hostroot",
     "rootfstype=9p",
     "rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=512000",
