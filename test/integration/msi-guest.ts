@@ -2,20 +2,12 @@
 // virtio-guest-root.ts) with a scenario script in /init, the data disks, the command line that
 // runs test/integration/msi-vm.ts once per scenario inside the nested test host, and the parser
 // of its output.
-import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { buildSync } from "esbuild";
 import { guestArtifacts } from "../../src/guest/paths.ts";
-import {
-  ensureNestedKernel,
-  type NestedOptions,
-  type NestedResult,
-  QEMU,
-  qemuArgs,
-  REPO_ROOT,
-} from "../harness/nested.ts";
+import { type NestedOptions, type NestedResult, REPO_ROOT, runNested } from "../harness/nested.ts";
 import { buildTestRoot } from "./virtio-guest-root.ts";
 
 /**
@@ -274,66 +266,11 @@ export function interruptsDump(console: string[], title: string): string[] {
   return console.slice(i + 1, j < 0 ? undefined : j);
 }
 
-/** The host's TSC frequency in kHz (from /proc/cpuinfo), or undefined. */
-export function hostTscKhz(): number | undefined {
-  const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
-  return m?.[1] ? Math.round(Number(m[1]) * 1000) : undefined;
-}
-
 /**
- * test/harness/nested.ts runNested, plus `tsc_early_khz=<host's>` on the nested host's command
- * line. Without it the nested kernel's early TSC calibration (PIT, under TCG) fails now and then on
- * a loaded machine: no tsc/tsc-early clocksource, tsc_khz = 0, and KVM in the nested host then never
- * enters a guest (kvm_guest_time_update sees cpu_tsc_khz = 0 and retries before every VMRUN: the
- * embedded VMM's "BSP has not entered the guest yet"). Same protocol as runNested (cmd.sh in the
- * share, status/output files back); kept here until the harness passes the option itself.
+ * test/harness/nested.ts runNested. The harness now puts `tsc_early_khz=<host's>` on the nested host's
+ * command line itself (without it the nested kernel's early TSC calibration failed now and then under
+ * load and KVM there never entered a guest) and mounts the checkout at its own path.
  */
-export async function runNestedTsc(command: string, opts: NestedOptions = {}): Promise<NestedResult> {
-  const kernel = opts.kernel ?? (await ensureNestedKernel());
-  const share = mkdtempSync(join("/tmp", "cove-nested-msi-"));
-  const t0 = Date.now();
-  try {
-    const q = (x: string) => `'${x.replace(/'/g, "'\\''")}'`;
-    const env = Object.entries(opts.env ?? {})
-      .map(([k, v]) => `export ${k}=${q(v)}\n`)
-      .join("");
-    writeFileSync(join(share, "cmd.sh"), `${env}cd ${q(opts.cwd ?? REPO_ROOT)} || exit 125\n${command}\n`);
-    const args = qemuArgs(kernel, share, opts);
-    const khz = hostTscKhz();
-    const i = args.indexOf("-append");
-    if (khz && i >= 0 && args[i + 1]) args[i + 1] = `${args[i + 1]} tsc_early_khz=${khz}`;
-    const child = spawn(QEMU, args, { stdio: ["ignore", "pipe", "pipe"] });
-    let consoleText = "";
-    const onData = (chunk: Buffer) => {
-      consoleText += chunk.toString("utf8");
-      if (consoleText.length > 4_000_000) consoleText = consoleText.slice(-2_000_000);
-    };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, opts.timeoutMs ?? 300_000);
-    await new Promise<void>((res) => {
-      child.on("close", () => res());
-      child.on("error", (e) => {
-        consoleText += `\n[cannot run ${QEMU}: ${e.message}]\n`;
-        res();
-      });
-    });
-    clearTimeout(timer);
-    const statusFile = join(share, "status");
-    const outputFile = join(share, "output");
-    const status = existsSync(statusFile) ? Number(readFileSync(statusFile, "utf8").trim()) : -1;
-    return {
-      status: Number.isFinite(status) ? status : -1,
-      output: existsSync(outputFile) ? readFileSync(outputFile, "utf8") : "",
-      console: consoleText,
-      timedOut,
-      wallMs: Date.now() - t0,
-    };
-  } finally {
-    rmSync(share, { recursive: true, force: true });
-  }
+export function runNestedTsc(command: string, opts: NestedOptions = {}): Promise<NestedResult> {
+  return runNested(command, opts);
 }
