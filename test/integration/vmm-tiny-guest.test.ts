@@ -2,7 +2,7 @@
 // the vCPU run thread, the exit hand-off to JS, PIO and MMIO dispatch, ioeventfd, kicks, and that
 // teardown leaves no thread or fd behind. No Linux guest is involved.
 import assert from "node:assert/strict";
-import { closeSync, existsSync, readdirSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { addressOf, eventfd, mapAnonymous, unmap, unwatchFd, watchFd } from "../../src/native/kvm.ts";
 import { Bus, type BusDevice } from "../../src/vmm/bus.ts";
@@ -92,7 +92,16 @@ class Recorder implements BusDevice {
 const threads = () => readdirSync("/proc/self/task").length;
 const threadNames = () =>
   readdirSync("/proc/self/task").map((t) => readFileSync(`/proc/self/task/${t}/comm`, "utf8").trim());
-const fds = () => readdirSync("/proc/self/fd").length;
+/** Open fds on /dev/kvm, a VM or a vCPU (only ours: other fds of the process come and go meanwhile). */
+const fds = () =>
+  readdirSync("/proc/self/fd").filter((fd) => {
+    try {
+      const target = readlinkSync(`/proc/self/fd/${fd}`);
+      return target === "/dev/kvm" || target.startsWith("anon_inode:kvm");
+    } catch {
+      return false; // closed between readdir and readlink (e.g. the readdir's own fd)
+    }
+  }).length;
 
 describe("tiny guests on /dev/kvm", { skip }, () => {
   before(async () => {
