@@ -81,11 +81,23 @@ describe("virtio-mmio MSI + doorbells: guest driver on the embedded VMM (nested 
       { name: "no-offer", flags: ["--no-msi"], ...scratch("no-offer") },
       { name: "few-vectors", flags: ["--vector-queues", "1"], ...scratch("few-vectors") },
     ];
-    const r = await runNestedTsc(nestedScript(scenarios, common, runner.runner), {
-      timeoutMs: 1_500_000,
-      memoryMiB: 2048,
-      cpus: 2,
-    });
+    // The four scenarios take ~80 s here. Rarely the whole nested host goes idle (QEMU at ~0% CPU,
+    // no console output) during the first scenario — not yet understood, see the session note — so a
+    // run that produced no status at all within its bound is retried once, loudly; any real failure
+    // (a status, an assertion) is never retried.
+    const run = () =>
+      runNestedTsc(nestedScript(scenarios, common, runner.runner), {
+        timeoutMs: 360_000,
+        memoryMiB: 2048,
+        cpus: 2,
+      });
+    let r = await run();
+    if (r.status === -1) {
+      console.error(
+        `!!! msi-nested: the nested host stalled without a status (console tail below); retrying once\n${r.console.slice(-1500)}`,
+      );
+      r = await run();
+    }
     raw = r.output;
     assert.equal(
       r.status,
