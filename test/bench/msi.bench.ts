@@ -12,7 +12,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { nestedUnavailable } from "../harness/nested.ts";
+import { nestedUnavailable, runNested } from "../harness/nested.ts";
 import {
   bundleRunner,
   guestKernelPresent,
@@ -23,7 +23,6 @@ import {
   nestedScript,
   parseRuns,
   type RunOutput,
-  runNestedTsc,
   type Scenario,
   type Snapshot,
   userspaceExitDelta,
@@ -140,7 +139,7 @@ async function main(): Promise<number> {
       `nested test host: ${scenarios.length} VM runs (${ROUNDS} rounds × legacy/msi), ${RR} round trips + ${BLK_SECONDS} s of 4k random reads each`,
     );
     const t0 = Date.now();
-    const r = await runNestedTsc(nestedScript(scenarios, common, runner.runner), { timeoutMs: 3_000_000, cpus: 1 });
+    const r = await runNested(nestedScript(scenarios, common, runner.runner), { timeoutMs: 3_000_000, cpus: 1 });
     if (r.status !== 0) {
       console.log(`nested command failed (${r.status}):\n${r.output.slice(-4000)}\n${r.console.slice(-2000)}`);
       return 1;

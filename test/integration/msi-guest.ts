@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, w
 import { dirname, join } from "node:path";
 import { buildSync } from "esbuild";
 import { guestArtifacts } from "../../src/guest/paths.ts";
-import { type NestedOptions, type NestedResult, REPO_ROOT, runNested } from "../harness/nested.ts";
+import { REPO_ROOT } from "../harness/nested.ts";
 import { buildTestRoot } from "./virtio-guest-root.ts";
 
 /**
@@ -264,13 +264,4 @@ export function interruptsDump(console: string[], title: string): string[] {
   if (i < 0) return [];
   const j = console.findIndex((l, k) => k > i && l.includes("--- end"));
   return console.slice(i + 1, j < 0 ? undefined : j);
-}
-
-/**
- * test/harness/nested.ts runNested. The harness now puts `tsc_early_khz=<host's>` on the nested host's
- * command line itself (without it the nested kernel's early TSC calibration failed now and then under
- * load and KVM there never entered a guest) and mounts the checkout at its own path.
- */
-export function runNestedTsc(command: string, opts: NestedOptions = {}): Promise<NestedResult> {
-  return runNested(command, opts);
 }

@@ -14,7 +14,7 @@
 //               falls back to the shared interrupt, and both still work.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { nestedUnavailable } from "../harness/nested.ts";
+import { nestedUnavailable, runNested } from "../harness/nested.ts";
 import {
   bundleRunner,
   delta,
@@ -27,7 +27,6 @@ import {
   nestedScript,
   parseRuns,
   type RunOutput,
-  runNestedTsc,
   type Scenario,
 } from "./msi-guest.ts";
 
@@ -86,7 +85,7 @@ describe("virtio-mmio MSI + doorbells: guest driver on the embedded VMM (nested 
     // run that produced no status at all within its bound is retried once, loudly; any real failure
     // (a status, an assertion) is never retried.
     const run = () =>
-      runNestedTsc(nestedScript(scenarios, common, runner.runner), {
+      runNested(nestedScript(scenarios, common, runner.runner), {
         timeoutMs: 360_000,
         memoryMiB: 2048,
         cpus: 2,
