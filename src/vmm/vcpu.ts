@@ -14,9 +14,22 @@ const SYSTEM_EVENT_NAMES: Record<number, string> = { 1: "shutdown", 2: "reset", 
 
 export type StopReason =
   | { kind: "hlt" }
-  | { kind: "shutdown" } // triple fault: Linux's reboot=t, or a crashed guest
+  | { kind: "shutdown"; cpu?: CpuState } // triple fault: Linux's reboot=t, or a crashed guest
   | { kind: "system-event"; event: string }
   | { kind: "error"; message: string };
+
+/** Where a vCPU was when it stopped (hex strings), to tell a reboot from a crash in the log. */
+export interface CpuState {
+  vcpu: number;
+  rip: string;
+  rsp: string;
+  rflags: string;
+  cr0: string;
+  cr2: string;
+  cr3: string;
+  cr4: string;
+  efer: string;
+}
 
 export interface VcpuLoopOptions {
   pio: Bus;
@@ -85,6 +98,28 @@ export class VcpuLoop {
     return false;
   }
 
+  /** The registers that place a triple fault (read while the thread waits; undefined if KVM refuses). */
+  private cpuState(): CpuState | undefined {
+    try {
+      const r = this.vcpu.getRegs();
+      const s = this.vcpu.getSregs();
+      const hex = (x: bigint) => `0x${x.toString(16)}`;
+      return {
+        vcpu: this.vcpu.id,
+        rip: hex(r.rip),
+        rsp: hex(r.rsp),
+        rflags: hex(r.rflags),
+        cr0: hex(s.cr0),
+        cr2: hex(s.cr2),
+        cr3: hex(s.cr3),
+        cr4: hex(s.cr4),
+        efer: hex(s.efer),
+      };
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Returns false to leave the vCPU parked (it stopped), true to re-enter the guest. */
   private onExit(errno: number): boolean {
     if (this.stopped) return false;
@@ -118,7 +153,7 @@ export class VcpuLoop {
         case Exit.HLT:
           return this.end({ kind: "hlt" });
         case Exit.SHUTDOWN:
-          return this.end({ kind: "shutdown" });
+          return this.end({ kind: "shutdown", cpu: this.cpuState() });
         case Exit.SYSTEM_EVENT: {
           const type = v.getUint32(RUN_U, true);
           return this.end({ kind: "system-event", event: SYSTEM_EVENT_NAMES[type] ?? `type ${type}` });

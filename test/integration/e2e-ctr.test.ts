@@ -245,13 +245,30 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
           throw new Error(`${(e as Error).message}; screen:\n${last}`);
         });
       // capture-pane drops trailing blanks: busybox's "/ # " prompt ends the line as "/ #".
+      // A resize travels on its own path (ctr's Resize after Start, or SIGWINCH → Resize) and may land
+      // after the shell printed its prompt — with runc too; the guest's pty starts at 0x0 until then.
+      // So the command is typed again until the size shows, within the bound.
+      const untilShown = async (cmd: string, what: string, re: RegExp, ms: number) => {
+        const deadline = Date.now() + ms;
+        for (;;) {
+          await tmux(["send-keys", "-t", "t", cmd, "Enter"]);
+          try {
+            return await onScreen(what, re, 3_000);
+          } catch (e) {
+            if (Date.now() > deadline) throw e;
+          }
+        }
+      };
       await onScreen("the shell prompt", /^\/ #$/m, 120_000);
-      await tmux(["send-keys", "-t", "t", "stty size", "Enter"]);
-      await onScreen("stty size to print 24 80", /^24 80$/m, 20_000);
+      await untilShown("stty size", "stty size to print 24 80", /^24 80$/m, 30_000);
       const resized = await tmux(["resize-window", "-t", "t", "-x", "132", "-y", "50"]);
       assert.equal(resized.code, 0, `tmux resize-window: ${resized.stderr}`);
-      await tmux(["send-keys", "-t", "t", "clear; stty size; echo tty=$(tty)", "Enter"]);
-      await onScreen("stty size to print 50 132 after the resize", /^50 132$/m, 20_000);
+      await untilShown(
+        "clear; stty size; echo tty=$(tty)",
+        "stty size to print 50 132 after the resize",
+        /^50 132$/m,
+        30_000,
+      );
       assert.match(last, /^tty=\/dev\/(pts\/\d+|console)$/m, "the shell's stdin is a terminal");
       await tmux(["send-keys", "-t", "t", "exit 3", "Enter"]);
       await waitFor(
@@ -261,6 +278,10 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
       );
     } finally {
       await tmux(["kill-server"]);
+      // ctr killed mid-test leaves its task behind: remove it so later tests start clean.
+      await cd.ctr(["tasks", "kill", "-s", "SIGKILL", "tty1"], { timeoutMs: 30_000 }).catch(() => {});
+      await cd.ctr(["tasks", "rm", "-f", "tty1"], { timeoutMs: 60_000 }).catch(() => {});
+      await cd.ctr(["containers", "rm", "tty1"], { timeoutMs: 30_000 }).catch(() => {});
     }
     await nothingLeft("tty1");
   });

@@ -145,6 +145,7 @@ export function parseRuns(output: string): RunOutput[] {
         if (typeof o.mark === "string") cur.marks[o.mark] = o;
         else if (o.vsock) cur.vsock = o.vsock;
         else if (typeof o.result === "string") cur.result = o;
+        else cur.console.push(line); // e.g. {"stop":…}: where the vCPU was when the guest stopped
         continue;
       } catch {
         // a console line that happens to start with "{" (pino logs): keep it as console

@@ -114,7 +114,11 @@ describe("virtio-mmio MSI + doorbells: guest driver on the embedded VMM (nested 
     const r = runs.find((x) => x.name === name);
     assert.ok(r, `scenario ${name} did not run; output tail:\n${raw.slice(-3000)}`);
     assert.equal(r.exitCode, 0, `scenario ${name}: runner exit ${r.exitCode}\n${r.console.slice(-60).join("\n")}`);
-    assert.equal(r.result?.result, "vsock-done", `scenario ${name} ended ${r.result?.result}`);
+    assert.equal(
+      r.result?.result,
+      "vsock-done",
+      `scenario ${name} ended ${r.result?.result}; its console tail:\n${r.console.slice(-80).join("\n")}`,
+    );
     return r;
   };
 

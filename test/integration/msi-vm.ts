@@ -307,9 +307,10 @@ async function main(): Promise<number> {
       })();
     };
     setTimeout(() => finish("timeout", 2), Number(values.timeout) * 1000).unref();
-    machine.stopped.then((r) =>
-      finish(r.kind === "error" ? `error: ${r.message}` : r.kind, r.kind === "error" ? 1 : 0),
-    );
+    machine.stopped.then((r) => {
+      if (r.kind === "shutdown" && r.cpu) out({ stop: r.cpu });
+      finish(r.kind === "error" ? `error: ${r.message}` : r.kind, r.kind === "error" ? 1 : 0);
+    });
   });
   for (const l of machine.loops) l.stop();
   for (const d of devices) d.reset();
