@@ -14,7 +14,7 @@
 //               falls back to the shared interrupt, and both still work.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { nestedUnavailable, runNested } from "../harness/nested.ts";
+import { type NestedResult, nestedUnavailable, runNested } from "../harness/nested.ts";
 import {
   bundleRunner,
   delta,
@@ -38,6 +38,25 @@ const scratch = (name: string): Pick<Scenario, "pre" | "post"> => ({
   pre: `rm -f ${SCRATCH}; dd if=/dev/zero of=${SCRATCH} bs=1M count=4 2>/dev/null`,
   post: `echo "HOST-WRITE-SHA ${name} $(head -c 1048576 ${SCRATCH} | sha256sum)"`,
 });
+
+/**
+ * A failure of the emulated nested host rather than of the code under test (see before()): no status
+ * at all, or a scenario whose guest stopped on a silent triple fault. Returns what to log, or undefined.
+ */
+function vehicleFault(r: NestedResult): string | undefined {
+  // (A nested host that died is already retried by runNested; one that went idle until the bound is not.)
+  if (r.status === -1)
+    return r.timedOut
+      ? `the nested host went idle until the bound; its console tail:\n${r.console.slice(-1500)}`
+      : undefined;
+  for (const x of parseRuns(r.output)) {
+    if (x.result?.result !== "shutdown") continue;
+    const text = x.console.join("\n");
+    if (/Kernel panic|BUG:|Oops|general protection|double fault/.test(text)) return undefined;
+    return `scenario ${x.name}: the guest stopped on a silent triple fault; its console tail:\n${x.console.slice(-25).join("\n")}`;
+  }
+  return undefined;
+}
 
 describe("virtio-mmio MSI + doorbells: guest driver on the embedded VMM (nested test host)", { skip }, () => {
   let runs: RunOutput[] = [];
@@ -80,10 +99,13 @@ describe("virtio-mmio MSI + doorbells: guest driver on the embedded VMM (nested 
       { name: "no-offer", flags: ["--no-msi"], ...scratch("no-offer") },
       { name: "few-vectors", flags: ["--vector-queues", "1"], ...scratch("few-vectors") },
     ];
-    // The four scenarios take ~80 s here. Rarely the whole nested host goes idle (QEMU at ~0% CPU,
-    // no console output) during the first scenario — not yet understood, see the session note — so a
-    // run that produced no status at all within its bound is retried once, loudly; any real failure
-    // (a status, an assertion) is never retried.
+    // The four scenarios take ~50–80 s here. The nested host is QEMU's TCG emulation of SVM running
+    // KVM, and it is not flawless. Seen here, rarely (about one fresh nested host in 8): the whole
+    // nested host dying or going idle without a word (no status), and the first guest in a fresh
+    // nested host stopping on a triple fault with no kernel message at all during its first burst of
+    // disk interrupts (a Linux crash prints an oops or panic first). 45 MSI runs in a row inside
+    // already-running nested hosts never showed it. Such a run is retried once, loudly, with the vCPU
+    // state and console; any other failure (a panic, an assertion, a wrong result) is never retried.
     const run = () =>
       runNested(nestedScript(scenarios, common, runner.runner), {
         timeoutMs: 360_000,
@@ -91,10 +113,9 @@ describe("virtio-mmio MSI + doorbells: guest driver on the embedded VMM (nested 
         cpus: 2,
       });
     let r = await run();
-    if (r.status === -1) {
-      console.error(
-        `!!! msi-nested: the nested host stalled without a status (console tail below); retrying once\n${r.console.slice(-1500)}`,
-      );
+    const fault = vehicleFault(r);
+    if (fault) {
+      console.error(`!!! msi-nested: ${fault}; retrying the nested run once`);
       r = await run();
     }
     raw = r.output;
