@@ -29,6 +29,7 @@ import { OciRuntime, RuntimeError, readPidFile } from "./runtime/oci.ts";
 import { checkProcess, rewriteSpec } from "./spec/rewrite.ts";
 import { listenConsole } from "./stdio/console.ts";
 import { buildRootfs, type RootfsSpec, type StorageSpec, Storages } from "./storage/storage.ts";
+import { type SyncFilesRequest, syncFiles } from "./storage/sync-files.ts";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -302,6 +303,17 @@ export class Agent {
     return configureNetwork(cfg, { resolvConf: join(this.o.stateDir, "sandbox", "resolv.conf"), log: this.log });
   }
 
+  /** SyncFiles: a copied volume's tree into a mounted storage (agent/src/storage/sync-files.ts). */
+  syncFiles(req: SyncFilesRequest): void {
+    if (!this.sandbox) throw precondition("CreateSandbox first");
+    try {
+      syncFiles(req, (sid) => this.storages.path(sid));
+    } catch (e) {
+      if (e instanceof TtrpcError) throw e;
+      throw internal(`SyncFiles into storage ${req.storage_id}: ${errMessage(e)}`);
+    }
+  }
+
   // ---- containers ------------------------------------------------------------------------------
 
   private container(id: unknown): Container {
@@ -324,6 +336,7 @@ export class Agent {
     storages: StorageSpec[];
     rootfs: RootfsSpec | null;
     stdio: Partial<StdioWanted> | null;
+    files?: SyncFilesRequest[];
   }): Promise<number> {
     const id = checkId(req.container_id, "container_id");
     if (!this.sandbox) throw precondition("CreateSandbox first");
@@ -343,6 +356,7 @@ export class Agent {
         storageIds.push(s.id);
         undo.push(() => this.storages.release(s.id));
       }
+      for (const f of req.files ?? []) this.syncFiles(f);
       const rootfs = buildRootfs(this.storages, req.rootfs, bundle, this.log);
       undo.push(rootfs.teardown);
       const cgroupPath = `/${this.sandbox.cgroupRoot}/${id}`;

@@ -35,6 +35,8 @@ import { podOverrides } from "./overrides.ts";
 import { PodVm } from "./pod.ts";
 import { fitSlots, SlotTable } from "./slots.ts";
 import { adjustSpecForGuest } from "./spec.ts";
+import { VolumeSync } from "./volume-sync.ts";
+import { planVolumes } from "./volumes.ts";
 
 export interface SandboxOptions {
   logger: Logger;
@@ -107,8 +109,12 @@ export class SandboxRuntime implements TaskRuntime {
   private dnsFrom?: string;
   private readonly ctrs = new Map<string, Ctr>();
   private shuttingDown = false;
+  /** Read-only host volumes copied into the guest, kept in step with the host. */
+  private readonly volumes: VolumeSync;
 
-  constructor(private readonly opts: SandboxOptions) {}
+  constructor(private readonly opts: SandboxOptions) {
+    this.volumes = new VolumeSync((req) => this.alive().agent.syncFiles(req), opts.logger);
+  }
 
   private get log(): Logger {
     return this.opts.logger;
@@ -355,13 +361,15 @@ export class SandboxRuntime implements TaskRuntime {
       await this.dnsFromContainer(pod, oci);
       const io = new ProcessIo(spec, this.log.child({ id: c.id }));
       const adjusted = adjustSpecForGuest(oci);
-      for (const n of adjusted.notes) this.log.info({ id: c.id }, n);
+      const vols = planVolumes(adjusted.spec);
+      for (const n of [...adjusted.notes, ...vols.notes]) this.log.info({ id: c.id }, n);
       const req = {
         container_id: c.id,
-        spec: Buffer.from(JSON.stringify(adjusted.spec)),
-        storages: prepared.storages,
+        spec: Buffer.from(JSON.stringify(vols.spec)),
+        storages: [...prepared.storages, ...vols.storages],
         rootfs: prepared.rootfs,
         stdio: io.want,
+        files: this.volumes.add(c.id, vols.copies),
       };
       const pid = await pod.agent.createContainer(req);
       c.procs.set("", { io, started: false, exited: false });
@@ -391,6 +399,7 @@ export class SandboxRuntime implements TaskRuntime {
 
   /** Gives back the container's slots (ejecting media nobody uses) and removes its files. */
   private async release(c: Ctr): Promise<void> {
+    this.volumes.remove(c.id);
     for (const image of c.images.splice(0)) {
       const s = this.slots?.release(image);
       if (s && this.pod && !this.pod.exited) {
@@ -549,6 +558,7 @@ export class SandboxRuntime implements TaskRuntime {
   private async shutdownPod(reason: string): Promise<void> {
     const pod = this.pod;
     if (!pod) return;
+    this.volumes.stop();
     this.log.info({ reason }, "pod VM shutting down");
     await pod.destroy(this.log);
     // The VM (and its virtio-net devices) are gone: now the taps and redirects can go.

@@ -1,11 +1,12 @@
 // Pods through CRI (what kubelet does) on the `cove` handler: RunPodSandbox boots one microVM, both
 // containers run in it, ExecSync, CRI logs, stats, StopContainer graceful then SIGKILL, and
 // Stop/RemovePodSandbox tear the VM down. CNI (bridge + host-local) gives the pod a network
-// namespace exactly as under kubelet; a host-network pod is refused with a clear error.
+// namespace exactly as under kubelet; a host-network pod is refused with a clear error. Volumes as
+// kubelet lays them out: ConfigMap/token copied in and kept in step, an emptyDir shared in the pod.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { COVE_RUNTIME_TYPE, Containerd, REPO_ROOT } from "../harness/containerd.ts";
@@ -88,6 +89,108 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
     });
     await waitFor("no shim left", () => processesWithArg(cd.address).length === 0, 15_000);
     assert.equal(qemus(cd.dir).length, 0);
+  });
+
+  test("Kubernetes volumes: a ConfigMap and a token copied in and kept in step, an emptyDir shared by two containers", async () => {
+    // The host side as kubelet lays it out under /var/lib/kubelet/pods/<uid>/volumes/.
+    const uid = `vol-${Date.now()}`;
+    const vols = join(dir, "kubelet/pods", uid, "volumes");
+    const cm = join(vols, "kubernetes.io~configmap", "app-config");
+    const gen = (stamp: string, data: Record<string, string>) => {
+      mkdirSync(join(cm, stamp), { recursive: true });
+      for (const [k, v] of Object.entries(data)) writeFileSync(join(cm, stamp, k), v);
+    };
+    gen("..2026_11_25_01", { "app.conf": "color=blue\n" });
+    symlinkSync("..2026_11_25_01", join(cm, "..data"));
+    symlinkSync("..data/app.conf", join(cm, "app.conf"));
+    const token = join(vols, "kubernetes.io~projected", "kube-api-access", "token");
+    mkdirSync(dirname(token), { recursive: true });
+    writeFileSync(token, "token-1", { mode: 0o600 });
+    const scratch = join(vols, "kubernetes.io~empty-dir", "scratch");
+    mkdirSync(scratch, { recursive: true, mode: 0o777 });
+
+    const logDir = join(dir, "vol-logs");
+    const pod: PodSandboxConfig = {
+      metadata: { name: "vols", uid, namespace: "default", attempt: 0 },
+      hostname: "vols",
+      log_directory: logDir,
+      linux: {},
+    };
+    const podId = await cri.runPodSandbox(pod, "cove");
+    const ids: string[] = [];
+    try {
+      const mounts = [
+        { container_path: "/etc/app", host_path: cm, readonly: true },
+        { container_path: "/var/run/secrets/token", host_path: token, readonly: true },
+        { container_path: "/scratch", host_path: scratch },
+      ];
+      const ctr = async (name: string) => {
+        const id = await cri.createContainer(
+          podId,
+          {
+            metadata: { name },
+            image: { image: BUSYBOX_IMAGE_REF },
+            command: ["/bin/sh", "-c", "exec sleep 100000"],
+            log_path: `${name}.log`,
+            mounts,
+          },
+          pod,
+        );
+        ids.push(id);
+        await cri.startContainer(id);
+        return id;
+      };
+      const a = await ctr("writer");
+      const b = await ctr("reader");
+      const sh = async (id: string, script: string) => {
+        const r = await cri.execSync(id, ["sh", "-c", script]);
+        assert.equal(r.exit_code, 0, `${script}: ${r.stderr.toString()}`);
+        return r.stdout.toString();
+      };
+      assert.equal(await sh(a, "cat /etc/app/app.conf"), "color=blue\n");
+      assert.equal(await sh(b, "cat /var/run/secrets/token"), "token-1");
+      assert.equal(await sh(a, "stat -c %a /var/run/secrets/token"), "600\n", "mode kept");
+      // Read-only in the container, like kubelet's.
+      const w = await cri.execSync(a, ["sh", "-c", "echo x > /etc/app/new"]);
+      assert.notEqual(w.exit_code, 0, "the copied ConfigMap is read-only");
+      // emptyDir: one guest directory for the pod, written by one container, read by the other; the
+      // host directory is not involved.
+      await sh(a, "echo shared-data > /scratch/f");
+      assert.equal(await sh(b, "cat /scratch/f"), "shared-data\n");
+      assert.equal(existsSync(join(scratch, "f")), false, "emptyDir content stays in the guest");
+      // kubelet updates the ConfigMap (new generation, ..data swapped) and rotates the token.
+      gen("..2026_11_25_02", { "app.conf": "color=green\n" });
+      symlinkSync("..2026_11_25_02", join(cm, "..data_tmp"));
+      renameSync(join(cm, "..data_tmp"), join(cm, "..data"));
+      rmSync(join(cm, "..2026_11_25_01"), { recursive: true });
+      writeFileSync(token, "token-2");
+      let seen = "";
+      await waitFor(
+        "the ConfigMap update and the new token in the container",
+        async () => {
+          seen = await sh(b, "cat /etc/app/app.conf /var/run/secrets/token");
+          return seen === "color=green\ntoken-2";
+        },
+        20_000,
+      ).catch((e) => {
+        throw new Error(`${(e as Error).message}; last seen ${JSON.stringify(seen)}`);
+      });
+      assert.match(cd.log(), /volume: host change copied into the guest/);
+    } finally {
+      // Also after a failure: the next test counts VMs.
+      for (const id of ids) {
+        await cri.stopContainer(id, 1).catch(() => {});
+        await cri.removeContainer(id).catch(() => {});
+      }
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+    }
+    await waitFor(
+      "the pod's shim and VM to go",
+      () => processesWithArg(cd.address).length === 0 && qemus(cd.dir).length === 0,
+      20_000,
+    );
+    assert.deepEqual(mountsUnder(cd.dir), [], "no mounts left");
   });
 
   test("a pod: one VM, two containers in it, exec, logs, stats, graceful and forced stop, teardown", async () => {

@@ -56,6 +56,10 @@ export function agentService(agent: Agent): Record<string, Handler<Req, Record<s
       return empty;
     },
     ConfigureNetwork: async (r: Req) => ({ interfaces: agent.configureNetwork(r) }),
+    SyncFiles: async (r: Req) => {
+      agent.syncFiles(r);
+      return empty;
+    },
     GetOOMEvent: async (_r: Req, ctx) => ({ container_id: await agent.getOomEvent(ctx.signal) }),
   };
 }

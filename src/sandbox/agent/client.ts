@@ -34,6 +34,22 @@ export function vsockDialer(
   return (channel) => connect(channel === "rpc" ? port : stdioPort);
 }
 
+/** SyncFilesRequest: a directory tree for a storage (src/sandbox/volumes.ts builds the entries). */
+export interface SyncFiles {
+  storage_id: string;
+  subdir?: string;
+  entries: {
+    path: string;
+    kind: number;
+    mode: number;
+    uid: number;
+    gid: number;
+    data?: Uint8Array;
+    target?: string;
+  }[];
+  in_place?: boolean;
+}
+
 export interface Storage {
   id: string;
   source: string;
@@ -146,6 +162,8 @@ export class AgentClient {
     storages?: Storage[];
     rootfs: Rootfs;
     stdio?: Stdio;
+    /** Copied volumes, written into their (tmpfs) storages before the runtime runs. */
+    files?: SyncFiles[];
   }): Promise<number> {
     const r = await this.call<{ pid: number }>("CreateContainer", {
       container_id: req.container_id,
@@ -153,8 +171,14 @@ export class AgentClient {
       storages: req.storages ?? [],
       rootfs: req.rootfs,
       stdio: req.stdio ?? {},
+      files: req.files ?? [],
     });
     return r.pid;
+  }
+
+  /** Mirrors a copied volume's tree into its storage again (after a change on the host). */
+  async syncFiles(req: SyncFiles): Promise<void> {
+    await this.call("SyncFiles", req);
   }
 
   async startContainer(containerId: string): Promise<number> {

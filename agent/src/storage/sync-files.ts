@@ -1,0 +1,192 @@
+// SyncFiles: make a directory inside a storage hold exactly the tree the shim copied from the host
+// (read-only volumes: ConfigMaps, Secrets, projected/downward-API volumes, tokens, small ro binds).
+// Files and symlinks are written under a temporary name and renamed into place, so a container
+// reading the volume never sees half a file, and kubelet's atomic `..data` symlink swap stays
+// atomic in the guest. Nothing here follows a symlink that is already in the directory.
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  fsyncSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeSync,
+} from "node:fs";
+import { join } from "node:path";
+import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { checkId, invalid, notFound } from "../api/errors.ts";
+
+export const SYNC_MAX_ENTRIES = 4096;
+export const SYNC_MAX_BYTES = 3 * 1024 * 1024;
+const MAX_PATH = 4096;
+const TMP_PREFIX = ".cove-sync-";
+
+export const FileKind = { FILE: 0, DIR: 1, SYMLINK: 2 } as const;
+
+export interface FileEntry {
+  path: string;
+  kind: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  data?: Uint8Array | null;
+  target?: string;
+}
+
+/** Checks a relative path the shim sent: "/"-separated, no empty/"."/".." component, no NUL. */
+export function checkRelPath(p: unknown, what: string): string {
+  if (typeof p !== "string" || p === "" || p.length > MAX_PATH) throw invalid(`${what}: bad path`);
+  if (p.includes("\0") || p.startsWith("/")) throw invalid(`${what}: path ${JSON.stringify(p)} must be relative`);
+  for (const c of p.split("/")) {
+    if (c === "" || c === "." || c === "..") throw invalid(`${what}: path ${JSON.stringify(p)} has a bad component`);
+    if (c.startsWith(TMP_PREFIX)) throw invalid(`${what}: path ${JSON.stringify(p)} uses a reserved name`);
+  }
+  return p;
+}
+
+/** Validates the whole request before anything changes; returns the entries as sent. */
+export function checkEntries(entries: unknown): FileEntry[] {
+  if (!Array.isArray(entries)) throw invalid("SyncFiles: entries must be a list");
+  if (entries.length > SYNC_MAX_ENTRIES)
+    throw new TtrpcError(Code.RESOURCE_EXHAUSTED, `SyncFiles: ${entries.length} entries (at most ${SYNC_MAX_ENTRIES})`);
+  const seen = new Map<string, number>();
+  let bytes = 0;
+  for (const e of entries as FileEntry[]) {
+    const path = checkRelPath(e?.path, "SyncFiles");
+    if (seen.has(path)) throw invalid(`SyncFiles: ${path} listed twice`);
+    const slash = path.lastIndexOf("/");
+    if (slash > 0 && seen.get(path.slice(0, slash)) !== FileKind.DIR)
+      throw invalid(`SyncFiles: ${path} comes before (or without) its parent directory`);
+    if (![FileKind.FILE, FileKind.DIR, FileKind.SYMLINK].includes(e.kind as 0 | 1 | 2))
+      throw invalid(`SyncFiles: ${path}: unknown kind ${e.kind}`);
+    if (!Number.isInteger(e.mode) || e.mode < 0 || e.mode > 0o7777) throw invalid(`SyncFiles: ${path}: bad mode`);
+    for (const id of [e.uid, e.gid])
+      if (!Number.isInteger(id) || id < 0 || id > 0xfffffffe) throw invalid(`SyncFiles: ${path}: bad owner`);
+    if (e.kind === FileKind.SYMLINK) {
+      if (typeof e.target !== "string" || e.target === "" || e.target.includes("\0") || e.target.length > MAX_PATH)
+        throw invalid(`SyncFiles: ${path}: bad symlink target`);
+    }
+    if (e.kind === FileKind.FILE) bytes += e.data?.length ?? 0;
+    seen.set(path, e.kind);
+  }
+  if (bytes > SYNC_MAX_BYTES)
+    throw new TtrpcError(Code.RESOURCE_EXHAUSTED, `SyncFiles: ${bytes} bytes of file data (at most ${SYNC_MAX_BYTES})`);
+  return entries as FileEntry[];
+}
+
+/** What is at `p` without following a symlink there: "file", "dir", "symlink", "other" or undefined. */
+function kindAt(p: string): string | undefined {
+  try {
+    const s = lstatSync(p);
+    if (s.isSymbolicLink()) return "symlink";
+    if (s.isDirectory()) return "dir";
+    if (s.isFile()) return "file";
+    return "other";
+  } catch {
+    return undefined;
+  }
+}
+
+let tmpSeq = 0;
+const tmpName = (dir: string) => join(dir, `${TMP_PREFIX}${process.pid}-${++tmpSeq}`);
+
+/**
+ * Applies checked entries under `root` (a directory the caller made, inside a mounted storage).
+ * Order: directories and new content first (parents before children), removals last.
+ */
+export function applyEntries(root: string, entries: readonly FileEntry[], inPlace = false): void {
+  const wanted = new Set(entries.map((e) => e.path));
+  for (const e of entries) {
+    const dest = join(root, e.path);
+    const slash = e.path.lastIndexOf("/");
+    const dir = slash < 0 ? root : join(root, e.path.slice(0, slash));
+    const have = kindAt(dest);
+    if (e.kind === FileKind.DIR) {
+      if (have !== "dir") {
+        if (have) rmSync(dest, { recursive: true, force: true });
+        mkdirSync(dest, { mode: 0o700 });
+      }
+    } else if (inPlace && e.kind === FileKind.FILE && have === "file") {
+      // O_NOFOLLOW: `have` said file, but never write through a symlink swapped in since.
+      const fd = openSync(dest, constants.O_WRONLY | constants.O_TRUNC | constants.O_NOFOLLOW);
+      try {
+        writeAll(fd, e.data ?? new Uint8Array(0));
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+    } else {
+      const tmp = tmpName(dir);
+      if (e.kind === FileKind.FILE) {
+        const fd = openSync(tmp, "wx", 0o600);
+        try {
+          writeAll(fd, e.data ?? new Uint8Array(0));
+          fsyncSync(fd);
+        } finally {
+          closeSync(fd);
+        }
+        chmodSync(tmp, e.mode);
+      } else {
+        symlinkSync(e.target!, tmp);
+      }
+      lchownSync(tmp, e.uid, e.gid);
+      // rename() replaces a file or symlink atomically, not a directory: clear one out of the way.
+      if (have === "dir") rmSync(dest, { recursive: true, force: true });
+      renameSync(tmp, dest);
+      continue;
+    }
+    chmodSync(dest, e.mode);
+    lchownSync(dest, e.uid, e.gid);
+  }
+  removeUnwanted(root, "", wanted);
+}
+
+function writeAll(fd: number, data: Uint8Array): void {
+  let off = 0;
+  while (off < data.length) off += writeSync(fd, data, off, data.length - off);
+}
+
+function removeUnwanted(root: string, rel: string, wanted: Set<string>): void {
+  const dir = rel ? join(root, rel) : root;
+  for (const name of readdirSync(dir)) {
+    const r = rel ? `${rel}/${name}` : name;
+    if (!wanted.has(r)) {
+      rmSync(join(root, r), { recursive: true, force: true });
+      continue;
+    }
+    if (kindAt(join(root, r)) === "dir") removeUnwanted(root, r, wanted);
+  }
+}
+
+export interface SyncFilesRequest {
+  storage_id: string;
+  subdir?: string;
+  entries: FileEntry[];
+  in_place?: boolean;
+}
+
+/**
+ * SyncFiles against a storage: `storagePath` gives the mounted storage's directory (undefined: not
+ * mounted). The subdirectory is made component by component, refusing a symlink on the way.
+ */
+export function syncFiles(req: SyncFilesRequest, storagePath: (id: string) => string | undefined): void {
+  const id = checkId(req.storage_id, "storage_id");
+  const subdir = req.subdir ? checkRelPath(req.subdir, "SyncFiles subdir") : "";
+  const entries = checkEntries(req.entries ?? []);
+  const base = storagePath(id);
+  if (!base) throw notFound(`storage ${id}`);
+  let root = base;
+  for (const c of subdir ? subdir.split("/") : []) {
+    root = join(root, c);
+    const have = kindAt(root);
+    if (have === undefined) mkdirSync(root, { mode: 0o755 });
+    else if (have !== "dir") throw invalid(`SyncFiles: ${subdir} crosses a ${have} in storage ${id}`);
+  }
+  applyEntries(root, entries, req.in_place === true);
+}
