@@ -26,11 +26,12 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
   let configPath: string;
   let cacheDir: string;
 
-  const run = (id: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}) =>
+  const run = (id: string, args: string[], opts: { input?: string; timeoutMs?: number; mountArgs?: string[] } = {}) =>
     cd.ctr(
       [
         "run",
         "--rm",
+        ...(opts.mountArgs ?? []),
         "--runtime",
         COVE_RUNTIME_TYPE,
         "--runtime-config-path",
@@ -79,6 +80,25 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     const layers = readdirSync(join(cacheDir, "layers")).filter((f) => f.endsWith(".erofs"));
     assert.equal(layers.length, 1, `one layer image: ${layers.join(",")}`);
     await nothingLeft("t1");
+  });
+
+  test("--mount: a read-only host directory is copied in; a writable one is refused with a clear error", async () => {
+    const src = join(cd.dir, "mount-ro");
+    mkdirSync(join(src, "sub"), { recursive: true });
+    writeFileSync(join(src, "sub", "f.txt"), "from-the-host\n");
+    const ro = await run("m1", ["/bin/cat", "/data/sub/f.txt"], {
+      mountArgs: ["--mount", `type=bind,src=${src},dst=/data,options=rbind:ro`],
+    });
+    assert.equal(ro.code, 0, `ctr run with a ro bind: ${ro.stdout}${ro.stderr}`);
+    assert.equal(ro.stdout, "from-the-host\n");
+    await nothingLeft("m1");
+    const rw = await run("m2", ["/bin/true"], {
+      mountArgs: ["--mount", `type=bind,src=${src},dst=/data,options=rbind:rw`],
+    });
+    assert.notEqual(rw.code, 0, "a writable host directory cannot reach the guest");
+    assert.match(rw.stderr, new RegExp(`bind mount ${src} → /data refers to the host`), rw.stderr);
+    await cd.ctr(["containers", "rm", "m2"], { timeoutMs: 30_000 }).catch(() => {});
+    await nothingLeft("m2");
   });
 
   test("it runs in the guest kernel, exit codes propagate, stdin reaches the process, the rootfs is writable", async () => {
