@@ -5,7 +5,8 @@ import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import type { VirtioDevice } from "../virtio/device.ts";
 import type { GuestMemory } from "../virtio/memory.ts";
-import { parseBzImage } from "./boot/bzimage.ts";
+import { BootError, parseBzImage } from "./boot/bzimage.ts";
+import { isElf, parseElfKernel } from "./boot/elf.ts";
 import { entryRegs, longModeSregs, writeBootTables } from "./boot/longmode.ts";
 import { buildMpTable } from "./boot/mptable.ts";
 import { buildZeroPage, e820Map } from "./boot/zeropage.ts";
@@ -171,12 +172,7 @@ export class Machine {
     if (this.started) throw new Error("machine already booted");
     this.started = true;
     const { cfg, mem } = this;
-    const image = parseBzImage(typeof cfg.kernel === "string" ? readFileSync(cfg.kernel) : cfg.kernel);
-    const needed = HIMEM_START + Math.max(image.kernel.length, image.initSize);
-    if (!mem.contains(HIMEM_START, needed - HIMEM_START)) {
-      throw new Error(`guest memory too small for the kernel (needs ${Math.ceil(needed / MiB)} MiB below 3 GiB)`);
-    }
-    mem.write(HIMEM_START, image.kernel);
+    const { image, entry } = loadKernel(mem, typeof cfg.kernel === "string" ? readFileSync(cfg.kernel) : cfg.kernel);
     const cmdline = [BASE_CMDLINE, cfg.cmdline ?? "", ...this.extraCmdline].filter(Boolean).join(" ");
     const cmd = Buffer.from(`${cmdline}\0`);
     if (cmd.length > CMDLINE_MAX) throw new Error("kernel command line too long");
@@ -188,7 +184,7 @@ export class Machine {
     );
     mem.write(EBDA_START, buildMpTable(EBDA_START, cfg.vcpus));
     writeBootTables(mem);
-    cfg.log.info({ cmdline, vcpus: cfg.vcpus, memoryMiB: cfg.memoryBytes / MiB, protocol: image.protocol }, "booting");
+    cfg.log.info({ cmdline, vcpus: cfg.vcpus, memoryMiB: cfg.memoryBytes / MiB, kernel: image.format }, "booting");
 
     const supported = this.kvm.supportedCpuid();
     for (let id = 0; id < cfg.vcpus; id++) {
@@ -196,7 +192,7 @@ export class Machine {
       setupVcpu(vcpu, supported, cfg.vcpus);
       if (id === 0) {
         vcpu.setSregs(longModeSregs(vcpu.getSregs()));
-        vcpu.setRegs(entryRegs(vcpu.getRegs(), HIMEM_START + 0x200, ZERO_PAGE_ADDR));
+        vcpu.setRegs(entryRegs(vcpu.getRegs(), entry, ZERO_PAGE_ADDR));
       }
       try {
         this.vcpuStats.push(new StatsReader(vcpu.fd));
@@ -281,4 +277,32 @@ export class Machine {
     this.kvm.close();
     this.ram.release();
   }
+}
+
+/**
+ * Puts the kernel into guest memory: a bzImage's protected-mode part at 1 MiB (entered at +0x200,
+ * it decompresses itself), or a vmlinux's segments at their physical addresses (entered at
+ * startup_64 directly: no decompression). Returns what boot_params needs and the 64-bit entry.
+ */
+export function loadKernel(
+  mem: GuestMemory,
+  file: Uint8Array,
+): { image: { format: string; setupHeader: Uint8Array; cmdlineSize: number }; entry: number } {
+  const tooSmall = (needed: number) =>
+    new Error(`guest memory too small for the kernel (needs ${Math.ceil(needed / MiB)} MiB below 3 GiB)`);
+  if (isElf(file)) {
+    const elf = parseElfKernel(file);
+    if (elf.segments.some((s) => s.paddr < HIMEM_START)) throw new BootError("vmlinux segment below 1 MiB");
+    for (const s of elf.segments) {
+      if (!mem.contains(s.paddr, s.memsz)) throw tooSmall(elf.end);
+      mem.write(s.paddr, s.data);
+      // Guest RAM starts zeroed (fresh anonymous mapping): the .bss tail needs no writes.
+    }
+    return { image: { format: "vmlinux", ...elf }, entry: elf.entry };
+  }
+  const bz = parseBzImage(file);
+  const needed = HIMEM_START + Math.max(bz.kernel.length, bz.initSize);
+  if (!mem.contains(HIMEM_START, needed - HIMEM_START)) throw tooSmall(needed);
+  mem.write(HIMEM_START, bz.kernel);
+  return { image: { format: `bzImage ${bz.protocol.toString(16)}`, ...bz }, entry: HIMEM_START + 0x200 };
 }

@@ -1,9 +1,8 @@
 // The embedded VMM against a genuine /dev/kvm: inside the nested test host (test/harness/nested.ts)
 // it boots the real guest kernel with the real guest image on our virtio-blk over our virtio-mmio
 // transport, to the agent's readiness line; a guest panic reboots (reboot=t → triple fault) and
-// ends the run. (vCPU-thread teardown on genuine KVM: vmm-embedded-backend.test.ts.) The stock guest kernel has no
-// virtio-mmio MSI driver, so these boots use the legacy interrupt (InterruptStatus/ACK + irqfd);
-// the MSI path is covered by the transport's unit tests until the guest driver exists.
+// ends the run; the build's uncompressed vmlinux boots too (ELF loader). (vCPU-thread teardown on
+// genuine KVM: vmm-embedded-backend.test.ts; the MSI path end to end: msi-nested.test.ts.)
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { describe, test } from "node:test";
@@ -13,8 +12,8 @@ import { nestedUnavailable, runNested } from "../harness/nested.ts";
 const guest = guestArtifacts();
 const skip =
   nestedUnavailable() ??
-  (!existsSync(guest.kernel) || !existsSync(guest.rootfs)
-    ? `guest kernel/image missing (${guest.kernel}, ${guest.rootfs}): run \`npm run guest\` first`
+  (!existsSync(guest.kernel) || !existsSync(guest.vmlinux) || !existsSync(guest.rootfs)
+    ? `guest kernel/vmlinux/image missing (${guest.kernel}, ${guest.vmlinux}, ${guest.rootfs}): run \`npm run guest\` first`
     : false);
 if (skip) console.error(`SKIPPING embedded VMM nested tests: ${skip}`);
 
@@ -27,7 +26,7 @@ function runResult(output: string): { result: string; ms: number; exits: Record<
 }
 
 describe("embedded VMM in the nested test host", { skip }, () => {
-  test("boots the guest kernel and image to agent-ready (virtio-blk over virtio-mmio, legacy IRQ)", async () => {
+  test("boots the guest kernel and image to agent-ready (virtio-blk over virtio-mmio)", async () => {
     const r = await runNested(
       `node --import tsx src/vmm/run.ts --timeout 150 --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
       { timeoutMs: 280_000 },
@@ -41,6 +40,18 @@ describe("embedded VMM in the nested test host", { skip }, () => {
     const res = runResult(r.output);
     assert.equal(res.result, "until");
     assert.ok((res.exits["6"] ?? 0) > 0, "MMIO exits (device registers) reached the VMM");
+  });
+
+  test("boots the same build's uncompressed vmlinux (ELF segments, entered at startup_64) to agent-ready", async () => {
+    const r = await runNested(
+      `node --import tsx src/vmm/run.ts --timeout 150 --kernel ${guest.vmlinux} --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
+      { timeoutMs: 280_000 },
+    );
+    assert.equal(r.status, 0, `run.ts failed:\n${r.output.slice(-4000)}\nnested console:\n${r.console.slice(-2000)}`);
+    assert.match(r.output, /"kernel":"vmlinux"/, "the ELF loader took it");
+    assert.match(r.output, /Linux version 6\.1\./);
+    assert.match(r.output, /cove-agent ready uptime_ms=\d+/);
+    assert.equal(runResult(r.output).result, "until");
   });
 
   test("a guest panic reboots (reboot=t): triple fault → KVM_EXIT_SHUTDOWN ends the run", async () => {

@@ -39,7 +39,8 @@ export function e820Map(ram: readonly RamRange[]): E820Entry[] {
 }
 
 export interface ZeroPageInput {
-  image: BzImage;
+  /** The kernel's setup header (a bzImage's own, or made up for a vmlinux) and command line limit. */
+  image: Pick<BzImage, "setupHeader" | "cmdlineSize">;
   cmdlineAddr: number;
   /** Command line length in bytes, without the NUL. */
   cmdlineLength: number;
