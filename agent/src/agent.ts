@@ -26,6 +26,7 @@ import { parseNetworkConfig } from "./network/config.ts";
 import { type ConfiguredInterface, configureNetwork, loopbackUp } from "./network/configure.ts";
 import type { Reaper } from "./pid1/reaper.ts";
 import { OciRuntime, RuntimeError, readPidFile } from "./runtime/oci.ts";
+import { type PodNamespaces, startPodNamespaces } from "./sandbox/pod-namespaces.ts";
 import { checkProcess, rewriteSpec } from "./spec/rewrite.ts";
 import { listenConsole } from "./stdio/console.ts";
 import { buildRootfs, type RootfsSpec, type StorageSpec, Storages } from "./storage/storage.ts";
@@ -49,6 +50,8 @@ interface Sandbox {
   cgroupRoot: string;
   storageIds: string[];
   etc: Record<string, string>;
+  /** The pod's shared pid/ipc/uts namespaces (undefined if the holder could not be made). */
+  podNs: PodNamespaces | undefined;
 }
 
 export interface ProcessExit {
@@ -274,8 +277,11 @@ export class Agent {
       this.cgroups.removeRoot(cgroupRoot);
       throw e;
     }
-    this.sandbox = { cgroupRoot, storageIds: acquired, etc };
-    this.log.info({ hostname, cgroupRoot, storages: acquired, cgroup: this.cgroups.version }, "sandbox created");
+    this.sandbox = { cgroupRoot, storageIds: acquired, etc, podNs: startPodNamespaces(this.log) };
+    this.log.info(
+      { hostname, cgroupRoot, storages: acquired, cgroup: this.cgroups.version, podNs: this.sandbox.podNs?.pid },
+      "sandbox created",
+    );
   }
 
   async destroySandbox(): Promise<void> {
@@ -287,6 +293,7 @@ export class Agent {
       }
     }
     this.storages.releaseAll();
+    this.sandbox?.podNs?.stop();
     if (this.sandbox) {
       const left = this.cgroups.removeRoot(this.sandbox.cgroupRoot);
       if (left.length) this.log.warn({ left }, "cgroup directories not removed");
@@ -365,6 +372,7 @@ export class Agent {
         rootfs: rootfs.path,
         cgroupsPath: cgroupPath,
         etcFiles: this.sandbox.etc,
+        podNamespace: this.sandbox.podNs?.path,
         storagePath: (sid) => this.storages.path(sid),
         scratchFile: (dest) => {
           const f = join(bundle, `file-${dest.replace(/[^A-Za-z0-9]/g, "_")}`);

@@ -4,3 +4,16 @@ import { fn } from "./load.ts";
 export function setChildSubreaper(): void {
   fn<() => void>("setChildSubreaper")();
 }
+
+export const CLONE_NEWUTS = 0x04000000;
+export const CLONE_NEWIPC = 0x08000000;
+export const CLONE_NEWPID = 0x20000000;
+
+/**
+ * A child process in new namespaces (CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) that only exists
+ * — and, as PID 1 of its PID namespace, reaps orphans there — until it is sent SIGKILL. It keeps
+ * none of this process's fds. Its /proc/<pid>/ns/* are a pod's shared namespaces in the guest.
+ */
+export function spawnNamespaceHolder(flags: number): number {
+  return fn<(flags: number) => number>("spawnNamespaceHolder")(flags);
+}

@@ -34,7 +34,6 @@ import {
 import { podOverrides } from "./overrides.ts";
 import { PodVm } from "./pod.ts";
 import { fitSlots, SlotTable } from "./slots.ts";
-import { adjustSpecForGuest } from "./spec.ts";
 import { VolumeSync } from "./volume-sync.ts";
 import { planVolumes } from "./volumes.ts";
 
@@ -360,9 +359,8 @@ export class SandboxRuntime implements TaskRuntime {
       }
       await this.dnsFromContainer(pod, oci);
       const io = new ProcessIo(spec, this.log.child({ id: c.id }));
-      const adjusted = adjustSpecForGuest(oci);
-      const vols = planVolumes(adjusted.spec);
-      for (const n of [...adjusted.notes, ...vols.notes]) this.log.info({ id: c.id }, n);
+      const vols = planVolumes(oci);
+      for (const n of vols.notes) this.log.info({ id: c.id }, n);
       const req = {
         container_id: c.id,
         spec: Buffer.from(JSON.stringify(vols.spec)),

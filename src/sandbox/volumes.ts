@@ -6,6 +6,8 @@
 //  - a Kubernetes emptyDir (…/volumes/kubernetes.io~empty-dir/<name>) becomes a guest tmpfs shared
 //    by the pod's containers (by host path): its content never needs to be on the host. It lives in
 //    guest memory, disk-backed or not;
+//  - CRI's pod-wide /dev/shm (a host tmpfs under the sandbox's state dir) becomes one guest tmpfs for
+//    the pod, shared by its containers (with their shared IPC namespace: POSIX shm works across them);
 //  - any other bind is left alone, and the agent refuses it with a clear error (a writable host
 //    directory would need a shared filesystem cove does not have).
 import { createHash } from "node:crypto";
@@ -33,13 +35,14 @@ export const COPY_MAX_BYTES = 3 * 1024 * 1024;
 /** The file a single-file volume is copied to, inside its storage. */
 const FILE_NAME = "content";
 /** Mount destinations the agent fills from the sandbox (hosts, resolv.conf, …), never copied here. */
-const AGENT_DESTINATIONS = new Set([
-  "/etc/hosts",
-  "/etc/hostname",
-  "/etc/resolv.conf",
-  "/dev/termination-log",
-  "/dev/shm",
-]);
+const AGENT_DESTINATIONS = new Set(["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log"]);
+/** The pod's /dev/shm in the guest (the size CRI gives the host's, 64 MiB). */
+export const POD_SHM: Storage = {
+  id: "pod-shm",
+  source: "tmpfs",
+  fstype: "tmpfs",
+  options: ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"],
+};
 const EMPTY_DIR = /\/volumes\/kubernetes\.io~empty-dir\/[^/]+\/?$/;
 
 export const FileKind = { FILE: 0, DIR: 1, SYMLINK: 2 } as const;
@@ -85,6 +88,15 @@ export function planVolumes(input: Json): VolumePlan {
       const src = typeof m.source === "string" ? m.source : "";
       const dest = typeof m.destination === "string" ? m.destination : "";
       if (!bind || !src.startsWith("/") || AGENT_DESTINATIONS.has(dest)) return m;
+      if (dest === "/dev/shm") {
+        storages.set(POD_SHM.id, POD_SHM);
+        notes.push(`/dev/shm: host ${src} → the pod's guest tmpfs (storage ${POD_SHM.id})`);
+        return {
+          ...m,
+          source: `storage:${POD_SHM.id}`,
+          options: [...opts.filter((o) => o !== "ro"), "nosuid", "nodev", "noexec"],
+        };
+      }
       if (EMPTY_DIR.test(src)) {
         const id = idFor("empty", src);
         storages.set(id, { id, source: "tmpfs", fstype: "tmpfs", options: ["mode=0777"] });

@@ -91,7 +91,7 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
     assert.equal(qemus(cd.dir).length, 0);
   });
 
-  test("Kubernetes volumes: a ConfigMap and a token copied in and kept in step, an emptyDir shared by two containers", async () => {
+  test("Kubernetes volumes (ConfigMap and token copied in and kept in step, emptyDir), shared pod namespaces and /dev/shm", async () => {
     // The host side as kubelet lays it out under /var/lib/kubelet/pods/<uid>/volumes/.
     const uid = `vol-${Date.now()}`;
     const vols = join(dir, "kubelet/pods", uid, "volumes");
@@ -114,7 +114,8 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
       metadata: { name: "vols", uid, namespace: "default", attempt: 0 },
       hostname: "vols",
       log_directory: logDir,
-      linux: {},
+      // shareProcessNamespace: true (NamespaceMode POD = 0)
+      linux: { security_context: { namespace_options: { pid: 0 } } },
     };
     const podId = await cri.runPodSandbox(pod, "cove");
     const ids: string[] = [];
@@ -124,15 +125,16 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
         { container_path: "/var/run/secrets/token", host_path: token, readonly: true },
         { container_path: "/scratch", host_path: scratch },
       ];
-      const ctr = async (name: string) => {
+      const ctr = async (name: string, sleep: number) => {
         const id = await cri.createContainer(
           podId,
           {
             metadata: { name },
             image: { image: BUSYBOX_IMAGE_REF },
-            command: ["/bin/sh", "-c", "exec sleep 100000"],
+            command: ["/bin/sh", "-c", `exec sleep ${sleep}`],
             log_path: `${name}.log`,
             mounts,
+            linux: { security_context: { namespace_options: { pid: 0 } } },
           },
           pod,
         );
@@ -140,8 +142,8 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
         await cri.startContainer(id);
         return id;
       };
-      const a = await ctr("writer");
-      const b = await ctr("reader");
+      const a = await ctr("writer", 100001);
+      const b = await ctr("reader", 100002);
       const sh = async (id: string, script: string) => {
         const r = await cri.execSync(id, ["sh", "-c", script]);
         assert.equal(r.exit_code, 0, `${script}: ${r.stderr.toString()}`);
@@ -158,6 +160,15 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
       await sh(a, "echo shared-data > /scratch/f");
       assert.equal(await sh(b, "cat /scratch/f"), "shared-data\n");
       assert.equal(existsSync(join(scratch, "f")), false, "emptyDir content stays in the guest");
+      // The pod's shared namespaces (CRI: IPC and UTS always, PID with shareProcessNamespace) and its
+      // one /dev/shm: the same in both containers.
+      const ns = "readlink /proc/self/ns/ipc /proc/self/ns/uts /proc/self/ns/pid; hostname";
+      const nsA = await sh(a, ns);
+      assert.equal(await sh(b, ns), nsA, "both containers in the pod's ipc/uts/pid namespaces");
+      assert.match(nsA, /vols\n$/, "the pod's hostname");
+      assert.match(await sh(b, "ps -o args"), /sleep 100001/, "the writer's process is visible to the reader");
+      await sh(a, "echo shm-data > /dev/shm/seg");
+      assert.equal(await sh(b, "cat /dev/shm/seg"), "shm-data\n", "one /dev/shm for the pod");
       // kubelet updates the ConfigMap (new generation, ..data swapped) and rotates the token.
       gen("..2026_11_25_02", { "app.conf": "color=green\n" });
       symlinkSync("..2026_11_25_02", join(cm, "..data_tmp"));
@@ -200,7 +211,8 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
       hostname: "web-pod",
       log_directory: logDir,
       annotations: { "io.cove.memory_mib": "320" },
-      linux: {},
+      // kubelet's default: a PID namespace per container (NamespaceMode CONTAINER = 1)
+      linux: { security_context: { namespace_options: { pid: 1 } } },
     };
     const podId = await cri.runPodSandbox(pod, "cove");
     assert.equal(qemus(cd.dir).length, 1, "RunPodSandbox booted one VM");
@@ -216,6 +228,7 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
           command: ["/bin/sh", "-c"],
           args,
           log_path: `${name}.log`,
+          linux: { security_context: { namespace_options: { pid: 1 } } },
         },
         pod,
       );

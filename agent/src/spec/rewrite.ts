@@ -18,6 +18,8 @@ export interface RewriteContext {
   storagePath(id: string): string | undefined;
   /** A guest file for host-only bind sources CRI adds (e.g. /dev/termination-log). */
   scratchFile(destination: string): string;
+  /** The guest path of the pod's shared pid/ipc/uts namespace (agent/src/sandbox/pod-namespaces.ts). */
+  podNamespace?: (type: "pid" | "ipc" | "uts") => string;
   /** Whether an LSM is usable in the guest (apparmor/selinux fields are dropped otherwise). */
   apparmor?: boolean;
   selinux?: boolean;
@@ -83,6 +85,14 @@ export function rewriteSpec(input: Json, ctx: RewriteContext): Rewritten {
       if (typeof ns.path === "string" && ns.path !== "") {
         if (ns.type === "user")
           throw invalid(`spec: joining user namespace ${ns.path} cannot be honoured in the guest`);
+        const shared = ns.type === "pid" || ns.type === "ipc" || ns.type === "uts" ? ns.type : undefined;
+        const pod = shared && ctx.podNamespace?.(shared);
+        if (pod) {
+          // A host path here is the pod's (CRI: the pause process's): join the pod's in the guest.
+          notes.push(`${ns.type} namespace ${ns.path} → the pod's in the guest (${pod})`);
+          out.push({ type: ns.type, path: pod });
+          continue;
+        }
         notes.push(`${ns.type} namespace path ${ns.path} (a host path) dropped: new ${ns.type} namespace`);
         out.push({ type: ns.type });
       } else {

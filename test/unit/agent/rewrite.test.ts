@@ -52,6 +52,35 @@ test("namespace paths into the host are dropped; network is the guest's; user ns
   invalid(() => rewriteSpec(spec({ linux: { namespaces: [{ type: "bogus" }] } }), ctx), /namespace/);
 });
 
+test("with the pod's namespaces: pid/ipc/uts paths join the pod's in the guest; mount/cgroup paths still dropped", () => {
+  const pod = { ...ctx, podNamespace: (t: string) => `/proc/7/ns/${t}` };
+  const { spec: s } = rewriteSpec(
+    spec({
+      linux: {
+        namespaces: [
+          { type: "pid", path: "/proc/42/ns/pid" },
+          { type: "ipc", path: "/proc/42/ns/ipc" },
+          { type: "uts", path: "/proc/42/ns/uts" },
+          { type: "mount", path: "/proc/42/ns/mnt" },
+          { type: "cgroup" },
+          { type: "network", path: "/proc/42/ns/net" },
+        ],
+      },
+    }),
+    pod,
+  );
+  assert.deepEqual((s.linux as { namespaces: unknown }).namespaces, [
+    { type: "pid", path: "/proc/7/ns/pid" },
+    { type: "ipc", path: "/proc/7/ns/ipc" },
+    { type: "uts", path: "/proc/7/ns/uts" },
+    { type: "mount" },
+    { type: "cgroup" },
+  ]);
+  // No path: a new namespace, as asked (a pod without shareProcessNamespace).
+  const { spec: s2 } = rewriteSpec(spec({ linux: { namespaces: [{ type: "pid" }] } }), pod);
+  assert.deepEqual((s2.linux as { namespaces: unknown }).namespaces, [{ type: "pid" }]);
+});
+
 test("hooks, host devices and LSM labels are dropped", () => {
   const { spec: s } = rewriteSpec(
     spec({

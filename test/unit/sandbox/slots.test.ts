@@ -7,7 +7,6 @@ import { install } from "../../../src/cli/install.ts";
 import { defaultConfig } from "../../../src/config/config.ts";
 import { podOverrides } from "../../../src/sandbox/overrides.ts";
 import { fitSlots, SlotTable } from "../../../src/sandbox/slots.ts";
-import { adjustSpecForGuest } from "../../../src/sandbox/spec.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
 
 test("slots: a shared layer takes one slot, refcounted; empty slots run out with a clear error", () => {
@@ -72,19 +71,6 @@ test("annotation overrides apply only when allowed, and are validated", () => {
   assert.equal(some.vcpus, c.guest.vcpus);
   c.pod.allowedAnnotations = ["io.cove.*"];
   assert.throws(() => podOverrides({ "io.cove.vcpus": "lots" }, c), /integer/);
-});
-
-test("CRI's /dev/shm bind becomes a guest tmpfs; other mounts are untouched", () => {
-  const r = adjustSpecForGuest({
-    mounts: [
-      { destination: "/dev/shm", type: "bind", source: "/run/x/sandboxes/p/shm", options: ["rbind", "ro"] },
-      { destination: "/proc", type: "proc", source: "proc" },
-    ],
-  });
-  const mounts = r.spec.mounts as { type: string; destination: string }[];
-  assert.equal(mounts[0]!.type, "tmpfs");
-  assert.equal(mounts[1]!.type, "proc");
-  assert.equal(r.notes.length, 1);
 });
 
 test("cove install links the shim and writes the config only when absent", () => {

@@ -76,6 +76,21 @@ describe("host volumes for the guest (planVolumes, readTree, VolumeSync)", () =>
     assert.equal((again.spec.mounts as Mount[])[1]!.source, out[1]!.source);
   });
 
+  test("CRI's pod-wide /dev/shm becomes the pod's one guest tmpfs, shared by id", () => {
+    const shm = { destination: "/dev/shm", type: "bind", source: "/run/c/sandboxes/p/shm", options: ["rbind", "ro"] };
+    const a = planVolumes({ mounts: [shm] });
+    const m = (a.spec.mounts as Mount[])[0]!;
+    assert.equal(m.source, "storage:pod-shm");
+    assert.ok(!m.options!.includes("ro") && m.options!.includes("nosuid"));
+    assert.deepEqual(
+      a.storages.map((s) => [s.id, s.fstype]),
+      [["pod-shm", "tmpfs"]],
+    );
+    // A plain tmpfs /dev/shm (ctr) is left as it is.
+    const t = { destination: "/dev/shm", type: "tmpfs", source: "shm", options: ["size=65536k"] };
+    assert.deepEqual((planVolumes({ mounts: [t] }).spec.mounts as Mount[])[0], t);
+  });
+
   test("readTree keeps kubelet's layout, modes and symlinks (not followed)", () => {
     const cm = configMap("cfg", { "a.conf": "A", "b.conf": "B" });
     const outside = join(root, "secret-elsewhere");

@@ -1,0 +1,40 @@
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { describe, test } from "node:test";
+import { CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, spawnNamespaceHolder } from "../../../src/native/process.ts";
+
+const root = process.getuid?.() === 0;
+
+describe("spawnNamespaceHolder (the pod's shared namespaces in the guest)", {
+  skip: root ? false : "needs root (new namespaces)",
+}, () => {
+  test("a child in new pid/ipc/uts namespaces, holding none of our fds, gone on SIGKILL", async () => {
+    const pid = spawnNamespaceHolder(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS);
+    try {
+      assert.ok(pid > 1);
+      for (const ns of ["ipc", "uts", "pid_for_children"]) {
+        const mine = readlinkSync(`/proc/self/ns/${ns === "pid_for_children" ? "pid" : ns}`);
+        assert.notEqual(readlinkSync(`/proc/${pid}/ns/${ns === "pid_for_children" ? "pid" : ns}`), mine, ns);
+      }
+      // PID 1 in its own PID namespace (NSpid: <outer> 1).
+      const nspid = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]?.split(/\s+/);
+      assert.deepEqual(nspid, [String(pid), "1"]);
+      assert.deepEqual(readdirSync(`/proc/${pid}/fd`), [], "no fds of ours");
+      assert.throws(() => spawnNamespaceHolder(0x10000000), /only CLONE_NEWPID/, "CLONE_NEWUSER refused");
+    } finally {
+      process.kill(pid, "SIGKILL");
+    }
+    // A zombie (nobody here reaps it) or gone: either way it no longer runs.
+    for (let i = 0; i < 50; i++) {
+      let state = "";
+      try {
+        state = /^State:\s+(\S)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? "";
+      } catch {
+        return;
+      }
+      if (state === "Z") return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.fail("the holder outlived SIGKILL");
+  });
+});
