@@ -26,7 +26,7 @@ import { parseNetworkConfig } from "./network/config.ts";
 import { type ConfiguredInterface, configureNetwork, loopbackUp } from "./network/configure.ts";
 import type { Reaper } from "./pid1/reaper.ts";
 import { OciRuntime, RuntimeError, readPidFile } from "./runtime/oci.ts";
-import { type PodNamespaces, startPodNamespaces } from "./sandbox/pod-namespaces.ts";
+import { isIpcSysctl, type PodNamespaces, startPodNamespaces } from "./sandbox/pod-namespaces.ts";
 import { checkProcess, rewriteSpec } from "./spec/rewrite.ts";
 import { listenConsole } from "./stdio/console.ts";
 import { buildRootfs, type RootfsSpec, type StorageSpec, Storages } from "./storage/storage.ts";
@@ -247,10 +247,15 @@ export class Agent {
     writeFileSync(etc["/etc/resolv.conf"], req.dns?.length ? `${req.dns.join("\n")}\n` : "");
     writeFileSync(etc["/etc/hostname"], `${hostname}\n`);
 
+    const ipcSysctls: Record<string, string> = {};
     if (this.o.guest) {
       loopbackUp(); // the kernel leaves lo down; pods without a network still need 127.0.0.1
       if (req.hostname) sethostname(req.hostname);
       for (const [k, v] of Object.entries(req.sysctls ?? {})) {
+        if (isIpcSysctl(k)) {
+          ipcSysctls[k] = v; // the pod's IPC namespace is the holder's: written there
+          continue;
+        }
         try {
           writeFileSync(`/proc/sys/${k.replace(/\./g, "/")}`, v);
         } catch (e) {
@@ -261,9 +266,11 @@ export class Agent {
       this.log.warn("not in a guest: hostname and sysctls are not applied");
     }
 
+    const podNs = startPodNamespaces(this.log, ipcSysctls);
     try {
       this.cgroups.setupRoot(cgroupRoot);
     } catch (e) {
+      podNs?.stop();
       throw internal(`cgroup root ${cgroupRoot}: ${errMessage(e)}`);
     }
     const acquired: string[] = [];
@@ -275,9 +282,10 @@ export class Agent {
     } catch (e) {
       for (const id of acquired) this.storages.release(id);
       this.cgroups.removeRoot(cgroupRoot);
+      podNs?.stop();
       throw e;
     }
-    this.sandbox = { cgroupRoot, storageIds: acquired, etc, podNs: startPodNamespaces(this.log) };
+    this.sandbox = { cgroupRoot, storageIds: acquired, etc, podNs };
     this.log.info(
       { hostname, cgroupRoot, storages: acquired, cgroup: this.cgroups.version, podNs: this.sandbox.podNs?.pid },
       "sandbox created",

@@ -2,6 +2,8 @@
  * a pod's shared namespaces. */
 #include "registry.h"
 #include <errno.h>
+#include <fcntl.h>
+#include <string.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -20,11 +22,34 @@ static napi_value set_child_subreaper(napi_env env, napi_callback_info info) {
 }
 COVE_EXPORT(setChildSubreaper, set_child_subreaper)
 
+#define HOLDER_MAX_WRITES 32
+#define HOLDER_PATH_MAX 128
+#define HOLDER_DATA_MAX 256
+
+struct holder_write {
+  char path[HOLDER_PATH_MAX];
+  char data[HOLDER_DATA_MAX];
+  size_t len;
+};
+
 /* The holder's whole life, in the child of a multi-threaded process: raw syscalls only (all
- * async-signal-safe). It keeps none of the parent's fds, and as PID 1 of a new PID namespace reaps
- * whatever is orphaned there (as a pod's pause process does). Every signal stays blocked: SIGCHLD
- * is taken with sigwaitinfo; SIGKILL from the parent ends it. */
-static void holder_main(void) {
+ * async-signal-safe). First the writes that must happen inside its new namespaces (IPC sysctls:
+ * a new IPC namespace starts from the defaults), each result (0 or errno, one byte) reported on
+ * `report`; then it keeps none of the parent's fds, and as PID 1 of a new PID namespace reaps
+ * whatever is orphaned there (as a pod's pause process does). Every signal stays blocked:
+ * SIGCHLD is taken with rt_sigtimedwait; SIGKILL from the parent ends it. */
+static void holder_main(const struct holder_write *w, uint32_t n, int report) {
+  for (uint32_t i = 0; i < n; i++) {
+    unsigned char res = 0;
+    long fd = syscall(SYS_openat, AT_FDCWD, w[i].path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+      res = (unsigned char)errno;
+    } else {
+      if (syscall(SYS_write, fd, w[i].data, w[i].len) != (long)w[i].len) res = errno ? (unsigned char)errno : EIO;
+      syscall(SYS_close, fd);
+    }
+    syscall(SYS_write, report, &res, 1);
+  }
   syscall(SYS_close_range, 0U, ~0U, 0U);
   sigset_t chld;
   sigemptyset(&chld);
@@ -37,30 +62,69 @@ static void holder_main(void) {
   }
 }
 
-/* spawnNamespaceHolder(flags): a child in new namespaces (CLONE_NEWPID | CLONE_NEWIPC |
+/* spawnNamespaceHolder(flags, writes): a child in new namespaces (CLONE_NEWPID | CLONE_NEWIPC |
  * CLONE_NEWUTS only) that does nothing but exist; the namespaces under /proc/<pid>/ns are what a
- * pod's containers join. Returns its pid. */
+ * pod's containers join. `writes`: [path under /proc/sys/, data][] written from inside them
+ * first. Returns { pid, errors: errno per write (0 = written) }. */
 static napi_value spawn_namespace_holder(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   uint32_t flags;
-  if (argc < 1 || cove_arg_uint32(env, argv[0], &flags)) return NULL;
+  if (argc < 2 || cove_arg_uint32(env, argv[0], &flags)) return argc < 2 ? cove_throw(env, "spawnNamespaceHolder(flags, writes)") : NULL;
   const uint32_t allowed = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
   if (flags & ~allowed) return cove_throw(env, "spawnNamespaceHolder: only CLONE_NEWPID, CLONE_NEWIPC and CLONE_NEWUTS");
+  static struct holder_write writes[HOLDER_MAX_WRITES];
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[1], &n);
+  if (n > HOLDER_MAX_WRITES) return cove_throw(env, "spawnNamespaceHolder: too many writes");
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value pair, p, d;
+    napi_get_element(env, argv[1], i, &pair);
+    napi_get_element(env, pair, 0, &p);
+    napi_get_element(env, pair, 1, &d);
+    if (cove_arg_string(env, p, writes[i].path, HOLDER_PATH_MAX) != 0) return NULL;
+    if (cove_arg_string(env, d, writes[i].data, HOLDER_DATA_MAX) != 0) return NULL;
+    if (strncmp(writes[i].path, "/proc/sys/", 10) != 0 || strstr(writes[i].path, ".."))
+      return cove_throw(env, "spawnNamespaceHolder: writes go under /proc/sys/ only");
+    writes[i].len = strlen(writes[i].data);
+  }
+  int report[2];
+  if (pipe2(report, O_CLOEXEC) != 0) return cove_throw_errno(env, errno, "pipe2");
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old); /* the child starts with every signal blocked */
   long pid = syscall(SYS_clone, (unsigned long)flags | SIGCHLD, NULL, NULL, NULL, NULL);
   if (pid == 0) {
-    holder_main();
+    holder_main(writes, n, report[1]);
     syscall(SYS_exit, 0);
   }
   int err = errno;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (pid < 0) return cove_throw_errno(env, err, "clone");
-  napi_value out;
-  napi_create_int32(env, (int32_t)pid, &out);
+  close(report[1]);
+  if (pid < 0) {
+    close(report[0]);
+    return cove_throw_errno(env, err, "clone");
+  }
+  unsigned char res[HOLDER_MAX_WRITES] = {0};
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(report[0], res + got, n - got);
+    if (r > 0) got += (size_t)r;
+    else if (r < 0 && errno == EINTR) continue;
+    else break;
+  }
+  close(report[0]);
+  napi_value out, errors, v;
+  napi_create_object(env, &out);
+  napi_create_int32(env, (int32_t)pid, &v);
+  napi_set_named_property(env, out, "pid", v);
+  napi_create_array_with_length(env, n, &errors);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_create_int32(env, i < got ? res[i] : EIO, &v);
+    napi_set_element(env, errors, i, v);
+  }
+  napi_set_named_property(env, out, "errors", errors);
   return out;
 }
 COVE_EXPORT(spawnNamespaceHolder, spawn_namespace_holder)

@@ -215,7 +215,10 @@ export class SandboxRuntime implements TaskRuntime {
           ...(net ? { nets: nicsOf(net), netRecord: net.record() } : {}),
           logger: log,
         });
-        await pod.agent.createSandbox({ hostname: typeof oci.hostname === "string" ? oci.hostname : undefined });
+        await pod.agent.createSandbox({
+          hostname: typeof oci.hostname === "string" ? oci.hostname : undefined,
+          sysctls: sysctlsOf(oci),
+        });
         if (net) {
           // After CreateSandbox: its DNS would otherwise overwrite ours.
           const t0 = performance.now();
@@ -577,4 +580,13 @@ export class SandboxRuntime implements TaskRuntime {
     await this.shutdownPod("shim shutdown");
     this.events = undefined;
   }
+}
+
+/** The pod's sysctls (CRI puts them on the sandbox's spec): string values only, as OCI has them. */
+export function sysctlsOf(oci: Json): Record<string, string> {
+  const linux = oci.linux as { sysctl?: unknown } | undefined;
+  const out: Record<string, string> = {};
+  if (linux && typeof linux.sysctl === "object" && linux.sysctl !== null)
+    for (const [k, v] of Object.entries(linux.sysctl)) if (typeof v === "string") out[k] = v;
+  return out;
 }

@@ -114,8 +114,11 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
       metadata: { name: "vols", uid, namespace: "default", attempt: 0 },
       hostname: "vols",
       log_directory: logDir,
-      // shareProcessNamespace: true (NamespaceMode POD = 0)
-      linux: { security_context: { namespace_options: { pid: 0 } } },
+      // shareProcessNamespace: true (NamespaceMode POD = 0); two IPC-namespaced sysctls.
+      linux: {
+        security_context: { namespace_options: { pid: 0 } },
+        sysctls: { "kernel.shm_rmid_forced": "1", "kernel.msgmax": "65536" },
+      },
     };
     const podId = await cri.runPodSandbox(pod, "cove");
     const ids: string[] = [];
@@ -167,6 +170,11 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
       assert.equal(await sh(b, ns), nsA, "both containers in the pod's ipc/uts/pid namespaces");
       assert.match(nsA, /vols\n$/, "the pod's hostname");
       assert.match(await sh(b, "ps -o args"), /sleep 100001/, "the writer's process is visible to the reader");
+      assert.equal(
+        await sh(b, "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/kernel/msgmax"),
+        "1\n65536\n",
+        "the pod's IPC sysctls hold in its IPC namespace",
+      );
       await sh(a, "echo shm-data > /dev/shm/seg");
       assert.equal(await sh(b, "cat /dev/shm/seg"), "shm-data\n", "one /dev/shm for the pod");
       // kubelet updates the ConfigMap (new generation, ..data swapped) and rotates the token.

@@ -3,8 +3,11 @@
 // process's namespaces on the host. Those mean nothing in the guest, so the agent keeps a holder
 // process of its own in new PID, IPC and UTS namespaces (PID 1 there, reaping orphans, like pause)
 // and containers whose spec joins a pid/ipc/uts namespace join the holder's instead.
-// The holder is made after the hostname is set: its UTS namespace starts with the pod's hostname.
+// The holder is made after the hostname and the other sysctls are set (its UTS namespace starts as
+// a copy); the pod's IPC sysctls are written by the holder itself, inside its new IPC namespace.
+import { constants } from "node:os";
 import { CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, spawnNamespaceHolder } from "../../../src/native/process.ts";
+import { invalid } from "../api/errors.ts";
 import type { Logger } from "../log.ts";
 
 export type SharedNamespace = "pid" | "ipc" | "uts";
@@ -16,12 +19,36 @@ export interface PodNamespaces {
   stop(): void;
 }
 
-/** Starts the holder; undefined (logged) when it cannot be made — containers then get new namespaces. */
-export function startPodNamespaces(log: Logger): PodNamespaces | undefined {
+/** Sysctls that belong to an IPC namespace (ipc/ipc_sysctl.c, ipc/mq_sysctl.c). */
+export function isIpcSysctl(name: string): boolean {
+  return (
+    /^kernel\.(shm(max|all|mni|_rmid_forced|_next_id)|msg(max|mnb|mni|_next_id)|sem|sem_next_id|auto_msgmni)$/.test(
+      name,
+    ) || name.startsWith("fs.mqueue.")
+  );
+}
+
+const errnoName = (n: number) => Object.entries(constants.errno).find(([, v]) => v === n)?.[0] ?? `errno ${n}`;
+
+/**
+ * Starts the holder with the pod's IPC sysctls applied inside it (INVALID_ARGUMENT, holder gone,
+ * if one is refused); undefined (logged) when no holder can be made — containers then get their
+ * own namespaces.
+ */
+export function startPodNamespaces(log: Logger, ipcSysctls: Record<string, string> = {}): PodNamespaces | undefined {
+  const writes = Object.entries(ipcSysctls).map(([k, v]) => [`/proc/sys/${k.replace(/\./g, "/")}`, v] as const);
   let pid: number;
   try {
-    pid = spawnNamespaceHolder(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS);
+    const r = spawnNamespaceHolder(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS, writes);
+    pid = r.pid;
+    const bad = r.errors.findIndex((e) => e !== 0);
+    if (bad >= 0) {
+      kill(pid);
+      const [k, v] = Object.entries(ipcSysctls)[bad]!;
+      throw invalid(`sysctl ${k}=${v}: ${errnoName(r.errors[bad]!)}`);
+    }
   } catch (e) {
+    if (Object.keys(ipcSysctls).length) throw e;
     log.warn({ err: (e as Error).message }, "pod namespaces: no holder process; containers get their own");
     return undefined;
   }
@@ -32,11 +59,15 @@ export function startPodNamespaces(log: Logger): PodNamespaces | undefined {
     stop: () => {
       if (stopped) return;
       stopped = true;
-      try {
-        process.kill(pid, "SIGKILL"); // also ends whatever is left in its PID namespace
-      } catch {
-        // already gone
-      }
+      kill(pid); // also ends whatever is left in its PID namespace
     },
   };
+}
+
+function kill(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
 }

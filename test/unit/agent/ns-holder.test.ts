@@ -9,8 +9,14 @@ describe("spawnNamespaceHolder (the pod's shared namespaces in the guest)", {
   skip: root ? false : "needs root (new namespaces)",
 }, () => {
   test("a child in new pid/ipc/uts namespaces, holding none of our fds, gone on SIGKILL", async () => {
-    const pid = spawnNamespaceHolder(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS);
+    const shmmax = readFileSync("/proc/sys/kernel/shmmax", "utf8").trim();
+    const { pid, errors } = spawnNamespaceHolder(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS, [
+      ["/proc/sys/kernel/shmmax", "12345678"],
+      ["/proc/sys/kernel/no-such-sysctl", "1"],
+    ]);
     try {
+      assert.deepEqual(errors, [0, 2], "written inside; ENOENT for the unknown one");
+      assert.equal(readFileSync("/proc/sys/kernel/shmmax", "utf8").trim(), shmmax, "ours untouched");
       assert.ok(pid > 1);
       for (const ns of ["ipc", "uts", "pid_for_children"]) {
         const mine = readlinkSync(`/proc/self/ns/${ns === "pid_for_children" ? "pid" : ns}`);
@@ -21,6 +27,11 @@ describe("spawnNamespaceHolder (the pod's shared namespaces in the guest)", {
       assert.deepEqual(nspid, [String(pid), "1"]);
       assert.deepEqual(readdirSync(`/proc/${pid}/fd`), [], "no fds of ours");
       assert.throws(() => spawnNamespaceHolder(0x10000000), /only CLONE_NEWPID/, "CLONE_NEWUSER refused");
+      assert.throws(() => spawnNamespaceHolder(CLONE_NEWIPC, [["/etc/passwd", "x"]]), /under \/proc\/sys/);
+      assert.throws(
+        () => spawnNamespaceHolder(CLONE_NEWIPC, [["/proc/sys/../../etc/passwd", "x"]]),
+        /under \/proc\/sys/,
+      );
     } finally {
       process.kill(pid, "SIGKILL");
     }
