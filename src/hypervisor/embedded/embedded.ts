@@ -2,7 +2,6 @@
 // device backends the qemu backend serves over vhost-user, here served over virtio-mmio in
 // process. Disks in order (the first is /dev/vda), then vsock.
 import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
-import type { Duplex } from "node:stream";
 import { PassThrough } from "node:stream";
 import { type Logger, pino } from "pino";
 import { BlkDevice } from "../../virtio/blk/device.ts";
@@ -12,6 +11,7 @@ import { HybridVsock } from "../../virtio/vsock/hybrid.ts";
 import { MiB } from "../../vmm/layout.ts";
 import { Machine } from "../../vmm/machine.ts";
 import type { StopReason } from "../../vmm/vcpu.ts";
+import { DeviceVm, type VmDevices } from "../device-vm.ts";
 import type { Hypervisor, RunningVm, VmConfig, VmExit } from "../types.ts";
 
 /** What the guest's end means as a process-like exit: a reboot/poweroff is 0, a VMM error 1. */
@@ -108,7 +108,7 @@ export class EmbeddedHypervisor implements Hypervisor {
         log.info({ reason }, "guest stopped");
         void finish(exitOf(reason));
       });
-      return new EmbeddedVm(m, consoleStream, vsock, disks, nets, exited, finish);
+      return new EmbeddedVm(m, consoleStream, { vsock, disks, nets }, exited, finish);
     } catch (e) {
       await cleanup();
       throw e;
@@ -116,50 +116,24 @@ export class EmbeddedHypervisor implements Hypervisor {
   }
 }
 
-export class EmbeddedVm implements RunningVm {
+export class EmbeddedVm extends DeviceVm {
   constructor(
     readonly machine: Machine,
-    readonly console: PassThrough,
-    private readonly vsock: VsockDevice,
-    private readonly disks: Map<string, BlkDevice>,
-    private readonly nets: ReadonlyMap<string, NetDevice>,
-    private readonly exited: Promise<VmExit>,
+    console: PassThrough,
+    dev: VmDevices,
+    exited: Promise<VmExit>,
     private readonly finish: (e: VmExit) => Promise<void>,
-  ) {}
+  ) {
+    super(console, dev, exited);
+  }
 
   /** The VM lives in this process. */
   get pid(): number {
     return process.pid;
   }
 
-  connectVsock(port: number, timeoutMs?: number): Promise<Duplex> {
-    return this.vsock.connect(port, timeoutMs);
-  }
-
-  listenVsock(port: number, onStream: (s: Duplex) => void): () => void {
-    return this.vsock.listen(port, onStream);
-  }
-
-  async changeMedia(diskId: string, path: string | undefined): Promise<void> {
-    const d = this.disks.get(diskId);
-    if (!d) throw new Error(`no disk slot ${diskId}`);
-    await d.changeMedia(path);
-  }
-
-  wait(): Promise<VmExit> {
-    return this.exited;
-  }
-
   async stop(timeoutMs = 5000): Promise<VmExit> {
-    let t: NodeJS.Timeout | undefined;
-    const done = await Promise.race([
-      this.exited,
-      new Promise<undefined>((r) => {
-        t = setTimeout(() => r(undefined), timeoutMs);
-      }),
-    ]);
-    clearTimeout(t);
-    return done ?? this.kill();
+    return (await this.exitWithin(timeoutMs)) ?? this.kill();
   }
 
   /** Stops the vCPUs and frees the VM at once (the guest gets no say). */
@@ -169,8 +143,8 @@ export class EmbeddedVm implements RunningVm {
   }
 
   /** Device metrics and exit counters (tests, benchmarks). */
-  get devices() {
-    return { vsock: this.vsock, disks: this.disks, nets: this.nets, transports: this.machine.transports };
+  override get devices() {
+    return { ...this.dev, transports: this.machine.transports };
   }
 }
 

@@ -10,6 +10,7 @@ import { NetDevice } from "../../virtio/net/device.ts";
 import { VhostUserBackend } from "../../virtio/vhost-user/backend.ts";
 import { VsockDevice } from "../../virtio/vsock/device.ts";
 import { HybridVsock } from "../../virtio/vsock/hybrid.ts";
+import { DeviceVm, type VmDevices } from "../device-vm.ts";
 import type { Hypervisor, RunningVm, VmConfig, VmExit } from "../types.ts";
 import { type AccelChoice, chooseAccel } from "./accel.ts";
 import { qemuArgs } from "./args.ts";
@@ -154,7 +155,7 @@ export class QemuHypervisor implements Hypervisor {
           cleanup().then(() => resolve({ code, signal }));
         });
       });
-      return new QemuVm(child, console, vsock, disks, exited, () => stderr, backends, netDevices);
+      return new QemuVm(child, console, { vsock, disks, nets: netDevices }, exited, () => stderr, backends);
     } catch (e) {
       await cleanup();
       throw e;
@@ -162,63 +163,34 @@ export class QemuHypervisor implements Hypervisor {
   }
 }
 
-export class QemuVm implements RunningVm {
+export class QemuVm extends DeviceVm {
   constructor(
     private readonly child: ChildProcess,
-    readonly console: PassThrough,
-    private readonly vsock: VsockDevice,
-    private readonly disks: Map<string, BlkDevice>,
-    private readonly exited: Promise<VmExit>,
+    console: PassThrough,
+    dev: VmDevices,
+    exited: Promise<VmExit>,
     readonly stderr: () => string,
     /** The vhost-user servers by disk id, NIC id, and "vsock" (metrics for benchmarks). */
     readonly backends: ReadonlyMap<string, VhostUserBackend> = new Map(),
-    private readonly nets: ReadonlyMap<string, NetDevice> = new Map(),
-  ) {}
+  ) {
+    super(console, dev, exited);
+  }
 
   get pid(): number {
     return this.child.pid ?? -1;
   }
 
-  connectVsock(port: number, timeoutMs?: number) {
-    return this.vsock.connect(port, timeoutMs);
-  }
-
-  listenVsock(port: number, onStream: (s: import("node:stream").Duplex) => void): () => void {
-    return this.vsock.listen(port, onStream);
-  }
-
-  async changeMedia(diskId: string, path: string | undefined): Promise<void> {
-    const d = this.disks.get(diskId);
-    if (!d) throw new Error(`no disk slot ${diskId}`);
-    await d.changeMedia(path);
-  }
-
-  wait(): Promise<VmExit> {
-    return this.exited;
-  }
-
   async stop(timeoutMs = 5000): Promise<VmExit> {
-    const done = await Promise.race([this.exited, sleep(timeoutMs).then(() => undefined)]);
+    const done = await this.exitWithin(timeoutMs);
     if (done) return done;
     this.child.kill("SIGTERM");
-    const t = await Promise.race([this.exited, sleep(2000).then(() => undefined)]);
-    if (t) return t;
-    return this.kill();
+    return (await this.exitWithin(2000)) ?? this.kill();
   }
 
   kill(): Promise<VmExit> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
     return this.exited;
   }
-
-  /** Device metrics (tests, benchmarks). */
-  get devices() {
-    return { vsock: this.vsock, disks: this.disks, nets: this.nets };
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref());
 }
 
 export type { Logger };
