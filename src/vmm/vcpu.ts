@@ -98,7 +98,11 @@ export class VcpuLoop {
     return false;
   }
 
-  /** The registers that place a triple fault (read while the thread waits; undefined if KVM refuses). */
+  /**
+   * The registers that place a triple fault (read while the thread waits; undefined if KVM refuses).
+   * On Intel that is where the guest was; on AMD, KVM reinitialises the VMCB on the shutdown
+   * intercept, so this shows the reset state (rip 0xfff0) and only the vCPU number says anything.
+   */
   private cpuState(): CpuState | undefined {
     try {
       const r = this.vcpu.getRegs();

@@ -91,21 +91,19 @@ describe("virtio-mmio MSI + doorbells: guest driver on the embedded VMM (nested 
     ];
     const scenarios: Scenario[] = [
       { name: "msi", flags: ["--vcpus", "2"], ...scratch("msi") },
-      {
-        name: "legacy",
-        flags: ["--vcpus", "2", "--cmdline", "virtio_mmio.msi=0 virtio_mmio.doorbells=0"],
-        ...scratch("legacy"),
-      },
+      // One vCPU: the vector moves need two (msi above); two vCPUs under load is where the nested
+      // host's faults below come from (legacy mode included), so only one scenario pays for them.
+      { name: "legacy", flags: ["--cmdline", "virtio_mmio.msi=0 virtio_mmio.doorbells=0"], ...scratch("legacy") },
       { name: "no-offer", flags: ["--no-msi"], ...scratch("no-offer") },
       { name: "few-vectors", flags: ["--vector-queues", "1"], ...scratch("few-vectors") },
     ];
     // The four scenarios take ~50–80 s here. The nested host is QEMU's TCG emulation of SVM running
-    // KVM, and it is not flawless. Seen here, each about once in 10–25 fresh nested hosts: the whole
-    // nested host dying or going idle without a word (no status), and the first guest in a fresh
-    // nested host stopping on a triple fault with no kernel message at all during its first burst of
-    // disk interrupts (a Linux crash prints an oops or panic first). 45 MSI runs in a row inside
-    // already-running nested hosts never showed it. Such a run is retried once, loudly, with the vCPU
-    // state and console; any other failure (a panic, an assertion, a wrong result) is never retried.
+    // KVM, and it is not flawless. Seen here, only with a 2-vCPU guest under disk load (MSI and
+    // legacy mode alike), each about once in 10–25 fresh nested hosts: the whole nested host dying
+    // or going idle without a word (no status), or the guest's vCPU 1 stopping on a triple fault
+    // with no kernel message at all (a Linux crash prints an oops or panic first). Such a run is
+    // retried, loudly, up to twice (two faults in a row were seen once); any other failure (a panic,
+    // an assertion, a wrong result) is never retried.
     const run = () =>
       runNested(nestedScript(scenarios, common, runner.runner), {
         timeoutMs: 240_000, // a run takes 50–80 s here; a stalled nested host is retried (see above)
@@ -113,9 +111,10 @@ describe("virtio-mmio MSI + doorbells: guest driver on the embedded VMM (nested 
         cpus: 2,
       });
     let r = await run();
-    const fault = vehicleFault(r);
-    if (fault) {
-      console.error(`!!! msi-nested: ${fault}; retrying the nested run once`);
+    for (let retry = 1; retry <= 2; retry++) {
+      const fault = vehicleFault(r);
+      if (!fault) break;
+      console.error(`!!! msi-nested: ${fault}; retrying the nested run (${retry} of 2)`);
       r = await run();
     }
     raw = r.output;
