@@ -42,6 +42,7 @@ export const POD_SHM: Storage = {
   source: "tmpfs",
   fstype: "tmpfs",
   options: ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"],
+  sandbox_lifetime: true,
 };
 const EMPTY_DIR = /\/volumes\/kubernetes\.io~empty-dir\/[^/]+\/?$/;
 
@@ -99,7 +100,8 @@ export function planVolumes(input: Json): VolumePlan {
       }
       if (EMPTY_DIR.test(src)) {
         const id = idFor("empty", src);
-        storages.set(id, { id, source: "tmpfs", fstype: "tmpfs", options: ["mode=0777"] });
+        // Lives as long as the pod: a container removed and re-created finds its data.
+        storages.set(id, { id, source: "tmpfs", fstype: "tmpfs", options: ["mode=0777"], sandbox_lifetime: true });
         notes.push(`${dest}: emptyDir ${src} → a guest tmpfs shared by the pod (storage ${id})`);
         return { ...m, source: `storage:${id}` };
       }

@@ -195,6 +195,15 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
         throw new Error(`${(e as Error).message}; last seen ${JSON.stringify(seen)}`);
       });
       assert.match(cd.log(), /volume: host change copied into the guest/);
+      // emptyDir and /dev/shm live as long as the pod: with every container that used them gone, a new
+      // one still finds the data (kubelet re-creates a crashed container this way).
+      for (const id of [a, b]) {
+        await cri.stopContainer(id, 1);
+        await cri.removeContainer(id);
+      }
+      ids.length = 0;
+      const c = await ctr("again", 100003);
+      assert.equal(await sh(c, "cat /scratch/f /dev/shm/seg"), "shared-data\nshm-data\n");
     } finally {
       // Also after a failure: the next test counts VMs.
       for (const id of ids) {

@@ -13,6 +13,8 @@ export interface StorageSpec {
   fstype: string;
   options: string[];
   wait_ms: number;
+  /** Kept until releaseAll (DestroySandbox): one reference belongs to the sandbox. */
+  sandbox_lifetime?: boolean;
 }
 
 export interface RootfsSpec {
@@ -114,7 +116,7 @@ export class Storages {
       throw internal(`storage ${spec.id}: mount ${device} (${spec.fstype}) on ${target}: ${(e as Error).message}`);
     }
     this.log.info({ id: spec.id, device, fstype: spec.fstype, target }, "storage mounted");
-    this.mounted.set(spec.id, { spec, path: target, device, refs: 1 });
+    this.mounted.set(spec.id, { spec, path: target, device, refs: spec.sandbox_lifetime ? 2 : 1 });
     return target;
   }
 

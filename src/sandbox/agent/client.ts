@@ -56,6 +56,8 @@ export interface Storage {
   fstype: string;
   options?: string[];
   wait_ms?: number;
+  /** Mounted until DestroySandbox, whoever still uses it (emptyDir, the pod's /dev/shm). */
+  sandbox_lifetime?: boolean;
 }
 
 export interface Rootfs {
