@@ -4,7 +4,7 @@
 // hourly; a 2 s poll of a few small trees costs next to nothing.
 import type { Logger } from "pino";
 import type { SyncFiles } from "./agent/index.ts";
-import { type CopiedVolume, readTree, snapshotTree } from "./volumes.ts";
+import { type CopiedVolume, copyTree, snapshotTree } from "./volumes.ts";
 
 export const VOLUME_POLL_MS = 2000;
 
@@ -29,8 +29,8 @@ export class VolumeSync {
   add(containerId: string, copies: readonly CopiedVolume[]): SyncFiles[] {
     const out: SyncFiles[] = [];
     for (const v of copies) {
-      const fingerprint = snapshotTree(v.hostPath);
-      out.push({ storage_id: v.storageId, entries: readTree(v.hostPath), in_place: v.file });
+      const { fingerprint, entries } = copyTree(v.hostPath);
+      out.push({ storage_id: v.storageId, entries, in_place: v.file });
       const t = this.tracked.get(v.storageId);
       if (t) {
         t.users.add(containerId);
@@ -68,9 +68,8 @@ export class VolumeSync {
         let fingerprint: string;
         let entries: SyncFiles["entries"];
         try {
-          fingerprint = snapshotTree(v.hostPath);
-          if (fingerprint === t.fingerprint) continue;
-          entries = readTree(v.hostPath);
+          if (snapshotTree(v.hostPath) === t.fingerprint) continue;
+          ({ fingerprint, entries } = copyTree(v.hostPath));
         } catch (e) {
           // Gone (pod being torn down) or grown past the limits: keep the last good copy.
           this.log.warn(

@@ -115,7 +115,7 @@ export function planVolumes(input: Json): VolumePlan {
       if (!st.isDirectory() && !st.isFile()) return m; // a device or socket: the agent says no
       const file = st.isFile();
       const id = idFor("copy", src);
-      snapshotTree(src); // size and entry limits, now, with a clear error
+      walk(src); // size and entry limits, now, with a clear error
       storages.set(id, { id, source: "tmpfs", fstype: "tmpfs", options: ["mode=0755"] });
       copies.set(id, { storageId: id, hostPath: src, file });
       notes.push(`${dest}: read-only ${file ? "file" : "directory"} ${src} → copied into the guest (storage ${id})`);
@@ -165,22 +165,28 @@ function walk(src: string): Node[] {
 
 /** A cheap fingerprint of the tree (names, kinds, modes, owners, sizes, mtimes, link targets). */
 export function snapshotTree(src: string): string {
-  const h = createHash("sha256");
-  for (const n of walk(src)) {
-    const target = n.st.isSymbolicLink() ? readlinkSync(n.abs) : "";
-    h.update(`${n.path}\0${n.st.mode}\0${n.st.uid}\0${n.st.gid}\0${n.st.size}\0${n.st.mtimeMs}\0${target}\n`);
-  }
-  return h.digest("hex");
+  return fingerprintOf(walk(src));
 }
 
-/** The entries SyncFiles needs to mirror `src` (file contents read now). */
-export function readTree(src: string): FileEntry[] {
-  return walk(src).map((n) => {
+/** One walk: what SyncFiles needs to mirror `src` (file contents read now) and its fingerprint. */
+export function copyTree(src: string): { fingerprint: string; entries: FileEntry[] } {
+  const nodes = walk(src);
+  const entries = nodes.map((n): FileEntry => {
     const base = { path: n.path, mode: n.st.mode & 0o7777, uid: n.st.uid, gid: n.st.gid };
     if (n.st.isDirectory()) return { ...base, kind: FileKind.DIR };
     if (n.st.isSymbolicLink()) return { ...base, kind: FileKind.SYMLINK, target: readlinkSync(n.abs) };
     return { ...base, kind: FileKind.FILE, data: readRegular(n.abs) };
   });
+  return { fingerprint: fingerprintOf(nodes), entries };
+}
+
+function fingerprintOf(nodes: readonly Node[]): string {
+  const h = createHash("sha256");
+  for (const n of nodes) {
+    const target = n.st.isSymbolicLink() ? readlinkSync(n.abs) : "";
+    h.update(`${n.path}\0${n.st.mode}\0${n.st.uid}\0${n.st.gid}\0${n.st.size}\0${n.st.mtimeMs}\0${target}\n`);
+  }
+  return h.digest("hex");
 }
 
 /** A regular file's bytes, never through a symlink swapped in since the walk. */

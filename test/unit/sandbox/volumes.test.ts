@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 import { pino } from "pino";
 import type { SyncFiles } from "../../../src/sandbox/agent/index.ts";
 import { VolumeSync } from "../../../src/sandbox/volume-sync.ts";
-import { COPY_MAX_BYTES, FileKind, planVolumes, readTree } from "../../../src/sandbox/volumes.ts";
+import { COPY_MAX_BYTES, copyTree, FileKind, planVolumes } from "../../../src/sandbox/volumes.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
 
 type Mount = { destination: string; type?: string; source: string; options?: string[] };
@@ -17,7 +17,7 @@ const bind = (source: string, destination: string, ro: boolean): Mount => ({
   options: ["rbind", "rprivate", ...(ro ? ["ro"] : ["rw"])],
 });
 
-describe("host volumes for the guest (planVolumes, readTree, VolumeSync)", () => {
+describe("host volumes for the guest (planVolumes, copyTree, VolumeSync)", () => {
   let root: string;
   let pod: string;
   beforeEach(() => {
@@ -91,12 +91,12 @@ describe("host volumes for the guest (planVolumes, readTree, VolumeSync)", () =>
     assert.deepEqual((planVolumes({ mounts: [t] }).spec.mounts as Mount[])[0], t);
   });
 
-  test("readTree keeps kubelet's layout, modes and symlinks (not followed)", () => {
+  test("copyTree keeps kubelet's layout, modes and symlinks (not followed)", () => {
     const cm = configMap("cfg", { "a.conf": "A", "b.conf": "B" });
     const outside = join(root, "secret-elsewhere");
     writeFileSync(outside, "do not copy");
     symlinkSync(outside, join(cm, "evil"));
-    const t = readTree(cm);
+    const t = copyTree(cm).entries;
     const byPath = new Map(t.map((e) => [e.path, e]));
     assert.deepEqual(
       t.map((e) => e.path),
