@@ -33,6 +33,16 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
   let cri: CriClient;
   let dir: string;
 
+  /** After RemovePodSandbox: the pod's shim and VM are gone and nothing stays mounted. */
+  async function podGone() {
+    await waitFor(
+      "the pod's shim and VM to go",
+      () => processesWithArg(cd.address).length === 0 && qemus(cd.dir).length === 0,
+      20_000,
+    );
+    assert.deepEqual(mountsUnder(cd.dir), [], "no mounts left");
+  }
+
   before(async () => {
     const { mkdtempSync } = await import("node:fs");
     dir = mkdtempSync("/tmp/cove-e2e-cri-");
@@ -213,12 +223,7 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
     }
-    await waitFor(
-      "the pod's shim and VM to go",
-      () => processesWithArg(cd.address).length === 0 && qemus(cd.dir).length === 0,
-      20_000,
-    );
-    assert.deepEqual(mountsUnder(cd.dir), [], "no mounts left");
+    await podGone();
   });
 
   test("a pod: one VM, two containers in it, exec, logs, stats, graceful and forced stop, teardown", async () => {
@@ -299,11 +304,6 @@ describe("CRI pods in cove microVMs", { skip, timeout: 600_000 }, () => {
     await cri.removeContainer(c2);
     await cri.stopPodSandbox(podId);
     await cri.removePodSandbox(podId);
-    await waitFor(
-      "the pod's shim and VM to go",
-      () => processesWithArg(cd.address).length === 0 && qemus(cd.dir).length === 0,
-      20_000,
-    );
-    assert.deepEqual(mountsUnder(cd.dir), [], "no mounts left");
+    await podGone();
   });
 });
