@@ -35,8 +35,8 @@ struct holder_write {
 /* The holder's whole life, in the child of a multi-threaded process: raw syscalls only (all
  * async-signal-safe). First the writes that must happen inside its new namespaces (IPC sysctls:
  * a new IPC namespace starts from the defaults), each result (0 or errno, one byte) reported on
- * `report`; then it keeps none of the parent's fds, and as PID 1 of a new PID namespace reaps
- * whatever is orphaned there (as a pod's pause process does). Every signal stays blocked:
+ * `report`; then it closes every fd of the parent's, the report pipe last, and as PID 1 of a new
+ * PID namespace reaps whatever is orphaned there (as a pod's pause process does). Every signal stays blocked:
  * SIGCHLD is taken with rt_sigtimedwait; SIGKILL from the parent ends it. */
 static void holder_main(const struct holder_write *w, uint32_t n, int report) {
   for (uint32_t i = 0; i < n; i++) {
@@ -50,7 +50,11 @@ static void holder_main(const struct holder_write *w, uint32_t n, int report) {
     }
     syscall(SYS_write, report, &res, 1);
   }
-  syscall(SYS_close_range, 0U, ~0U, 0U);
+  /* Every inherited fd goes, the report pipe last: the parent reads it until EOF, so it returns
+   * only once this process holds nothing of the agent's. */
+  if (report > 0) syscall(SYS_close_range, 0U, (unsigned)report - 1U, 0U);
+  syscall(SYS_close_range, (unsigned)report + 1U, ~0U, 0U);
+  syscall(SYS_close, report);
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
@@ -106,13 +110,15 @@ static napi_value spawn_namespace_holder(napi_env env, napi_callback_info info) 
     close(report[0]);
     return cove_throw_errno(env, err, "clone");
   }
+  /* Read to EOF, not to n bytes: EOF is the holder closing its last fd of ours (see holder_main). */
   unsigned char res[HOLDER_MAX_WRITES] = {0};
   size_t got = 0;
-  while (got < n) {
-    ssize_t r = read(report[0], res + got, n - got);
-    if (r > 0) got += (size_t)r;
-    else if (r < 0 && errno == EINTR) continue;
-    else break;
+  for (;;) {
+    unsigned char buf[HOLDER_MAX_WRITES];
+    ssize_t r = read(report[0], buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    for (ssize_t i = 0; i < r && got < n; i++) res[got++] = buf[i];
   }
   close(report[0]);
   napi_value out, errors, v;

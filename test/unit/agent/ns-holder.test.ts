@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { describe, test } from "node:test";
 import { CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, spawnNamespaceHolder } from "../../../src/native/process.ts";
@@ -45,5 +46,28 @@ describe("spawnNamespaceHolder (the pod's shared namespaces in the guest)", {
       await new Promise((r) => setTimeout(r, 20));
     }
     assert.fail("the holder outlived SIGKILL");
+  });
+});
+
+describe("spawnNamespaceHolder returns only once the holder holds none of our fds", {
+  skip: root ? false : "needs root (new namespaces)",
+}, () => {
+  test("200 holders without writes, under CPU load from a busy sibling: no fds each time", async () => {
+    // The race this guards: the holder used to close its inherited fds only after reporting, and
+    // with nothing to report the caller returned at once, so a look at /proc/<pid>/fd under load
+    // still found the agent's fds there.
+    const busy = spawn(process.execPath, ["-e", "for(;;){}"], { stdio: "ignore" });
+    try {
+      for (let i = 0; i < 200; i++) {
+        const { pid } = spawnNamespaceHolder(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS);
+        try {
+          assert.deepEqual(readdirSync(`/proc/${pid}/fd`), [], `holder ${i} (pid ${pid}) still holds fds`);
+        } finally {
+          process.kill(pid, "SIGKILL");
+        }
+      }
+    } finally {
+      busy.kill("SIGKILL");
+    }
   });
 });
