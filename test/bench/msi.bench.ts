@@ -1,4 +1,4 @@
-// virtio-mmio: legacy interrupt + QueueNotify vs MSI + per-queue doorbells (issue 8, item 3), side
+// virtio-mmio: legacy interrupt + QueueNotify vs MSI + per-queue doorbells, side
 // by side in one run: the same guest kernel (with the MSI patch) and image on the embedded VMM in
 // the nested test host (genuine KVM inside QEMU TCG), legacy forced with `virtio_mmio.msi=0
 // virtio_mmio.doorbells=0`. Three rounds, modes alternating inside each round, one VM per run:

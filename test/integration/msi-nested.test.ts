@@ -1,4 +1,4 @@
-// The guest half of MSI end to end (issue 8, item 2): our guest kernel (with
+// The guest half of MSI end to end: our guest kernel (with
 // deploy/guest/kernel/patches/0001-virtio-mmio-msi-doorbells.patch) on the embedded VMM, inside the
 // nested test host (genuine KVM under QEMU TCG). One nested boot runs four VMs in turn
 // (test/integration/msi-vm.ts), each with virtio-blk root + a random read-only disk + a scratch

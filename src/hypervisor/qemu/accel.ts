@@ -1,5 +1,5 @@
 // KVM when it is backed by hardware virtualization; TCG otherwise (no /dev/kvm, or PVM-backed
-// KVM, which cannot run a stock Linux guest: see notes/host-kvm.md).
+// KVM, which cannot run a stock Linux guest: see docs/hosts.md).
 import { existsSync, readFileSync } from "node:fs";
 
 export interface AccelChoice {
