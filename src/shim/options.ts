@@ -102,6 +102,14 @@ export function decodeStartOptions(stdin: Uint8Array, id: string): StartOptions 
   }
 }
 
+const LOG_LEVELS: ReadonlyMap<string, number> = new Map([
+  ["LOG_LEVEL_TRACE", -8],
+  ["LOG_LEVEL_DEBUG", -4],
+  ["LOG_LEVEL_INFO", 0],
+  ["LOG_LEVEL_WARN", 4],
+  ["LOG_LEVEL_ERROR", 8],
+]);
+
 /** BootstrapParams in protojson form (camelCase or original names; Any as {"@type", ...fields}). */
 function fromBootstrapJson(stdin: Uint8Array): StartOptions {
   let doc: Record<string, unknown>;
@@ -116,14 +124,10 @@ function fromBootstrapJson(stdin: Uint8Array): StartOptions {
   if (typeof socketDir === "string" && socketDir) out.socketDir = socketDir;
   const level = pick("logLevel", "log_level");
   if (typeof level === "number") out.logLevel = level;
-  const levels: Record<string, number> = {
-    LOG_LEVEL_TRACE: -8,
-    LOG_LEVEL_DEBUG: -4,
-    LOG_LEVEL_INFO: 0,
-    LOG_LEVEL_WARN: 4,
-    LOG_LEVEL_ERROR: 8,
-  };
-  if (typeof level === "string" && level in levels) out.logLevel = levels[level];
+  // A Map, not an object literal: `in` would also find "constructor", "toString" and the rest of
+  // Object.prototype, and hand back a function as the level.
+  const named = typeof level === "string" ? LOG_LEVELS.get(level) : undefined;
+  if (named !== undefined) out.logLevel = named;
   const exts = doc.extensions;
   if (Array.isArray(exts)) {
     for (const e of exts) {

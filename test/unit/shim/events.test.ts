@@ -136,3 +136,71 @@ test("an unreachable containerd costs bounded time and drops the event", async (
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+function topicsOf(got: Forwarded[], id?: string): string[] {
+  const out: string[] = [];
+  for (const g of got) {
+    const T = messageType(g.envelope.event.type_url);
+    const e = T.toObject(T.decode(g.envelope.event.value)) as { container_id: string };
+    if (id === undefined || e.container_id === id) out.push(g.envelope.topic);
+  }
+  return out;
+}
+
+test("an OOM flood is coalesced per container; every lifecycle event still goes out, in order", async () => {
+  const ctr = await fakeContainerd();
+  const p = new EventPublisher({ address: ctr.path, namespace: "k8s.io", logger, coalesceIntervalMs: 60_000 });
+  try {
+    p.publish("containerd.events.TaskCreate", { container_id: "c1", bundle: "/b", pid: 10 });
+    p.publish("containerd.events.TaskStart", { container_id: "c1", pid: 10 });
+    // What a hostile agent answering GetOOMEvent at once, forever, makes of the shim's OOM loop.
+    for (let i = 0; i < 100_000; i++) {
+      p.publish("containerd.events.TaskOOM", { container_id: i % 3 === 0 ? "c2" : "c1" });
+      if (i === 50_000) p.publish("containerd.events.TaskStart", { container_id: "c2", pid: 11 });
+    }
+    assert.ok(p.queued <= 5, `queue length ${p.queued} after 100,000 OOM events`);
+    await p.flush(5000);
+    // Each container's first OOM goes out; the rest wait for its interval, merged into one.
+    assert.deepEqual(topicsOf(ctr.got, "c1"), ["/tasks/create", "/tasks/start", "/tasks/oom"]);
+    assert.deepEqual(topicsOf(ctr.got, "c2"), ["/tasks/oom", "/tasks/start"]);
+    // The exit releases the held OOM of its container first (the kill came before the exit).
+    p.publish("containerd.events.TaskOOM", { container_id: "c1" });
+    p.publish("containerd.events.TaskExit", { container_id: "c1", id: "c1", pid: 10, exit_status: 137 });
+    p.publish("containerd.events.TaskDelete", { container_id: "c1", id: "c1", pid: 10, exit_status: 137 });
+    await p.flush(5000);
+    assert.deepEqual(topicsOf(ctr.got, "c1"), [
+      "/tasks/create",
+      "/tasks/start",
+      "/tasks/oom",
+      "/tasks/oom",
+      "/tasks/exit",
+      "/tasks/delete",
+    ]);
+    assert.equal(p.stats.dropped, 0);
+    assert.equal(p.stats.coalesced, 100_000 - 2);
+  } finally {
+    p.close();
+    await ctr.close();
+  }
+});
+
+test("a steady OOM storm reaches containerd at most once per container per interval", async () => {
+  const ctr = await fakeContainerd();
+  const p = new EventPublisher({ address: ctr.path, namespace: "k8s.io", logger, coalesceIntervalMs: 100 });
+  try {
+    const t0 = Date.now();
+    while (Date.now() - t0 < 550) {
+      for (let i = 0; i < 100; i++) p.publish("containerd.events.TaskOOM", { container_id: "c1" });
+      await new Promise((r) => setImmediate(r));
+    }
+    await new Promise((r) => setTimeout(r, 150));
+    await p.flush(5000);
+    const n = topicsOf(ctr.got, "c1").length;
+    // 550 ms + the last held one: at most 7 at a 100 ms interval, and at least a few (not starved).
+    assert.ok(n >= 3 && n <= 7, `${n} OOM events in 700 ms`);
+    assert.ok(p.stats.maxQueued <= 1, `queue reached ${p.stats.maxQueued}`);
+  } finally {
+    p.close();
+    await ctr.close();
+  }
+});

@@ -83,3 +83,13 @@ test("garbage on stdin is a clear error", () => {
   assert.throws(() => decodeStartOptions(Buffer.from([0x0a, 0xff, 0xff, 0xff]), "t1"), OptionsError);
   assert.throws(() => decodeStartOptions(Buffer.from("{nope"), "t1"), /not valid JSON/);
 });
+
+test("a JSON log level named after an Object.prototype property is no level", () => {
+  for (const name of ["constructor", "toString", "__proto__", "hasOwnProperty", "valueOf"]) {
+    const o = decodeStartOptions(Buffer.from(JSON.stringify({ instanceId: "t1", logLevel: name })), "t1");
+    assert.equal(o.logLevel, undefined, name);
+    assert.equal(logLevelName(o.logLevel), undefined, name);
+  }
+  const ok = decodeStartOptions(Buffer.from(JSON.stringify({ instanceId: "t1", log_level: "LOG_LEVEL_WARN" })), "t1");
+  assert.equal(logLevelName(ok.logLevel), "warn");
+});
