@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { guestArtifacts } from "../../src/guest/paths.ts";
-import { COVE_RUNTIME_TYPE, Containerd, CTR_BIN } from "../harness/containerd.ts";
+import { COVE_RUNTIME_TYPE, Containerd } from "../harness/containerd.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage } from "../harness/image.ts";
 import { processesWithArg, processesWithCwdUnder } from "../harness/processes.ts";
 
@@ -20,7 +20,7 @@ function firstOutput(cd: Containerd, args: string[]): Promise<{ firstMs: number;
     const t0 = performance.now();
     let first = 0;
     let out = "";
-    const p = spawn(CTR_BIN, ["-a", cd.address, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn(cd.ctrBin, ["-a", cd.address, ...args], { stdio: ["ignore", "pipe", "pipe"] });
     const timer = setTimeout(() => p.kill("SIGKILL"), 300_000);
     p.stdout.on("data", (d: Buffer) => {
       if (!first) first = performance.now() - t0;

@@ -1,5 +1,7 @@
-// A real containerd (Debian's 1.6.20, /usr/bin/containerd) on a scratch config in a temp dir, for
-// end-to-end tests. Every path it owns (root, state, sockets, opt, CNI dirs, log) lives under one
+// A real containerd on a scratch config in a temp dir, for end-to-end tests: Debian 12's 1.6.20
+// (/usr/bin/containerd) by default, or another tested version (`version`, else $COVE_CONTAINERD;
+// containerd-versions.ts fetches those from Debian's archive into the cache), with the config
+// version it reads (2 for 1.6/1.7, 3 for 2.x). Every path it owns (root, state, sockets, opt, CNI dirs, log) lives under one
 // temp dir; the shims it may start are found through a PATH whose first entry is a temp bin/ dir
 // holding `containerd-shim-cove-v2` (a symlink to the repo's bin/ entry).
 //
@@ -28,6 +30,12 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { stringify } from "smol-toml";
+import {
+  type ContainerdBinaries,
+  type ContainerdVersion,
+  ensureContainerd,
+  resolveContainerdVersion,
+} from "./containerd-versions.ts";
 import { describeFailure, type RunResult, run } from "./exec.ts";
 import {
   killProcesses,
@@ -39,6 +47,7 @@ import {
 } from "./processes.ts";
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+/** Debian 12's containerd and ctr (version 1.6.20); `Containerd.containerdBin` / `ctrBin` are the ones in use. */
 export const CONTAINERD_BIN = "/usr/bin/containerd";
 export const CTR_BIN = "/usr/bin/ctr";
 /** The default CRI sandbox image; the harness builds it from busybox (see image.ts). */
@@ -54,6 +63,8 @@ export interface CriRuntime {
 }
 
 export interface ContainerdOptions {
+  /** Which containerd ("1.6", "1.7.24", "2.1", …); default $COVE_CONTAINERD, else Debian 12's 1.6.20. */
+  version?: string;
   /** Binaries to put first on containerd's PATH: name → target. Default: the cove shim from bin/. */
   shims?: Record<string, string>;
   /** CRI runtime handlers besides `runc` (which is always there and the default). Default: `cove`. */
@@ -82,11 +93,10 @@ export interface CtrOptions {
 
 export const COVE_RUNTIME_TYPE = "io.containerd.cove.v2";
 
-/** The scratch config.toml (version 2, containerd 1.6 layout) as a plain object. */
-export function containerdConfig(
-  dir: string,
-  opts: Pick<ContainerdOptions, "criRuntimes" | "cniConfDir" | "cniBinDir" | "sandboxImage" | "logLevel"> = {},
-): Record<string, unknown> {
+type ConfigOptions = Pick<ContainerdOptions, "criRuntimes" | "cniConfDir" | "cniBinDir" | "sandboxImage" | "logLevel">;
+
+/** The CRI runtime handlers: runc (the default) and cove, or those asked for. */
+function criRuntimeTable(opts: ConfigOptions): Record<string, unknown> {
   const runtimes: Record<string, unknown> = { runc: { runtime_type: "io.containerd.runc.v2" } };
   const extra = opts.criRuntimes ?? { cove: { runtimeType: COVE_RUNTIME_TYPE } };
   for (const [name, rt] of Object.entries(extra)) {
@@ -97,34 +107,77 @@ export function containerdConfig(
       ...(rt.configPath ? { options: { ConfigPath: rt.configPath } } : {}),
     };
   }
+  return runtimes;
+}
+
+/** What both config versions share: dirs, sockets, log level, plugins this machine cannot back. */
+function configBase(dir: string, opts: ConfigOptions): Record<string, unknown> {
   return {
-    version: 2,
     root: join(dir, "root"),
     state: join(dir, "state"),
-    // Snapshotters this machine cannot back; disabling them keeps the log free of load errors.
+    // Snapshotters this machine cannot back; disabling them keeps the log free of load errors. NRI
+    // (on by default in 2.x) would serve one machine-wide socket, /var/run/nri/nri.sock.
     disabled_plugins: [
       "io.containerd.snapshotter.v1.aufs",
       "io.containerd.snapshotter.v1.btrfs",
       "io.containerd.snapshotter.v1.zfs",
       "io.containerd.snapshotter.v1.devmapper",
+      "io.containerd.nri.v1.nri",
     ],
     grpc: { address: join(dir, "containerd.sock") },
     ttrpc: { address: join(dir, "containerd.sock.ttrpc") },
     debug: { level: opts.logLevel ?? "debug" },
+  };
+}
+
+/**
+ * The scratch config.toml as a plain object: version 2 (containerd 1.6/1.7: one CRI plugin) or
+ * version 3 (2.x: CRI split into the runtime, images and grpc plugins).
+ */
+export function containerdConfig(
+  dir: string,
+  opts: ConfigOptions = {},
+  configVersion: 2 | 3 = 2,
+): Record<string, unknown> {
+  const runtimes = criRuntimeTable(opts);
+  const cniBin = opts.cniBinDir ?? join(dir, "cni", "bin");
+  const cniConf = opts.cniConfDir ?? join(dir, "cni", "conf");
+  const sandboxImage = opts.sandboxImage ?? PAUSE_IMAGE_REF;
+  if (configVersion === 3) {
+    return {
+      version: 3,
+      ...configBase(dir, opts),
+      plugins: {
+        "io.containerd.internal.v1.opt": { path: join(dir, "opt") },
+        "io.containerd.cri.v1.images": { snapshotter: "overlayfs", pinned_images: { sandbox: sandboxImage } },
+        "io.containerd.cri.v1.runtime": {
+          enable_selinux: false,
+          restrict_oom_score_adj: true,
+          containerd: { default_runtime_name: "runc", runtimes },
+          cni: { bin_dirs: [cniBin], conf_dir: cniConf },
+        },
+        "io.containerd.grpc.v1.cri": {
+          disable_tcp_service: true,
+          stream_server_address: "127.0.0.1",
+          stream_server_port: "0",
+        },
+      },
+    };
+  }
+  return {
+    version: 2,
+    ...configBase(dir, opts),
     plugins: {
       "io.containerd.internal.v1.opt": { path: join(dir, "opt") },
       "io.containerd.grpc.v1.cri": {
-        sandbox_image: opts.sandboxImage ?? PAUSE_IMAGE_REF,
+        sandbox_image: sandboxImage,
         disable_tcp_service: true,
         stream_server_address: "127.0.0.1",
         stream_server_port: "0",
         enable_selinux: false,
         restrict_oom_score_adj: true,
         containerd: { snapshotter: "overlayfs", default_runtime_name: "runc", runtimes },
-        cni: {
-          bin_dir: opts.cniBinDir ?? join(dir, "cni", "bin"),
-          conf_dir: opts.cniConfDir ?? join(dir, "cni", "conf"),
-        },
+        cni: { bin_dir: cniBin, conf_dir: cniConf },
       },
     },
   };
@@ -145,12 +198,21 @@ export class Containerd {
   readonly binDir: string;
   /** With traceShims: one line per shim invocation, cwd and argv separated by tabs. */
   readonly shimCallsPath: string;
+  /** The containerd version in use and its binaries. */
+  readonly version: ContainerdVersion;
+  readonly containerdBin: string;
+  readonly ctrBin: string;
+  private readonly versionBinDir: string;
   private child: ChildProcess | undefined;
   private readonly opts: ContainerdOptions;
   private readonly onExit = () => this.child?.kill("SIGKILL");
 
-  private constructor(opts: ContainerdOptions) {
+  private constructor(opts: ContainerdOptions, bins: ContainerdBinaries) {
     this.opts = opts;
+    this.version = bins.version;
+    this.containerdBin = bins.containerd;
+    this.ctrBin = bins.ctr;
+    this.versionBinDir = bins.binDir;
     this.dir = mkdtempSync(join(opts.parentDir ?? tmpdir(), "cove-ctd-"));
     this.root = join(this.dir, "root");
     this.state = join(this.dir, "state");
@@ -164,7 +226,9 @@ export class Containerd {
 
   /** Writes the config, starts containerd and waits until `ctr version` answers. */
   static async start(opts: ContainerdOptions = {}): Promise<Containerd> {
-    const cd = new Containerd(opts);
+    // Fetched once into the cache (.ci/run does it before the tests); a failure throws, never skips.
+    const bins = await ensureContainerd(resolveContainerdVersion(opts.version ?? process.env.COVE_CONTAINERD));
+    const cd = new Containerd(opts, bins);
     try {
       mkdirSync(cd.binDir, { recursive: true });
       mkdirSync(join(cd.dir, "cni", "bin"), { recursive: true });
@@ -174,7 +238,7 @@ export class Containerd {
         if (opts.traceShims) cd.writeTraceWrapper(name, target);
         else symlinkSync(target, join(cd.binDir, name));
       }
-      writeFileSync(cd.configPath, stringify(containerdConfig(cd.dir, opts)));
+      writeFileSync(cd.configPath, stringify(containerdConfig(cd.dir, opts, bins.version.configVersion)));
       await cd.launch();
     } catch (e) {
       await cd.stop();
@@ -218,14 +282,15 @@ export class Containerd {
     return this.child?.pid;
   }
 
-  /** containerd's environment: ours, with binDir first on PATH. */
+  /** containerd's environment: ours, with binDir first on PATH, then this version's own shims. */
   env(): NodeJS.ProcessEnv {
-    return { ...process.env, PATH: `${this.binDir}:${process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"}` };
+    const path = process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin";
+    return { ...process.env, PATH: `${this.binDir}:${this.versionBinDir}:${path}` };
   }
 
   private async launch(): Promise<void> {
     const logFd = openSync(this.logPath, "a");
-    const child = spawn(CONTAINERD_BIN, ["--config", this.configPath], {
+    const child = spawn(this.containerdBin, ["--config", this.configPath], {
       env: this.env(),
       stdio: ["ignore", logFd, logFd],
     });
@@ -257,7 +322,7 @@ export class Containerd {
 
   /** `ctr -a <sock> -n <ns> args…` with a timeout (default 60 s); never throws on a non-zero exit. */
   ctr(args: string[], opts: CtrOptions = {}): Promise<RunResult> {
-    return run(CTR_BIN, ["-a", this.address, "-n", opts.namespace ?? "default", ...args], {
+    return run(this.ctrBin, ["-a", this.address, "-n", opts.namespace ?? "default", ...args], {
       timeoutMs: opts.timeoutMs ?? 60_000,
       input: opts.input,
       env: this.env(),

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
-import { COVE_RUNTIME_TYPE, Containerd, CTR_BIN, REPO_ROOT } from "../harness/containerd.ts";
+import { COVE_RUNTIME_TYPE, Containerd, REPO_ROOT } from "../harness/containerd.ts";
 import { run as runCmd } from "../harness/exec.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage } from "../harness/image.ts";
 import { mountsUnder, processesWithArg, processesWithCwdUnder, waitFor } from "../harness/processes.ts";
@@ -131,7 +131,7 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
 
   test("-d, then exec, ps, pause/resume, metrics, kill, kill --all, rm; events in order", async () => {
     // `ctr events` runs alongside and records every topic for this container.
-    const ev = spawn(CTR_BIN, ["-a", cd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
+    const ev = spawn(cd.ctrBin, ["-a", cd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
     let events = "";
     ev.stdout.on("data", (d: Buffer) => {
       events += d.toString();
@@ -238,7 +238,7 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     const tmux = (args: string[]) => runCmd("tmux", ["-S", sock, ...args], { timeoutMs: 10_000 });
     const screen = async () => (await tmux(["capture-pane", "-p", "-t", "t"])).stdout;
     const ctrCmd = [
-      CTR_BIN,
+      cd.ctrBin,
       "-a",
       cd.address,
       "run",
@@ -307,7 +307,7 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
   });
 
   test("a container past its memory limit is OOM-killed: exit 137 and an oom event", async () => {
-    const ev = spawn(CTR_BIN, ["-a", cd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
+    const ev = spawn(cd.ctrBin, ["-a", cd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
     let events = "";
     ev.stdout.on("data", (d: Buffer) => {
       events += d.toString();
