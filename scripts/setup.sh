@@ -35,4 +35,4 @@ echo "==> guest kernel and image (cached)"
 npm run --silent guest
 
 echo "==> nested test host kernel (cached; only the tests of the embedded VMM on PVM hosts use it)"
-node --import tsx deploy/nested/kernel.ts
+node --import tsx tools/nested/kernel.ts

@@ -10,8 +10,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { buildNestedKernel, NESTED_INIT, nestedKernel } from "../../deploy/nested/kernel.ts";
 import { silentProgress } from "../../src/guest/progress.ts";
+import { buildNestedKernel, NESTED_INIT, nestedKernel } from "../../tools/nested/kernel.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = resolve(here, "..", "..");

@@ -12,7 +12,7 @@ import { buildTestRoot } from "./virtio-guest-root.ts";
 
 /**
  * Host files the nested test host must see: not under /tmp or /var/tmp, which are tmpfs in there
- * (deploy/nested/init.sh); the host's root is shared read-only, so this directory is visible.
+ * (tools/nested/init.sh); the host's root is shared read-only, so this directory is visible.
  */
 export const HOST_SCRATCH = "/var/lib/cove-test";
 

@@ -1,21 +1,25 @@
 // Builds (once, cached by content) the nested test host's kernel: allnoconfig of Debian's
-// linux-source-6.1 with the guest fragment plus deploy/nested/nested.config (KVM, 9p).
+// linux-source-6.1 with the guest fragment plus tools/nested/nested.config (KVM, 9p).
 // Reuses the guest build's helpers and its extracted source tree (src/guest/kernel.ts), but keeps
 // its own kbuild output directory: the guest's is per source tree, and sharing it would make the
 // two configurations rebuild each other. Output: <cache>/nested/<key>/bzImage and the stable
 // symlink <cache>/nested/kernel.
-//   node --import tsx deploy/nested/kernel.ts [--jobs N]
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+//   node --import tsx tools/nested/kernel.ts [--jobs N]
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { dpkgVersion, run, runStreaming } from "../../src/guest/exec.ts";
 import { keyOf, sha256 } from "../../src/guest/hash.ts";
-import {
-  configMismatches,
-  kernelPaths,
-  LINUX_SOURCE_PACKAGE,
-  LINUX_SOURCE_TARBALL,
-} from "../../src/guest/kernel.ts";
+import { configMismatches, kernelPaths, LINUX_SOURCE_PACKAGE, LINUX_SOURCE_TARBALL } from "../../src/guest/kernel.ts";
 import { cacheDir } from "../../src/guest/paths.ts";
 import { consoleProgress, type Progress } from "../../src/guest/progress.ts";
 
@@ -39,6 +43,8 @@ export function nestedPaths(cache = cacheDir()) {
  * nested.config.
  */
 export function nestedFragment(): string {
+  // The label below and nested.config's own comments still say deploy/nested/ (where these files
+  // lived): the fragment's text is part of the cache key, and rewording it would rebuild the kernel.
   const base = readFileSync(NESTED_BASE, "utf8");
   return `${base}\n# ---- deploy/nested/nested.config ----\n${readFileSync(NESTED_FRAGMENT, "utf8")}`;
 }
@@ -99,7 +105,7 @@ export async function buildNestedKernel(
   writeFileSync(fragmentFile, fragment);
   const make = ["make", "-C", src, `O=${p.build}`, `ARCH=${RECIPE.arch}`];
   const env = { ...process.env, ...BUILD_ENV };
-  progress.stage("nested kernel: configuring (allnoconfig + guest fragment + deploy/nested/nested.config)");
+  progress.stage("nested kernel: configuring (allnoconfig + guest fragment + tools/nested/nested.config)");
   run([...make, `KCONFIG_ALLCONFIG=${fragmentFile}`, RECIPE.base], { env });
   const bad = configMismatches(fragment, readFileSync(join(p.build, ".config"), "utf8"));
   if (bad.length) throw new Error(`nested kernel config: options that did not survive:\n  ${bad.join("\n  ")}`);
@@ -108,10 +114,14 @@ export async function buildNestedKernel(
   const log: string[] = [];
   const t0 = Date.now();
   try {
-    await runStreaming([...make, `-j${jobs}`, RECIPE.target], (line) => {
-      log.push(line);
-      progress.status(line.trim());
-    }, { env });
+    await runStreaming(
+      [...make, `-j${jobs}`, RECIPE.target],
+      (line) => {
+        log.push(line);
+        progress.status(line.trim());
+      },
+      { env },
+    );
   } finally {
     progress.done();
     writeFileSync(join(p.build, "build.log"), log.join("\n"));
