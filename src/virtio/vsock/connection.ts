@@ -8,6 +8,9 @@ export type ConnState = "connecting" | "accepting" | "established" | "closed";
 /** Bytes of guest data we are willing to buffer per connection (advertised as buf_alloc). */
 export const CONN_BUF_ALLOC = 256 * 1024;
 
+/** A control packet a connection owes the guest before anything else: 0, OP_REQUEST or OP_RESPONSE. */
+export type PendingControl = 0 | 1 | 2;
+
 /** What the device must do for a connection; implemented by VsockDevice. */
 export interface ConnOwner {
   /** The connection has something to send (data, shutdown, credit update). */
@@ -36,7 +39,14 @@ export class Connection {
   private reading = false;
   /** Flags of a SHUTDOWN to send once txQueue is empty. */
   shutdownToSend = 0;
+  /** REQUEST (host connect) or RESPONSE (accepted guest connect) not yet sent. Per connection, not
+   * in a queue: a guest that opens and resets connections without posting rx buffers cannot grow
+   * anything beyond the connection limit. */
+  controlToSend: PendingControl = 0;
   creditUpdateWanted = false;
+  /** A CREDIT_REQUEST went out since our last RW: the guest's window is known full. Cleared only
+   * by sending data, never by a CREDIT_UPDATE that leaves the window full — otherwise each update
+   * triggers another request and the two sides ping-pong at full CPU. */
   creditRequestSent = false;
   peerShutdown = 0;
   /** Host-initiated: the REQUEST went out (an abort must then RST it). */
@@ -67,8 +77,9 @@ export class Connection {
 
   /** Whether there is something to put in the rx ring for this connection now. */
   wantsToSend(): boolean {
+    if (this.state === "connecting") return this.controlToSend !== 0;
     if (this.state !== "established") return false;
-    if (this.creditUpdateWanted) return true;
+    if (this.controlToSend !== 0 || this.creditUpdateWanted) return true;
     if (this.txQueued > 0 && (this.peerCredit() > 0 || !this.creditRequestSent)) return true;
     return this.txQueued === 0 && this.shutdownToSend !== 0;
   }
@@ -130,17 +141,29 @@ export class Connection {
     }
     this.txQueued -= n;
     this.txCnt = (this.txCnt + n) >>> 0;
+    if (n > 0) this.creditRequestSent = false;
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
-  /** Tears down locally (after RST either way); pending writes fail. */
+  /**
+   * Tears down locally (after RST either way); pending writes fail. A stream never handed out
+   * (connect() pending, acceptor pending) is simply destroyed. A handed-out stream gets `err` one
+   * event-loop turn later: its consumer may have received it a moment ago through a promise that
+   * has not run yet (RESPONSE and RST in one tx batch), and must still see the error and 'close'.
+   */
   close(err?: Error): void {
     if (this.state === "closed") return;
+    const handedOut = this.state === "established";
     this.state = "closed";
     for (const w of this.txQueue.splice(0)) w.done(err ?? new Error("vsock connection reset"));
     this.txQueued = 0;
+    this.controlToSend = 0;
+    if (!handedOut) {
+      this.stream.destroy();
+      return;
+    }
     if (err) {
-      this.stream.destroy(err);
+      setImmediate(() => this.stream.destroy(err));
       return;
     }
     // Graceful: the consumer still gets the data and 'end'; the stream is released after that.
@@ -155,6 +178,9 @@ export class Connection {
 export class VsockStream extends Duplex {
   constructor(private readonly conn: Connection) {
     super({ allowHalfOpen: true });
+    // A reset is the guest's to provoke at any moment, also before a consumer listens: it must
+    // never become an uncaught 'error' (which exits the shim). Consumers that listen still get it.
+    this.on("error", () => {});
   }
 
   /** The host-side port of this connection (what hybrid vsock reports in `OK <port>`). */

@@ -2,6 +2,8 @@
 // event queues, stream connections with credit-based flow control, and the host-side API:
 // connect(port) → Duplex for in-process users (the shim's agent channel), listen(port) for
 // guest-initiated connections, and an `acceptor` fallback (hybrid vsock's `<uds>_<port>`).
+
+import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import {
   type ActivateContext,
   bit,
@@ -42,6 +44,14 @@ export const RX_QUEUE = 0;
 export const TX_QUEUE = 1;
 export const EVENT_QUEUE = 2;
 
+// Per-pod limits (docs/security.md): a hostile guest may hit them, never go past them.
+/** Descriptor chains taken from each ring per event-loop turn; the rest waits for setImmediate. */
+export const VSOCK_BATCH = 128;
+/** Open connections (either direction); a guest REQUEST beyond it gets RST. */
+export const MAX_CONNECTIONS = 1024;
+/** RSTs waiting for an rx buffer; RSTs answering a guest's stray packets beyond it are dropped. */
+export const MAX_PENDING_RST = 256;
+
 export interface VsockOptions {
   guestCid: number;
   queueSize?: number;
@@ -50,14 +60,6 @@ export interface VsockOptions {
 
 /** Handles a guest-initiated connection to a host port; resolve to undefined to refuse it. */
 export type VsockAcceptor = (port: number) => Promise<((stream: VsockStream) => void) | undefined>;
-
-interface Control {
-  hostPort: number;
-  guestPort: number;
-  op: number;
-  flags: number;
-  conn?: Connection;
-}
 
 export class VsockDevice implements VirtioDevice, ConnOwner {
   readonly deviceType = VIRTIO_ID_VSOCK;
@@ -73,12 +75,16 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
   private ctx: ActivateContext | undefined;
   private readonly conns = new Map<string, Connection>();
   private readonly listeners = new Map<number, (s: VsockStream) => void>();
-  private readonly control: Control[] = [];
+  /** RSTs to send, by "hostPort:guestPort" (one per pair: a second would say nothing new). */
+  private readonly rsts = new Map<string, { hostPort: number; guestPort: number }>();
   /** Connections with something to send, in round-robin order. */
   private readonly ready = new Set<Connection>();
   private pumpScheduled = false;
+  private txScheduled = false;
   private nextPort = 49152;
   private readonly log: Logger;
+  /** Warnings the guest provokes at will (wrong CIDs, credit violations): rate-limited. */
+  private readonly guestWarn: RateLimitedLog;
 
   constructor(opts: VsockOptions) {
     if (!Number.isInteger(opts.guestCid) || opts.guestCid < 3 || opts.guestCid >= 0xffffffff) {
@@ -87,6 +93,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     this.guestCid = BigInt(opts.guestCid);
     this.queueMaxSizes = [opts.queueSize ?? 1024, opts.queueSize ?? 1024, opts.queueSize ?? 1024];
     this.log = (opts.logger ?? defaultLogger).child({ device: this.name, cid: opts.guestCid });
+    this.guestWarn = new RateLimitedLog(this.log, "warn");
   }
 
   readConfig(offset: number, length: number): Buffer {
@@ -117,7 +124,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
    * consumer get an error; a destroy(err) on any other would be an 'error' nobody listens to. */
   reset(): void {
     this.ctx = undefined;
-    this.control.length = 0;
+    this.rsts.clear();
     this.ready.clear();
     const conns = [...this.conns.values()];
     this.conns.clear();
@@ -154,7 +161,14 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
 
   /** Opens a stream to a port the guest listens on (ECONNREFUSED if it does not, ETIMEDOUT). */
   connect(port: number, timeoutMs = 10_000): Promise<VsockStream> {
-    const hostPort = this.allocPort();
+    if (this.conns.size >= MAX_CONNECTIONS) {
+      return Promise.reject(
+        Object.assign(new Error(`vsock connect to guest port ${port}: ${MAX_CONNECTIONS} connections open`), {
+          code: "EAGAIN",
+        }),
+      );
+    }
+    const hostPort = this.allocPort(port >>> 0);
     const c = new Connection(this, hostPort, port >>> 0, "connecting");
     this.conns.set(c.key, c);
     return new Promise<VsockStream>((resolve, reject) => {
@@ -168,7 +182,8 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
         if (err) reject(err);
         else resolve(c.stream);
       };
-      this.sendControl({ hostPort, guestPort: c.guestPort, op: OP_REQUEST, flags: 0, conn: c });
+      c.controlToSend = OP_REQUEST;
+      this.wake(c);
     });
   }
 
@@ -183,11 +198,12 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     return this.conns.size;
   }
 
-  private allocPort(): number {
+  private allocPort(guestPort: number): number {
     for (let i = 0; i < 1 << 20; i++) {
       const p = this.nextPort;
       this.nextPort = this.nextPort >= 0x7fffffff ? 49152 : this.nextPort + 1;
-      if (this.listeners.has(p)) continue;
+      // An RST still queued for this pair would reset the new connection.
+      if (this.listeners.has(p) || this.rsts.has(`${p}:${guestPort}`)) continue;
       let used = false;
       for (const c of this.conns.values()) if (c.hostPort === p) used = true;
       if (!used) return p;
@@ -206,23 +222,37 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
   abort(c: Connection): void {
     if (c.state === "closed") return;
     const wasConnecting = c.state === "connecting";
+    this.forget(c);
+    c.close();
+    if (!wasConnecting || c.requestSent) this.rst(c.hostPort, c.guestPort, true);
+  }
+
+  private forget(c: Connection): void {
     this.conns.delete(c.key);
     this.ready.delete(c);
-    c.close();
-    if (!wasConnecting || c.requestSent)
-      this.sendControl({ hostPort: c.hostPort, guestPort: c.guestPort, op: OP_RST, flags: 0 });
   }
 
   // ---- guest → host (tx queue) ----------------------------------------------------------------
 
+  /** At most VSOCK_BATCH packets per call; a fuller ring continues on the next turn (setImmediate),
+   * so a guest that keeps the ring full cannot starve the event loop. */
   private processTx(): void {
+    this.txScheduled = false;
     const ctx = this.ctx;
     const q = ctx?.queues[TX_QUEUE];
     if (!ctx || !q || q.broken) return;
     let used = false;
-    for (;;) {
+    let budget = VSOCK_BATCH;
+    outer: for (;;) {
       q.disableNotification();
-      for (let chain = q.pop(); chain; chain = q.pop()) {
+      for (;;) {
+        if (budget === 0) {
+          this.scheduleTx();
+          break outer;
+        }
+        const chain = q.pop();
+        if (!chain) break;
+        budget--;
         used = true;
         if (chain.readableLen < HDR_SIZE) {
           q.markBroken(`vsock tx packet of ${chain.readableLen} bytes, shorter than the header`);
@@ -241,16 +271,23 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
         q.addUsed(chain.head, 0);
         this.metrics.rxPackets++;
         this.handle(h, payload);
+        if (this.ctx !== ctx) return; // a handler reset the device
       }
       if (q.broken || !q.enableNotification()) break;
     }
     if (used && q.needsNotification()) ctx.interrupt.queue(TX_QUEUE);
   }
 
+  private scheduleTx(): void {
+    if (this.txScheduled) return;
+    this.txScheduled = true;
+    setImmediate(() => this.processTx());
+  }
+
   private handle(h: VsockHeader, payload: Buffer): void {
     if (h.srcCid !== this.guestCid || h.dstCid !== BigInt(HOST_CID)) {
       this.metrics.invalid++;
-      this.log.warn({ src: h.srcCid, dst: h.dstCid }, "vsock packet with wrong CIDs dropped");
+      this.guestWarn.log({ src: String(h.srcCid), dst: String(h.dstCid) }, "vsock packet with wrong CIDs dropped");
       return;
     }
     const key = `${h.dstPort}:${h.srcPort}`;
@@ -275,8 +312,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
       case OP_RST:
         this.metrics.resetsReceived++;
         if (!c) return;
-        this.conns.delete(key);
-        this.ready.delete(c);
+        this.forget(c);
         if (c.state === "connecting") {
           this.metrics.connectionsRefused++;
           c.onEstablished?.(
@@ -312,7 +348,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
         // The guest may not send more than we advertised: buffered + new ≤ buf_alloc.
         if (c.buffered() + payload.length > CONN_BUF_ALLOC) {
           this.metrics.invalid++;
-          this.log.warn({ port: h.srcPort }, "guest exceeded its vsock credit; resetting the connection");
+          this.guestWarn.log({ port: h.srcPort }, "guest exceeded its vsock credit; resetting the connection");
           this.abort(c);
           return;
         }
@@ -321,7 +357,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
         this.wake(c);
         return;
       case OP_CREDIT_UPDATE:
-        c.creditRequestSent = false;
+        // The new window (if any) came with the header above; creditRequestSent stays as it is.
         this.wake(c);
         return;
       case OP_CREDIT_REQUEST:
@@ -338,15 +374,14 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
         }
         if (c.peerShutdown === (SHUTDOWN_RCV | SHUTDOWN_SEND)) {
           // Full shutdown: the receiver answers with RST (as Linux does) and the connection is over.
-          this.conns.delete(key);
-          this.ready.delete(c);
-          this.rst(c.hostPort, c.guestPort);
+          this.forget(c);
+          this.rst(c.hostPort, c.guestPort, true);
           c.close();
         }
         return;
       default:
         this.metrics.invalid++;
-        this.log.warn({ op: h.op }, "unknown vsock op; resetting the connection");
+        this.guestWarn.log({ op: h.op }, "unknown vsock op; resetting the connection");
         this.abort(c);
     }
   }
@@ -354,6 +389,14 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
   /** A guest REQUEST: an in-process listener, else the acceptor (hybrid socket), else RST. */
   private accept(h: VsockHeader): void {
     const port = h.dstPort;
+    // The guest starts over on this pair: an RST still queued for an older connection would reset it.
+    this.rsts.delete(`${port}:${h.srcPort}`);
+    if (this.conns.size >= MAX_CONNECTIONS) {
+      this.metrics.connectionsRefused++;
+      this.guestWarn.log({ port, limit: MAX_CONNECTIONS }, "vsock connection limit reached; guest REQUEST refused");
+      this.rst(port, h.srcPort);
+      return;
+    }
     const c = new Connection(this, port, h.srcPort, "accepting");
     c.peerBufAlloc = h.bufAlloc;
     c.peerFwdCnt = h.fwdCnt;
@@ -362,15 +405,16 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     const go = (handler: ((s: VsockStream) => void) | undefined) => {
       if (c.state !== "accepting") return;
       if (!handler) {
-        this.conns.delete(c.key);
-        c.state = "closed";
+        this.forget(c);
+        c.close();
         this.metrics.connectionsRefused++;
-        this.rst(port, h.srcPort);
+        this.rst(port, h.srcPort, true);
         return;
       }
       c.state = "established";
       this.metrics.connectionsOpened++;
-      this.sendControl({ hostPort: port, guestPort: h.srcPort, op: OP_RESPONSE, flags: 0, conn: c });
+      c.controlToSend = OP_RESPONSE;
+      this.wake(c);
       handler(c.stream);
     };
     if (local) go(local);
@@ -382,28 +426,36 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     } else go(undefined);
   }
 
-  private rst(hostPort: number, guestPort: number): void {
-    this.sendControl({ hostPort, guestPort, op: OP_RST, flags: 0 });
-  }
-
-  private sendControl(ctl: Control): void {
-    this.control.push(ctl);
+  /**
+   * Queues an RST for the pair. `owed` RSTs end a connection we knew (bounded by the connection
+   * limit); the others answer a guest's stray packets, which it may send without end while
+   * posting no rx buffers, so past MAX_PENDING_RST they are dropped (and counted).
+   */
+  private rst(hostPort: number, guestPort: number, owed = false): void {
+    const key = `${hostPort}:${guestPort}`;
+    if (this.rsts.has(key)) return;
+    if (!owed && this.rsts.size >= MAX_PENDING_RST) {
+      this.metrics.resetsDropped++;
+      return;
+    }
+    this.rsts.set(key, { hostPort, guestPort });
     this.schedulePump();
   }
 
   // ---- host → guest (rx queue) --------------------------------------------------------------
 
+  /** The pump runs on its own turn (setImmediate): many wakes in one turn make one pump. */
   private schedulePump(): void {
     if (this.pumpScheduled) return;
     this.pumpScheduled = true;
-    process.nextTick(() => {
+    setImmediate(() => {
       this.pumpScheduled = false;
       this.pump();
     });
   }
 
   private hasWork(): boolean {
-    if (this.control.length > 0) return true;
+    if (this.rsts.size > 0) return true;
     for (const c of this.ready) {
       if (c.wantsToSend()) return true;
       this.ready.delete(c);
@@ -411,50 +463,54 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     return false;
   }
 
-  /** Fills guest rx buffers with control packets first, then data round-robin across connections. */
+  /**
+   * Fills guest rx buffers with RSTs first, then each connection's next packet round-robin; at
+   * most VSOCK_BATCH buffers per turn.
+   */
   private pump(): void {
     const ctx = this.ctx;
     const q = ctx?.queues[RX_QUEUE];
     if (!ctx || !q || q.broken) return;
     let used = false;
+    let budget = VSOCK_BATCH;
     const hdr = Buffer.alloc(HDR_SIZE);
     while (this.hasWork()) {
+      if (budget === 0) {
+        this.schedulePump();
+        break;
+      }
       const chain = q.pop();
       if (!chain) {
         // Out of rx buffers: ask for a kick, unless buffers arrived meanwhile.
         if (q.broken || !q.enableNotification()) break;
         continue;
       }
+      budget--;
       if (chain.writableLen < HDR_SIZE || chain.readableLen > 0) {
         q.markBroken(`vsock rx buffer of ${chain.writableLen} writable/${chain.readableLen} readable bytes`);
         return;
       }
+      const room = chain.writableLen - HDR_SIZE;
       let h: VsockHeader;
       let payload: Buffer | undefined;
-      const ctl = this.control.shift();
-      if (ctl) {
-        if (ctl.op === OP_REQUEST && ctl.conn) ctl.conn.requestSent = true;
-        if (ctl.op === OP_RST) this.metrics.resetsSent++;
-        h = this.header(ctl.hostPort, ctl.guestPort, ctl.op, ctl.flags, 0, ctl.conn);
+      const rst = this.rsts.values().next().value;
+      if (rst) {
+        this.rsts.delete(`${rst.hostPort}:${rst.guestPort}`);
+        this.metrics.resetsSent++;
+        h = this.header(rst.hostPort, rst.guestPort, OP_RST, 0, 0, undefined);
       } else {
         const c = this.ready.values().next().value as Connection;
-        this.ready.delete(c);
-        if (c.creditUpdateWanted && c.txQueued === 0) {
-          c.creditUpdateWanted = false;
-          this.metrics.creditUpdatesSent++;
-          h = this.header(c.hostPort, c.guestPort, OP_CREDIT_UPDATE, 0, 0, c);
-        } else if (c.txQueued > 0 && c.peerCredit() === 0) {
-          c.creditRequestSent = true;
-          h = this.header(c.hostPort, c.guestPort, OP_CREDIT_REQUEST, 0, 0, c);
-        } else if (c.txQueued > 0) {
-          c.creditUpdateWanted = false; // fwd_cnt rides along in the RW header
-          payload = c.takeTx(Math.min(chain.writableLen - HDR_SIZE, c.peerCredit(), MAX_PAYLOAD));
-          h = this.header(c.hostPort, c.guestPort, OP_RW, 0, payload.length, c);
-          this.metrics.txBytes += payload.length;
-        } else {
-          h = this.header(c.hostPort, c.guestPort, OP_SHUTDOWN, c.shutdownToSend, 0, c);
-          c.shutdownToSend = 0;
+        const next = this.nextPacket(c, room);
+        if (!next) {
+          // Data waits for a buffer with room for it: a header-only buffer would carry an empty
+          // RW, and a guest posting only those would get empty RWs at full speed. Give it back.
+          q.nextAvail = (q.nextAvail - 1) & 0xffff;
+          this.metrics.rxBuffersTooSmall++;
+          break;
         }
+        this.ready.delete(c);
+        h = next.h;
+        payload = next.payload;
         if (c.wantsToSend()) this.ready.add(c);
       }
       encodeHeader(h, hdr);
@@ -467,6 +523,37 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     if (used && q.needsNotification()) ctx.interrupt.queue(RX_QUEUE);
   }
 
+  /** The packet `c` sends next into a buffer with `room` payload bytes (undefined: data needs room). */
+  private nextPacket(c: Connection, room: number): { h: VsockHeader; payload?: Buffer } | undefined {
+    const send = (op: number, flags = 0, payload?: Buffer) => ({
+      h: this.header(c.hostPort, c.guestPort, op, flags, payload?.length ?? 0, c),
+      payload,
+    });
+    if (c.controlToSend !== 0) {
+      const op = c.controlToSend;
+      c.controlToSend = 0;
+      if (op === OP_REQUEST) c.requestSent = true;
+      return send(op);
+    }
+    if (c.txQueued > 0 && c.peerCredit() > 0) {
+      if (room === 0) return undefined;
+      const payload = c.takeTx(Math.min(room, c.peerCredit(), MAX_PAYLOAD));
+      this.metrics.txBytes += payload.length;
+      return send(OP_RW, 0, payload);
+    }
+    if (c.txQueued > 0 && !c.creditRequestSent) {
+      c.creditRequestSent = true;
+      return send(OP_CREDIT_REQUEST);
+    }
+    if (c.creditUpdateWanted) {
+      this.metrics.creditUpdatesSent++;
+      return send(OP_CREDIT_UPDATE);
+    }
+    const flags = c.shutdownToSend;
+    c.shutdownToSend = 0;
+    return send(OP_SHUTDOWN, flags);
+  }
+
   private header(
     hostPort: number,
     guestPort: number,
@@ -475,7 +562,11 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     len: number,
     c: Connection | undefined,
   ): VsockHeader {
-    if (c) c.lastFwdCntSent = c.fwdCnt;
+    if (c) {
+      // fwd_cnt rides along in every header: any packet is a credit update.
+      c.lastFwdCntSent = c.fwdCnt;
+      c.creditUpdateWanted = false;
+    }
     if (this.log.isLevelEnabled("trace")) this.log.trace({ op: OP_NAMES[op], hostPort, guestPort, len }, "vsock tx");
     return {
       srcCid: BigInt(HOST_CID),

@@ -11,4 +11,8 @@ export class VsockMetrics {
   /** Packets dropped because they broke the protocol (wrong CID, over credit, ...). */
   invalid = 0;
   creditUpdatesSent = 0;
+  /** RSTs answering stray guest packets not queued because MAX_PENDING_RST were already waiting. */
+  resetsDropped = 0;
+  /** Times data waited because the next rx buffer had no room past the header. */
+  rxBuffersTooSmall = 0;
 }

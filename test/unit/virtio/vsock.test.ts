@@ -4,13 +4,9 @@ import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { bit, VIRTIO_F_VERSION_1 } from "../../../src/virtio/device.ts";
-import { GuestMemory } from "../../../src/virtio/memory.ts";
 import { VsockDevice } from "../../../src/virtio/vsock/device.ts";
 import { HybridVsock } from "../../../src/virtio/vsock/hybrid.ts";
 import {
-  decodeHeader,
-  encodeHeader,
   HDR_SIZE,
   OP_CREDIT_UPDATE,
   OP_REQUEST,
@@ -18,92 +14,11 @@ import {
   OP_RST,
   OP_RW,
   OP_SHUTDOWN,
-  type VsockHeader,
 } from "../../../src/virtio/vsock/packet.ts";
-import { TestDriver } from "./driver.ts";
+import { CID, established, FakeGuest } from "./vsock-guest.ts";
 
-const CID = 42;
 const dir = mkdtempSync(join(tmpdir(), "cove-vsock-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-type Pkt = VsockHeader & { payload: Buffer };
-
-/** The guest side of a vsock device, driven from TypeScript. */
-class FakeGuest {
-  readonly mem = GuestMemory.alloc(16 << 20);
-  readonly rx = new TestDriver(256, 0, this.mem, 0);
-  readonly tx = new TestDriver(256, 0, this.mem, 8 << 20);
-  readonly dev = new VsockDevice({ guestCid: CID });
-  readonly got: Pkt[] = [];
-  bufAlloc = 1 << 20;
-  fwdCnt = 0;
-
-  constructor(rxBuffers = 64) {
-    this.dev.activate({
-      mem: this.mem,
-      queues: [this.rx.queue(), this.tx.queue(), undefined],
-      interrupt: { queue: () => this.collect(), config: () => {} },
-      features: bit(VIRTIO_F_VERSION_1),
-    });
-    this.fill(rxBuffers);
-  }
-
-  fill(n: number): void {
-    for (let i = 0; i < n; i++) this.rx.add([], [HDR_SIZE, 4096]);
-    this.dev.notify(0);
-  }
-
-  collect(): void {
-    for (const u of this.rx.takeUsed()) {
-      const w = this.rx.written(u.head);
-      const h = decodeHeader(w);
-      this.got.push({ ...h, payload: Buffer.from(w.subarray(HDR_SIZE, HDR_SIZE + h.len)) });
-      assert.equal(u.len, HDR_SIZE + h.len, "used length covers header and payload");
-    }
-  }
-
-  send(h: Partial<VsockHeader>, payload = Buffer.alloc(0)): void {
-    const hdr = encodeHeader({
-      srcCid: BigInt(CID),
-      dstCid: 2n,
-      srcPort: 0,
-      dstPort: 0,
-      len: payload.length,
-      type: 1,
-      op: OP_RW,
-      flags: 0,
-      bufAlloc: this.bufAlloc,
-      fwdCnt: this.fwdCnt,
-      ...h,
-    });
-    this.tx.add(payload.length ? [hdr, payload] : [hdr], []);
-    this.dev.notify(1);
-  }
-
-  /** Waits (bounded) for a packet matching `pred`, removing it. */
-  async expect(pred: (p: Pkt) => boolean, what: string, ms = 2000): Promise<Pkt> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      this.collect();
-      const i = this.got.findIndex(pred);
-      if (i >= 0) return this.got.splice(i, 1)[0]!;
-      if (Date.now() > deadline)
-        throw new Error(`no ${what} within ${ms} ms; got ${JSON.stringify(this.got.map((p) => p.op))}`);
-      await new Promise((r) => setTimeout(r, 1));
-    }
-  }
-}
-
-async function established(g: FakeGuest, port = 1024) {
-  const p = g.dev.connect(port, 2000);
-  const req = await g.expect((x) => x.op === OP_REQUEST, "REQUEST");
-  assert.equal(req.dstPort, port);
-  assert.equal(req.dstCid, BigInt(CID));
-  assert.equal(req.srcCid, 2n);
-  g.send({ op: OP_RESPONSE, srcPort: port, dstPort: req.srcPort });
-  const s = await p;
-  return { s, hostPort: req.srcPort };
-}
 
 describe("virtio-vsock", () => {
   it("reports the guest CID in config space", () => {
