@@ -1,9 +1,14 @@
 // The shim's typed client of the guest agent (cove.agent.v1.Agent over ttrpc, plus the stdio port).
 // Transport-agnostic: a Dial function opens the RPC or a stdio connection (vsock ports 1024/1025
 // through the VM's vsock device, or the agent's Unix sockets on a host).
+//
+// The agent is inside the guest, and the guest is not trusted: every request/response call has a
+// deadline (a silent guest cannot hang Kill, Delete or anything else), and an error the agent sends
+// reaches containerd with a known code and a bounded, escaped message.
 import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
-import { type CallOptions, TtrpcClient } from "../../ttrpc/index.ts";
+import { printable } from "../../common/text.ts";
+import { type CallOptions, Code, TtrpcClient, TtrpcError } from "../../ttrpc/index.ts";
 import { handshake, type StdioStream } from "./stdio.ts";
 
 export const AGENT_SERVICE = "cove.agent.v1.Agent";
@@ -113,25 +118,106 @@ export type Metrics = Record<string, Record<string, unknown> | unknown>;
 
 const OUTPUT_END_WAIT_MS = 10_000;
 
+/**
+ * Deadlines of the agent's request/response calls, in ms, sized for a guest under TCG on a loaded
+ * host, where guest code runs tens of times slower than under KVM: there, creating a container
+ * (mounts, crun, a volume copy) takes seconds, so the deadlines are generous; under KVM none comes
+ * near. A call past its deadline fails with DEADLINE_EXCEEDED, and the agent, which gets the
+ * deadline in timeout_nano, cancels its side. The long polls (LONG_POLLS) have none: they are
+ * cancelled when the client closes, at pod teardown.
+ */
+export const AGENT_DEADLINES_MS = {
+  // Setting things up: mounts, file copies, the OCI runtime's create.
+  CreateSandbox: 120_000,
+  CreateContainer: 120_000,
+  SyncFiles: 120_000,
+  ConfigureNetwork: 60_000,
+  // Changing a container or process.
+  StartContainer: 60_000,
+  ExecProcess: 60_000,
+  RemoveContainer: 60_000,
+  DestroySandbox: 60_000,
+  DeleteProcess: 30_000,
+  PauseContainer: 30_000,
+  ResumeContainer: 30_000,
+  UpdateContainer: 30_000,
+  // Questions and signals: a syscall or a cgroup file read in the guest.
+  Check: 30_000,
+  SignalProcess: 30_000,
+  StateContainer: 30_000,
+  ListPids: 30_000,
+  StatsContainer: 30_000,
+  ResizeTty: 30_000,
+  CloseStdin: 30_000,
+} as const;
+
+/** Calls that wait for something to happen in the guest, for as long as it takes. */
+export const LONG_POLLS = ["WaitProcess", "GetOOMEvent"] as const;
+
+export type DeadlineMethod = keyof typeof AGENT_DEADLINES_MS;
+export type AgentMethod = DeadlineMethod | (typeof LONG_POLLS)[number];
+
+/** The longest error message from the agent passed on (containerd stores and logs each one). */
+export const MAX_AGENT_ERROR = 1024;
+
+export interface AgentClientOptions {
+  /** Per-method deadlines instead of AGENT_DEADLINES_MS (tests shorten them). */
+  deadlines?: Partial<Record<DeadlineMethod, number>>;
+}
+
+/**
+ * An error as the agent sent it, made safe to hand to containerd: a code outside gRPC's table
+ * becomes UNKNOWN, the message is bounded and its control characters escaped.
+ */
+export function agentError(err: unknown, method: string, deadlineMs: number | undefined): unknown {
+  if (!(err instanceof TtrpcError)) return err;
+  if (err.code === Code.DEADLINE_EXCEEDED && deadlineMs !== undefined && err.message.startsWith("ttrpc:")) {
+    return new TtrpcError(Code.DEADLINE_EXCEEDED, `the guest agent did not answer ${method} within ${deadlineMs} ms`);
+  }
+  const known = Number.isInteger(err.code) && err.code >= Code.CANCELLED && err.code <= Code.UNAUTHENTICATED;
+  return new TtrpcError(known ? err.code : Code.UNKNOWN, printable(err.message, MAX_AGENT_ERROR));
+}
+
 export class AgentClient {
   /** Output streams this client opened, per process: WaitProcess also waits for their end here. */
   private readonly outputs = new Map<string, Set<Promise<void>>>();
+  /** Open stdio connections: ended at close() with the long polls. */
+  private readonly streams = new Set<Duplex>();
+  private readonly deadlines: Record<DeadlineMethod, number>;
+  private closed = false;
 
   private constructor(
     readonly rpc: TtrpcClient,
     private readonly dial: Dial,
-  ) {}
-
-  static async connect(dial: Dial): Promise<AgentClient> {
-    return new AgentClient(new TtrpcClient(await dial("rpc")), dial);
+    opts: AgentClientOptions,
+  ) {
+    this.deadlines = { ...AGENT_DEADLINES_MS, ...opts.deadlines };
   }
 
+  static async connect(dial: Dial, opts: AgentClientOptions = {}): Promise<AgentClient> {
+    return new AgentClient(new TtrpcClient(await dial("rpc")), dial, opts);
+  }
+
+  /** Teardown: every pending call (the long polls included) fails, every stdio connection ends. */
   close(): void {
+    this.closed = true;
     this.rpc.close();
+    for (const s of this.streams) s.destroy();
+    this.streams.clear();
   }
 
-  private call<T>(method: string, req: object, opts?: CallOptions): Promise<T> {
-    return this.rpc.call<T>(AGENT_SERVICE, method, req, opts);
+  /** The deadline a call gets unless its caller gives one; undefined for a long poll. */
+  deadlineOf(method: AgentMethod): number | undefined {
+    return method in this.deadlines ? this.deadlines[method as DeadlineMethod] : undefined;
+  }
+
+  private async call<T>(method: AgentMethod, req: object, opts?: CallOptions): Promise<T> {
+    const timeoutMs = opts?.timeoutMs ?? this.deadlineOf(method);
+    try {
+      return await this.rpc.call<T>(AGENT_SERVICE, method, req, { ...opts, timeoutMs });
+    } catch (e) {
+      throw agentError(e, method, timeoutMs);
+    }
   }
 
   check(opts?: CallOptions) {
@@ -284,7 +370,15 @@ export class AgentClient {
    * stdout/stderr: read it to the end. stdin: write, then end() for EOF.
    */
   async openStdio(containerId: string, execId: string, stream: StdioStream): Promise<Duplex> {
-    const conn = await handshake(await this.dial("stdio"), containerId, execId, stream);
+    const conn = await handshake(await this.dial("stdio"), containerId, execId, stream).catch((e: unknown) => {
+      throw agentError(e, "stdio", undefined);
+    });
+    if (this.closed) {
+      conn.destroy();
+      throw new TtrpcError(Code.UNAVAILABLE, "the agent connection is closed");
+    }
+    this.streams.add(conn);
+    conn.once("close", () => this.streams.delete(conn));
     if (stream !== "stdin") {
       const k = key(containerId, execId);
       let set = this.outputs.get(k);
