@@ -1,42 +1,74 @@
 // A lock file shared across processes (two `cove guest build` runs must not share one kbuild
-// directory). O_EXCL create with our pid inside; a lock whose owner is gone is taken over.
-import { closeSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+// directory; two shims must not convert one layer twice). The lock is flock(2) on the file: the
+// kernel drops it when its holder exits or crashes, so a stale lock needs no takeover (a pid-file
+// takeover lets two waiters each "take over" the same stale lock). The holder's pid is written into
+// the file only to say whom a waiter waits for.
+//
+// The holder unlinks the file before it lets go. A waiter that opened the old file may then lock an
+// inode that no longer has the name, so after locking it checks that the path still names the inode
+// it holds, and starts again if not: at any time at most one process holds the lock on the file the
+// path names.
+import { closeSync, fstatSync, ftruncateSync, openSync, readFileSync, rmSync, statSync, writeSync } from "node:fs";
+import { tryLock } from "../native/flock.ts";
 
-function alive(pid: number): boolean {
+export interface LockOptions {
+  /** Give up (throw) after this long; default one hour. */
+  timeoutMs?: number;
+  /** How often a waiter tries again; default 500 ms. */
+  pollMs?: number;
+}
+
+/** Whether the path names the very file open as fd. */
+function sameFile(fd: number, path: string): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
+    const a = fstatSync(fd);
+    const b = statSync(path);
+    return a.ino === b.ino && a.dev === b.dev;
+  } catch {
+    return false; // unlinked meanwhile
+  }
+}
+
+function holderOf(fd: number): number {
+  try {
+    return Number(readFileSync(fd, "utf8").trim()) || 0;
+  } catch {
+    return 0;
   }
 }
 
 /** Waits (polling) until the lock is ours; returns the release function. */
-export async function acquireLock(path: string, onWait: (holder: number) => void, timeoutMs = 3_600_000) {
+export async function acquireLock(
+  path: string,
+  onWait: (holder: number) => void,
+  opts: LockOptions | number = {},
+): Promise<() => void> {
+  const { timeoutMs = 3_600_000, pollMs = 500 } = typeof opts === "number" ? { timeoutMs: opts } : opts;
   const end = Date.now() + timeoutMs;
   let told = false;
   for (;;) {
+    const fd = openSync(path, "a+", 0o644);
+    let ours = false;
     try {
-      const fd = openSync(path, "wx");
-      writeSync(fd, String(process.pid));
-      closeSync(fd);
-      return () => rmSync(path, { force: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      if (tryLock(fd) && sameFile(fd, path)) {
+        ftruncateSync(fd, 0);
+        writeSync(fd, String(process.pid));
+        ours = true;
+        let released = false;
+        return () => {
+          if (released) return;
+          released = true;
+          rmSync(path, { force: true }); // before the close: see the comment at the top
+          closeSync(fd);
+        };
+      }
+      if (!sameFile(fd, path)) continue; // released (and unlinked) meanwhile: try the new file now
+      if (!told) onWait(holderOf(fd));
+      told = true;
+    } finally {
+      if (!ours) closeSync(fd);
     }
-    let holder = 0;
-    try {
-      holder = Number(readFileSync(path, "utf8")) || 0;
-    } catch {
-      continue; // released meanwhile
-    }
-    if (!holder || !alive(holder)) {
-      rmSync(path, { force: true }); // stale: its owner died
-      continue;
-    }
-    if (!told) onWait(holder);
-    told = true;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${path} (held by pid ${holder})`);
-    await new Promise((r) => setTimeout(r, 500));
+    if (Date.now() > end) throw new Error(`timed out waiting for the lock ${path}`);
+    await new Promise((r) => setTimeout(r, pollMs));
   }
 }

@@ -1,14 +1,37 @@
-// Read-only layer images: one erofs image per snapshot directory, built with mkfs.erofs and cached
-// under <cache_dir>/layers, shared by every container and pod that uses the snapshot. Committed
-// snapshots never change, so the key is the directory's identity (path, device, inode, ctime).
+// Read-only layer images: one erofs image per layer, built with mkfs.erofs and cached under
+// <cache_dir>/layers, shared by every container, pod and shim process that uses the layer.
+//
+// The cache key is the layer's content when containerd can name it: the committed snapshot's name
+// (its chain ID, a hash of this layer's diff and of every layer below it) and the snapshotter, so
+// a re-pulled image or a fresh containerd root finds the conversion already made
+// (src/rootfs/snapshots.ts). Otherwise it is the directory's identity (path, device, inode, ctime),
+// which is right for any directory that does not change but is shared only with itself.
+//
+// Conversion is once per key across processes: under a flock(2) lock in the cache (released by the
+// kernel if its holder crashes), into a temporary file renamed into place, so a reader sees the whole
+// image or none and a failed or interrupted conversion leaves nothing behind.
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { acquireLock } from "../guest/lock.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 
 export const MKFS_EROFS = "mkfs.erofs";
+/**
+ * mkfs.erofs arguments. Part of the cache key: images made with other arguments are not reused.
+ * Ownership, modes, xattrs (overlay opaque markers, file capabilities), whiteouts (0/0 character
+ * devices) and per-file mtimes are kept as they are.
+ */
+export const MKFS_EROFS_ARGS = ["--quiet", "--preserve-mtime"];
+
+export interface LayerSource {
+  /** The layer directory (an overlay lowerdir, or a snapshot's bind source). */
+  dir: string;
+  /** "<snapshotter>/<name>" of the committed snapshot the directory is, when containerd said so. */
+  snapshot?: string;
+}
 
 export interface LayerImage {
   /** Short stable key (also the guest storage id suffix). */
@@ -19,58 +42,96 @@ export interface LayerImage {
   ms: number;
 }
 
-export function layerKey(dir: string): string {
-  let st: ReturnType<typeof statSync>;
-  try {
-    st = statSync(dir);
-  } catch (e) {
-    throw new TtrpcError(Code.NOT_FOUND, `layer directory ${dir}: ${(e as NodeJS.ErrnoException).code ?? e}`);
-  }
-  if (!st.isDirectory()) throw new TtrpcError(Code.INVALID_ARGUMENT, `layer ${dir} is not a directory`);
-  return createHash("sha256").update(`${dir}\0${st.dev}\0${st.ino}\0${st.ctimeMs}`).digest("hex").slice(0, 24);
+function hashKey(parts: string[]): string {
+  return createHash("sha256").update(parts.join("\0")).digest("hex").slice(0, 24);
 }
 
-/** Builds in flight in this process, so two containers of one pod never convert the same layer twice. */
+/** How a layer is named in errors and logs: its snapshot (chain ID) when known, and its directory. */
+export function layerName(src: LayerSource): string {
+  return src.snapshot ? `${src.snapshot} (${src.dir})` : src.dir;
+}
+
+export function layerKey(src: LayerSource): string {
+  if (src.snapshot) return hashKey(["snapshot", src.snapshot, ...MKFS_EROFS_ARGS]);
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = statSync(src.dir);
+  } catch (e) {
+    throw new TtrpcError(Code.NOT_FOUND, `layer directory ${src.dir}: ${(e as NodeJS.ErrnoException).code ?? e}`);
+  }
+  if (!st.isDirectory()) throw new TtrpcError(Code.INVALID_ARGUMENT, `layer ${src.dir} is not a directory`);
+  return hashKey(["dir", src.dir, String(st.dev), String(st.ino), String(st.ctimeMs), ...MKFS_EROFS_ARGS]);
+}
+
+/** Builds in flight in this process: two containers of one pod wait for one conversion. */
 const inFlight = new Map<string, Promise<LayerImage>>();
 
 export function layersDir(cacheDir: string): string {
   return join(cacheDir, "layers");
 }
 
-/** The erofs image of a layer directory: from the cache, or built now (progress and time logged). */
-export function layerImage(cacheDir: string, dir: string, log: Logger): Promise<LayerImage> {
-  const key = layerKey(dir);
+/** The erofs image of a layer: from the cache, or built now (progress and time logged). */
+export function layerImage(cacheDir: string, src: LayerSource, log: Logger): Promise<LayerImage> {
+  const key = layerKey(src);
   const path = join(layersDir(cacheDir), `${key}.erofs`);
   const t0 = performance.now();
   if (existsSync(path)) return Promise.resolve({ key, path, built: false, ms: performance.now() - t0 });
   let p = inFlight.get(key);
   if (!p) {
-    p = build(dir, path, key, log).finally(() => inFlight.delete(key));
+    p = convertOnce(src, path, key, log).finally(() => inFlight.delete(key));
     inFlight.set(key, p);
   }
   return p;
 }
 
-async function build(dir: string, path: string, key: string, log: Logger): Promise<LayerImage> {
+/** Converts under the cache's lock for this key, unless another process did it meanwhile. */
+async function convertOnce(src: LayerSource, path: string, key: string, log: Logger): Promise<LayerImage> {
   const t0 = performance.now();
   mkdirSync(join(path, ".."), { recursive: true });
-  // Built beside, renamed into place: a concurrent shim (another pod) sees the whole image or none.
-  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
-  log.info({ layer: dir, image: path }, "layer image: converting (mkfs.erofs)");
+  const release = await acquireLock(
+    `${path}.lock`,
+    (pid) => log.info({ layer: layerName(src), pid }, "layer image: waiting for another process converting it"),
+    { pollMs: 100, timeoutMs: 30 * 60_000 },
+  );
   try {
-    await new Promise<void>((resolve, reject) => {
-      // Ownership, modes, xattrs (overlay opaque markers) and whiteouts are kept as they are.
-      execFile(MKFS_EROFS, ["--quiet", "-T0", tmp, dir], { timeout: 600_000 }, (err, _out, stderr) => {
-        if (err) reject(new Error(`${MKFS_EROFS} ${dir}: ${stderr.trim() || err.message}`));
-        else resolve();
-      });
+    if (existsSync(path)) return { key, path, built: false, ms: performance.now() - t0 };
+    await convert(src, path, log);
+  } finally {
+    release();
+  }
+  const ms = performance.now() - t0;
+  log.info(
+    { layer: layerName(src), image: path, bytes: statSync(path).size, ms: Math.round(ms) },
+    "layer image: converted",
+  );
+  return { key, path, built: true, ms };
+}
+
+function run(cmd: string, args: string[], timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 1 << 20 }, (err, _out, stderr) => {
+      if (err) reject(new Error(stderr.trim() || err.message));
+      else resolve();
     });
+  });
+}
+
+/** mkfs.erofs into <path>.tmp (ours while we hold the lock), then renamed into place. */
+async function convert(src: LayerSource, path: string, log: Logger): Promise<void> {
+  const tmp = `${path}.tmp`;
+  rmSync(tmp, { force: true }); // left by a holder that crashed
+  log.info({ layer: layerName(src), image: path }, "layer image: converting (mkfs.erofs)");
+  try {
+    if (!statSync(src.dir).isDirectory()) throw new Error("not a directory");
+    await run(MKFS_EROFS, [...MKFS_EROFS_ARGS, tmp, src.dir], 600_000);
     renameSync(tmp, path);
   } catch (e) {
     rmSync(tmp, { force: true });
-    throw new TtrpcError(Code.INTERNAL, `cannot convert layer ${dir} to an erofs image: ${(e as Error).message}`);
+    const msg = (e as Error).message;
+    const full = /No space left|ENOSPC/i.test(msg);
+    throw new TtrpcError(
+      full ? Code.RESOURCE_EXHAUSTED : Code.INTERNAL,
+      `cannot convert layer ${layerName(src)} to an erofs image${full ? ` (the layer cache ${join(path, "..")} is full)` : ""}: ${msg}`,
+    );
   }
-  const ms = performance.now() - t0;
-  log.info({ layer: dir, image: path, bytes: statSync(path).size, ms: Math.round(ms) }, "layer image: converted");
-  return { key, path, built: true, ms };
 }

@@ -6,8 +6,12 @@ import type { MountSpec } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 
 export type RootfsPlan =
-  /** Layer directories, top-most first, each converted to a read-only image. */
-  | { kind: "layers"; lowers: string[] }
+  /**
+   * Layer directories, top-most first, each converted to a read-only image. `committed`: they are
+   * the committed snapshots below the container's own (overlay lowerdirs, or a read-only view's
+   * bind source), so containerd can name them; a read-write bind is the container's own snapshot.
+   */
+  | { kind: "layers"; lowers: string[]; committed: boolean }
   /** A block device (devmapper snapshot) attached as it is; it is the writable rootfs itself. */
   | { kind: "block"; device: string; fstype: string; options: string[] };
 
@@ -28,11 +32,11 @@ export function planRootfs(mounts: MountSpec[], isBlockDevice = defaultIsBlock):
   if (m.type === "overlay") {
     const lower = option(m.options, "lowerdir");
     if (!lower) throw new TtrpcError(Code.INVALID_ARGUMENT, "overlay rootfs without lowerdir");
-    return { kind: "layers", lowers: lower.split(":").filter((x) => x !== "") };
+    return { kind: "layers", lowers: lower.split(":").filter((x) => x !== ""), committed: true };
   }
   if (m.type === "bind" || m.options.includes("bind") || m.options.includes("rbind")) {
-    // A snapshot without parents (e.g. a single-layer image unpacked by the native snapshotter).
-    return { kind: "layers", lowers: [m.source] };
+    // A snapshot without parents (rw), or a read-only view of a one-layer image (ro: the layer itself).
+    return { kind: "layers", lowers: [m.source], committed: m.options.includes("ro") };
   }
   if (isBlockDevice(m.source)) {
     return { kind: "block", device: m.source, fstype: m.type, options: m.options.filter((o) => o !== "loop") };

@@ -13,8 +13,10 @@ import { ConfigError, type CoveConfig, loadConfig } from "../config/config.ts";
 import type { Hypervisor } from "../hypervisor/types.ts";
 import type { PodNetwork } from "../network/pod-network.ts";
 import { messageType } from "../proto/root.ts";
+import { type ContainerdAddress, containerdLookup } from "../rootfs/containerd.ts";
 import { layerImage } from "../rootfs/layers.ts";
 import { planRootfs } from "../rootfs/plan.ts";
+import { committedChain } from "../rootfs/snapshots.ts";
 import { createWritableLayer } from "../rootfs/writable.ts";
 import type { AnyValue, CreateSpec, ExecSpec, RuntimeEvents, TaskRuntime } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
@@ -43,6 +45,8 @@ export interface SandboxOptions {
   configPath?: string;
   /** Host probe (tests). */
   probe?: () => HostKvm;
+  /** containerd's gRPC socket and our namespace: it names the layers' snapshots (layer cache keys). */
+  containerd?: ContainerdAddress;
 }
 
 /** config_path from a runtimeoptions.v1.Options Any, if that is what the options are. */
@@ -322,7 +326,14 @@ export class SandboxRuntime implements TaskRuntime {
       return { storages, rootfs: { upper: id }, inserts };
     }
     const t0 = performance.now();
-    const images = await Promise.all(plan.lowers.map((dir) => layerImage(config.cacheDir, dir, log)));
+    const at = this.opts.containerd;
+    const chain =
+      plan.committed && at
+        ? await committedChain(() => containerdLookup(at), c.id, plan.lowers.length, log)
+        : undefined;
+    const images = await Promise.all(
+      plan.lowers.map((dir, i) => layerImage(config.cacheDir, { dir, snapshot: chain?.[i] }, log)),
+    );
     const lower = images.map((img) => use(img.path, `layer-${img.key}`, true, "erofs", ["ro"]));
     const upperFile = join(spec.bundle, "work", "cove-upper.ext4");
     await createWritableLayer(upperFile, config.pod.writableLayerMib);

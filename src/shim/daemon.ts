@@ -161,7 +161,13 @@ export async function serve(flags: ShimFlags, listenFd?: number): Promise<void> 
     logger.warn({ err: (e as Error).message }, "cannot become child subreaper");
   }
   registerBuiltinBackends();
-  const runtime = new SandboxRuntime({ logger, configPath: flags.configPath || undefined });
+  const runtime = new SandboxRuntime({
+    logger,
+    configPath: flags.configPath || undefined,
+    containerd: flags.address
+      ? { address: flags.address, namespace: flags.namespace || process.env.NAMESPACE || "default" }
+      : undefined,
+  });
   const server = net.createServer();
   const daemon = createDaemon(server, {
     flags,

@@ -1,13 +1,11 @@
 // Cache plumbing of the guest build: stable-name symlinks, the build lock, cache keys, patch series.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { keyOf } from "../../../src/guest/hash.ts";
 import { patchSeries } from "../../../src/guest/kernel.ts";
-import { acquireLock } from "../../../src/guest/lock.ts";
 import { guestArtifacts } from "../../../src/guest/paths.ts";
 import { publishLink } from "../../../src/guest/publish.ts";
 
@@ -35,34 +33,6 @@ test(
     publishLink(a.kernel, join(dir, "kernel/k2/bzImage"));
     assert.equal(readlinkSync(a.kernel), "../kernel/k2/bzImage");
     assert.throws(() => publishLink(a.rootfs, join(dir, "nope")), /does not exist/);
-  }),
-);
-
-test(
-  "acquireLock waits for a live holder and takes over a dead one's lock",
-  withTmp(async (dir) => {
-    const path = join(dir, "build.lock");
-    // A dead holder: a pid that has exited.
-    const dead = spawn("true");
-    await new Promise((r) => dead.on("exit", r));
-    writeFileSync(path, String(dead.pid));
-    const release = await acquireLock(path, () => assert.fail("should not wait for a dead holder"), 5_000);
-    assert.ok(existsSync(path));
-    // Held by us (alive): a second acquirer waits, then gets it once released.
-    let waited = false;
-    const second = acquireLock(
-      path,
-      () => {
-        waited = true;
-      },
-      10_000,
-    );
-    await new Promise((r) => setTimeout(r, 100));
-    release();
-    const release2 = await second;
-    assert.equal(waited, true);
-    release2();
-    assert.ok(!existsSync(path));
   }),
 );
 

@@ -9,11 +9,20 @@ test("overlay: lowerdirs top-most first; containerd's upperdir is not used", () 
   const p = planRootfs([
     m("overlay", "overlay", ["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/s/2/fs:/s/1/fs"]),
   ]);
-  assert.deepEqual(p, { kind: "layers", lowers: ["/s/2/fs", "/s/1/fs"] });
+  assert.deepEqual(p, { kind: "layers", lowers: ["/s/2/fs", "/s/1/fs"], committed: true });
 });
 
-test("bind (no parents) is one layer; a block device is attached as is, without loop", () => {
-  assert.deepEqual(planRootfs([m("bind", "/s/1/fs", ["rw", "rbind"])]), { kind: "layers", lowers: ["/s/1/fs"] });
+test("bind is one layer (a committed one when read-only); a block device is attached as is, without loop", () => {
+  assert.deepEqual(planRootfs([m("bind", "/s/1/fs", ["rw", "rbind"])]), {
+    kind: "layers",
+    lowers: ["/s/1/fs"],
+    committed: false,
+  });
+  assert.deepEqual(planRootfs([m("bind", "/s/1/fs", ["ro", "rbind"])]), {
+    kind: "layers",
+    lowers: ["/s/1/fs"],
+    committed: true,
+  });
   const p = planRootfs([m("ext4", "/dev/mapper/pool-snap-3", ["loop", "rw"])], () => true);
   assert.deepEqual(p, { kind: "block", device: "/dev/mapper/pool-snap-3", fstype: "ext4", options: ["rw"] });
 });
