@@ -27,6 +27,7 @@ import { type ConfiguredInterface, configureNetwork, loopbackUp } from "./networ
 import type { Reaper } from "./pid1/reaper.ts";
 import { OciRuntime, RuntimeError, readPidFile } from "./runtime/oci.ts";
 import { isIpcSysctl, type PodNamespaces, startPodNamespaces } from "./sandbox/pod-namespaces.ts";
+import { homeInBundle, homeInRootfs } from "./spec/home.ts";
 import { checkProcess, rewriteSpec } from "./spec/rewrite.ts";
 import { listenConsole } from "./stdio/console.ts";
 import { buildRootfs, type RootfsSpec, type StorageSpec, Storages } from "./storage/storage.ts";
@@ -382,6 +383,7 @@ export class Agent {
         etcFiles: this.sandbox.etc,
         podNamespace: this.sandbox.podNs?.path,
         storagePath: (sid) => this.storages.path(sid),
+        homeOf: (uid) => homeInRootfs(rootfs.path, uid),
         scratchFile: (dest) => {
           const f = join(bundle, `file-${dest.replace(/[^A-Za-z0-9]/g, "_")}`);
           writeFileSync(f, "");
@@ -454,7 +456,7 @@ export class Agent {
     const execId = checkId(req.exec_id, "exec_id");
     if (c.execs.has(execId)) throw alreadyExists(`exec ${c.id}/${execId}`);
     if (c.status !== "running") throw precondition(`container ${c.id} is ${c.status}, not running`);
-    const process = checkProcess(parseJsonObject(req.process, "process"));
+    const process = checkProcess(parseJsonObject(req.process, "process"), (uid) => homeInBundle(c.bundle, uid));
     const terminal = process.terminal === true;
     const proc = new Proc(c.id, execId, terminal, wanted(req.stdio ?? undefined));
     c.execs.set(execId, proc);

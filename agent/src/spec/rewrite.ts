@@ -1,8 +1,10 @@
 // The OCI spec the shim forwards was written for the host. Rewritten here for the guest: the rootfs
-// is the overlay the agent built, the cgroup sits under the sandbox's cgroup root, and what only
-// means something on the host (namespace paths into the host's /proc, hooks, host device nodes,
-// host bind mounts) is dropped or mapped; what cannot be honoured is rejected with a clear message.
+// is the overlay the agent built, the cgroup sits under the sandbox's cgroup root and is the
+// container's own view (cgroup-view.ts), and what only means something on the host (namespace
+// paths into the host's /proc, hooks, host device nodes, host bind mounts) is dropped or mapped; what cannot be honoured is rejected with a clear message.
 import { invalid } from "../api/errors.ts";
+import { ownCgroupView } from "./cgroup-view.ts";
+import { withHome } from "./home.ts";
 
 type Json = Record<string, unknown>;
 
@@ -23,6 +25,8 @@ export interface RewriteContext {
   /** Whether an LSM is usable in the guest (apparmor/selinux fields are dropped otherwise). */
   apparmor?: boolean;
   selinux?: boolean;
+  /** A uid's home in the container's /etc/passwd: given, a process without HOME gets it (or "/"). */
+  homeOf?: (uid: number) => string | undefined;
 }
 
 export interface Rewritten {
@@ -49,6 +53,8 @@ export function rewriteSpec(input: Json, ctx: RewriteContext): Rewritten {
   if (!isObj(proc)) throw invalid("spec: process missing");
   if (!Array.isArray(proc.args) || proc.args.length === 0 || !proc.args.every((a) => typeof a === "string"))
     throw invalid("spec: process.args must be a non-empty list of strings");
+
+  if (ctx.homeOf) withHome(proc, ctx.homeOf);
 
   const root = isObj(spec.root) ? spec.root : {};
   spec.root = { path: ctx.rootfs, readonly: root.readonly === true };
@@ -108,10 +114,10 @@ export function rewriteSpec(input: Json, ctx: RewriteContext): Rewritten {
     delete linux.devices;
   }
 
-  if (spec.mounts !== undefined) {
-    if (!Array.isArray(spec.mounts)) throw invalid("spec: mounts must be a list");
-    spec.mounts = spec.mounts.map((m) => rewriteMount(m, ctx, notes));
-  }
+  if (spec.mounts !== undefined && !Array.isArray(spec.mounts)) throw invalid("spec: mounts must be a list");
+  const view = ownCgroupView((linux.namespaces as Json[] | undefined) ?? [], spec.mounts as Json[] | undefined, notes);
+  linux.namespaces = view.namespaces;
+  if (view.mounts !== undefined) spec.mounts = view.mounts.map((m) => rewriteMount(m, ctx, notes));
   return { spec, notes };
 }
 
@@ -148,8 +154,8 @@ function rewriteMount(m: unknown, ctx: RewriteContext, notes: string[]): Json {
   );
 }
 
-/** Checks an exec's OCI Process JSON (the runtime validates the rest). */
-export function checkProcess(p: Json): Json {
+/** Checks an exec's OCI Process JSON (the runtime validates the rest); `homeOf` as in RewriteContext. */
+export function checkProcess(p: Json, homeOf?: (uid: number) => string | undefined): Json {
   if (!Array.isArray(p.args) || p.args.length === 0 || !p.args.every((a) => typeof a === "string"))
     throw invalid("process.args must be a non-empty list of strings");
   if (p.cwd !== undefined && (typeof p.cwd !== "string" || !p.cwd.startsWith("/")))
@@ -158,5 +164,6 @@ export function checkProcess(p: Json): Json {
   delete out.apparmorProfile;
   delete out.selinuxLabel;
   if (out.cwd === undefined) out.cwd = "/";
+  if (homeOf) withHome(out, homeOf);
   return out;
 }

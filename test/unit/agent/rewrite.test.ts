@@ -46,6 +46,7 @@ test("namespace paths into the host are dropped; network is the guest's; user ns
     { type: "pid" },
     { type: "mount" },
     { type: "ipc" },
+    { type: "cgroup" }, // every container gets its own cgroup view (cgroup-view.test.ts)
   ]);
   assert.ok(notes.some((n) => n.includes("/proc/42/ns/pid")));
   invalid(() => rewriteSpec(spec({ linux: { namespaces: [{ type: "user", path: "/proc/1/ns/user" }] } }), ctx), /user/);
@@ -78,7 +79,7 @@ test("with the pod's namespaces: pid/ipc/uts paths join the pod's in the guest; 
   ]);
   // No path: a new namespace, as asked (a pod without shareProcessNamespace).
   const { spec: s2 } = rewriteSpec(spec({ linux: { namespaces: [{ type: "pid" }] } }), pod);
-  assert.deepEqual((s2.linux as { namespaces: unknown }).namespaces, [{ type: "pid" }]);
+  assert.deepEqual((s2.linux as { namespaces: unknown }).namespaces, [{ type: "pid" }, { type: "cgroup" }]);
 });
 
 test("hooks, host devices and LSM labels are dropped", () => {
