@@ -4,6 +4,7 @@
 import type { Socket } from "node:net";
 import { toStatus } from "../../../src/ttrpc/codes.ts";
 import type { Agent } from "../agent.ts";
+import { checkId } from "../api/errors.ts";
 import type { StreamName } from "../container/process.ts";
 import type { Logger } from "../log.ts";
 
@@ -25,7 +26,10 @@ export function parseStdioHeader(line: string): StdioHeader {
   if (parts[1] !== STDIO_VERSION) throw new Error(`unsupported cove-stdio version ${parts[1]}`);
   const stream = parts[4];
   if (stream !== "stdin" && stream !== "stdout" && stream !== "stderr") throw new Error(`unknown stream ${stream}`);
-  return { containerId: parts[2]!, execId: parts[3] === "-" ? "" : parts[3]!, stream };
+  // The ids name a container and a process; as in every request, they must be valid ids ("" is none).
+  const containerId = checkId(parts[2], "container_id");
+  const execId = parts[3] === "-" ? "" : checkId(parts[3], "exec_id");
+  return { containerId, execId, stream };
 }
 
 export function formatStdioHeader(h: StdioHeader): string {

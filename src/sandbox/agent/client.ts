@@ -340,7 +340,10 @@ export class AgentClient {
   }
 
   async statsContainer(containerId: string): Promise<Metrics> {
-    return (await this.call<{ metrics: Metrics }>("StatsContainer", { container_id: containerId })).metrics;
+    // An agent that leaves the field out (protobuf: null) gets empty metrics, not a TypeError later.
+    return (
+      (await this.call<{ metrics: Metrics | null }>("StatsContainer", { container_id: containerId })).metrics ?? {}
+    );
   }
 
   async resizeTty(containerId: string, execId: string, rows: number, cols: number): Promise<void> {

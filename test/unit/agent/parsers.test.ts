@@ -20,6 +20,10 @@ test("stdio header: host and agent agree; bad headers are refused", () => {
     "cove-stdio 2 c - stdout",
     "cove-stdio 1 c - stdpipe",
     "cove-stdio 1 c stdout",
+    // Ids are checked as in every request (the handshakes fuzzer found the empty one accepted).
+    "cove-stdio 1  e7 stderr",
+    "cove-stdio 1 ../x - stdout",
+    "cove-stdio 1 c .. stdin",
   ])
     assert.throws(() => parseStdioHeader(bad));
 });
