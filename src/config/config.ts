@@ -11,7 +11,11 @@ export interface CoveConfig {
   hypervisor: HypervisorChoice;
   cacheDir: string;
   guest: { kernel: string; image: string; vcpus: number; memoryMib: number };
-  qemu: { binary: string };
+  qemu: {
+    binary: string;
+    /** Under TCG: QEMU's translation-cache size in MiB; 0: QEMU's default (1 GiB on 7.2). */
+    tcgTbSizeMib: number;
+  };
   pod: PodConfig;
   log: { level: LogLevel };
   /** Where the values came from: a file path, or "built-in defaults". */
@@ -34,6 +38,9 @@ export interface PodConfig {
 
 export const DEFAULT_CONFIG_PATH = "/etc/cove/cove.toml";
 export const DEFAULT_CACHE_DIR = "/var/cache/cove";
+/** TCG's translation cache per pod VM, in MiB: see [qemu] tcg_tb_size_mib in config/cove.toml for
+ * what it costs and saves (measured by `npm run bench -- tcg`). */
+export const DEFAULT_TCG_TB_SIZE_MIB = 32;
 const LOG_LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "error", "fatal"];
 const HYPERVISORS: readonly HypervisorChoice[] = ["auto", "embedded", "qemu"];
 
@@ -58,7 +65,7 @@ export function defaultConfig(): CoveConfig {
       vcpus: 1,
       memoryMib: 256,
     },
-    qemu: { binary: "qemu-system-x86_64" },
+    qemu: { binary: "qemu-system-x86_64", tcgTbSizeMib: DEFAULT_TCG_TB_SIZE_MIB },
     pod: { layerSlots: 4, writableSlots: 2, writableLayerMib: 1024, bootTimeoutMs: 120_000, allowedAnnotations: [] },
     log: { level: "info" },
     source: "built-in defaults",
@@ -123,7 +130,7 @@ export function parseConfig(text: string, file: string): CoveConfig {
   const guest = subTable(doc, "guest", file);
   onlyKeys(guest, "guest.", ["kernel", "image", "vcpus", "memory_mib"], file);
   const qemu = subTable(doc, "qemu", file);
-  onlyKeys(qemu, "qemu.", ["binary"], file);
+  onlyKeys(qemu, "qemu.", ["binary", "tcg_tb_size_mib"], file);
   const pod = subTable(doc, "pod", file);
   onlyKeys(
     pod,
@@ -152,7 +159,10 @@ export function parseConfig(text: string, file: string): CoveConfig {
       vcpus: int(guest, "vcpus", "guest.", file, d.guest.vcpus, 1, 255),
       memoryMib: int(guest, "memory_mib", "guest.", file, d.guest.memoryMib, 64, 1 << 20),
     },
-    qemu: { binary: str(qemu, "binary", "qemu.", file, d.qemu.binary) || d.qemu.binary },
+    qemu: {
+      binary: str(qemu, "binary", "qemu.", file, d.qemu.binary) || d.qemu.binary,
+      tcgTbSizeMib: int(qemu, "tcg_tb_size_mib", "qemu.", file, d.qemu.tcgTbSizeMib, 0, 4096),
+    },
     pod: {
       layerSlots: int(pod, "layer_slots", "pod.", file, d.pod.layerSlots, 0, 32),
       writableSlots: int(pod, "writable_slots", "pod.", file, d.pod.writableSlots, 0, 32),

@@ -7,7 +7,10 @@ export function registerBuiltinBackends(): void {
   registerBackend(
     "qemu",
     (config, choice) =>
-      new QemuHypervisor({ accel: choice.accel, reason: choice.reason }, { binary: config.qemu.binary }),
+      new QemuHypervisor(
+        { accel: choice.accel, reason: choice.reason },
+        { binary: config.qemu.binary, tcgTbSizeMib: config.qemu.tcgTbSizeMib },
+      ),
   );
   registerBackend("embedded", () => new EmbeddedHypervisor());
 }

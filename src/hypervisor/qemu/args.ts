@@ -7,6 +7,9 @@ export interface QemuArgsInput {
   memoryMiB: number;
   vcpus: number;
   accel: AccelChoice["accel"];
+  /** TCG's translation-cache size in MiB (`-accel tcg,tb-size=N`); 0 or absent: QEMU's own default
+   * (1 GiB on 7.2, which a guest's code fills slowly but never gives back). Ignored under KVM. */
+  tcgTbSizeMib?: number;
   /** vhost-user-blk sockets, in disk order. */
   blkSockets: string[];
   vsockSocket: string;
@@ -37,7 +40,7 @@ export function qemuArgs(i: QemuArgsInput): string[] {
     "-smp",
     String(i.vcpus),
     "-accel",
-    i.accel,
+    i.accel === "tcg" && i.tcgTbSizeMib ? `tcg,tb-size=${i.tcgTbSizeMib}` : i.accel,
   ];
   if (i.accel === "kvm") a.push("-cpu", "host");
   a.push("-kernel", i.kernel, "-append", i.cmdline);

@@ -27,6 +27,8 @@ export interface QemuOptions {
   extraArgs?: string[];
   /** QEMU binary (a name is looked up on PATH); $COVE_QEMU wins over it (tests, debugging). */
   binary?: string;
+  /** Under TCG: the translation cache's size in MiB (`[qemu] tcg_tb_size_mib`); 0: QEMU's default. */
+  tcgTbSizeMib?: number;
 }
 
 /** QEMU's binary and the argv that ties its life to ours: QEMU gets SIGKILL when the process
@@ -129,6 +131,7 @@ export class QemuHypervisor implements Hypervisor {
         memoryMiB: cfg.memoryMiB,
         vcpus: cfg.vcpus,
         accel: this.accel.accel,
+        tcgTbSizeMib: this.opts.tcgTbSizeMib,
         blkSockets,
         vsockSocket,
         nets,

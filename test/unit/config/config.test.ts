@@ -44,6 +44,8 @@ test("values override defaults; guest paths follow cache_dir unless set", () => 
     ["qemu", "/c/guest/kernel", "/c/guest/rootfs.erofs", 2, 512, "debug"],
   );
   assert.equal(parseConfig('[guest]\nkernel = "/k"\n', "x").guest.kernel, "/k");
+  assert.equal(parseConfig("[qemu]\ntcg_tb_size_mib = 0\n", "x").qemu.tcgTbSizeMib, 0);
+  assert.throws(() => parseConfig("[qemu]\ntcg_tb_size_mib = -1\n", "x"), /"qemu.tcg_tb_size_mib" must be an integer/);
 });
 
 test("bad configs are rejected with the file and key named", () => {

@@ -76,6 +76,12 @@ describe("qemuArgs", () => {
     assert.ok(a.indexOf("socket,id=blk0,path=/w/blk0.sock") < a.indexOf("socket,id=blk1,path=/w/blk1.sock"));
   });
 
+  it("caps TCG's translation cache when asked; never under KVM", () => {
+    assert.deepEqual(values(qemuArgs({ ...base, accel: "tcg", tcgTbSizeMib: 32 }), "-accel"), ["tcg,tb-size=32"]);
+    assert.deepEqual(values(qemuArgs({ ...base, accel: "tcg", tcgTbSizeMib: 0 }), "-accel"), ["tcg"]);
+    assert.deepEqual(values(qemuArgs({ ...base, accel: "kvm", tcgTbSizeMib: 32 }), "-accel"), ["kvm"]);
+  });
+
   it("passes the host CPU through under KVM", () => {
     const a = qemuArgs({ ...base, accel: "kvm", blkSockets: [] });
     assert.deepEqual(values(a, "-accel"), ["kvm"]);
