@@ -16,7 +16,7 @@ import { addressPath } from "./address.ts";
 import { EventPublisher } from "./events.ts";
 import type { ShimFlags } from "./flags.ts";
 import type { TaskRuntime } from "./runtime.ts";
-import { TASK_SERVICE, TaskService } from "./service.ts";
+import { TASK_SERVICE, TASK_SERVICE_V3, TaskService } from "./service.ts";
 
 /** fd 3 is the listening socket `start` passed down. */
 const LISTEN_FD = 3;
@@ -95,7 +95,9 @@ export function createDaemon(server: net.Server, o: DaemonOptions): Daemon {
     return stopping;
   };
   const service = new TaskService({ runtime, events, logger, onShutdown: () => void stop("Shutdown") });
-  ttrpc.registerService(TASK_SERVICE, service.handlers());
+  // containerd 2.x talks Task API v3 to a shim that answered version 3 at start; same messages.
+  const handlers = service.handlers();
+  for (const name of [TASK_SERVICE, TASK_SERVICE_V3]) ttrpc.registerService(name, handlers);
   server.on("connection", (socket: net.Socket) => {
     try {
       if (o.checkPeer !== false && !peerAllowed(socket, logger)) {

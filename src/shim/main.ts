@@ -36,7 +36,7 @@ async function startAndBecomeDaemon(flags: ReturnType<typeof parseFlags>): Promi
   delete process.env[BECOME_DAEMON];
   const { planStart, raiseOomScore } = await import("./manager.ts");
   const plan = await planStart(flags, { stdin: readStdin(), cwd: process.cwd() });
-  writeSync(1, plan.address);
+  writeSync(1, plan.answer);
   releaseStdio();
   if (plan.listenFd === undefined) return 0; // a live shim already serves this pod
   raiseOomScore("self");
@@ -61,15 +61,16 @@ async function main(): Promise<number> {
     return 0;
   }
   if (flags.info) {
-    process.stderr.write("-info is not supported by containerd-shim-cove-v2\n");
-    return 1;
+    const { runtimeInfo } = await import("./info.ts");
+    writeSync(1, runtimeInfo(readStdin()));
+    return 0;
   }
   switch (flags.action) {
     case "start": {
       if (process.env[BECOME_DAEMON] === "1") return startAndBecomeDaemon(flags);
       const { start } = await import("./manager.ts");
-      const address = await start(flags, { stdin: readStdin(), cwd: process.cwd() });
-      process.stdout.write(address);
+      const answer = await start(flags, { stdin: readStdin(), cwd: process.cwd() });
+      process.stdout.write(answer);
       return 0;
     }
     case "delete": {

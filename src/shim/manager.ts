@@ -11,6 +11,7 @@ import { reapOrphanVm } from "../sandbox/cleanup.ts";
 import { addressPath, DEFAULT_SOCKET_DIR, groupingOf, socketAddress, socketPath } from "./address.ts";
 import { daemonArgs, type ShimFlags } from "./flags.ts";
 import { decodeStartOptions, logLevelName } from "./options.ts";
+import { callerOf, encodeStartAnswer, startAnswerFor } from "./protocol.ts";
 
 /** The OCI annotations of the bundle's config.json (empty when there is none or it is unreadable). */
 export function bundleAnnotations(bundle: string): Record<string, string> {
@@ -101,11 +102,17 @@ export interface StartIO {
   self?: { command: string; args: string[] };
   /** Override of the socket directory (tests); else BootstrapParams.socket_dir, else /run/containerd/s. */
   socketDir?: string;
+  /** The environment containerd gave us (MAX_SHIM_VERSION); default process.env. */
+  env?: NodeJS.ProcessEnv;
+  /** How to learn the calling containerd's major version (tests); default runs -publish-binary --version. */
+  probeContainerd?: (binary: string) => number | undefined;
 }
 
 /** What `start` settled: the address, and either a fresh listening fd for a new daemon or a live shim. */
 export interface StartPlan {
   address: string;
+  /** What to print: the address in the form and version the calling containerd accepts (protocol.ts). */
+  answer: Uint8Array;
   path: string;
   bundle: string;
   /** A raw listening socket fd the new daemon serves on; absent when a live shim serves the pod. */
@@ -134,10 +141,15 @@ export async function planStart(flags: ShimFlags, io: StartIO): Promise<StartPla
     configPath: opts.configPath ?? "",
     debug: flags.debug || level === "debug" || level === "trace",
   };
+  const answer = encodeStartAnswer(
+    startAnswerFor(callerOf(io.env ?? process.env, opts, flags.publishBinary, io.probeContainerd)),
+    address,
+  );
   const listened = await listenOrReuse(path);
   writeFileSync(join(bundle, "address"), address, { mode: 0o600 });
   return {
     address,
+    answer,
     path,
     bundle,
     listenFd: listened.kind === "listening" ? listened.fd : undefined,
@@ -148,11 +160,12 @@ export async function planStart(flags: ShimFlags, io: StartIO): Promise<StartPla
 /**
  * `start` as containerd's Go shims do it: plan, then re-execute this binary as the daemon with the
  * listening socket as fd 3, and return the address to print. (bin/containerd-shim-cove-v2 normally
- * takes the faster path, where the start process itself becomes the daemon: main.ts.)
+ * takes the faster path, where the start process itself becomes the daemon: main.ts.) Returns what
+ * to print (the plan's answer).
  */
-export async function start(flags: ShimFlags, io: StartIO): Promise<string> {
+export async function start(flags: ShimFlags, io: StartIO): Promise<Uint8Array> {
   const plan = await planStart(flags, io);
-  if (plan.listenFd === undefined) return plan.address;
+  if (plan.listenFd === undefined) return plan.answer;
   const fd = plan.listenFd;
   const self = io.self ?? { command: process.execPath, args: [...process.execArgv, process.argv[1]!] };
   const f = plan.daemonFlags;
@@ -178,7 +191,7 @@ export async function start(flags: ShimFlags, io: StartIO): Promise<string> {
   // The daemon owns the socket now.
   closeFd(fd);
   raiseOomScore(spawned);
-  return plan.address;
+  return plan.answer;
 }
 
 function encodeDeleteResponse(pid: number, exitStatus: number, at: Date): Uint8Array {

@@ -10,6 +10,8 @@ import type { AnyValue, ExitEvent, MountSpec, TaskRuntime } from "./runtime.ts";
 import { VERSION } from "./version.ts";
 
 export const TASK_SERVICE = "containerd.task.v2.Task";
+/** Task API v3 (containerd 2.x): the same RPCs and messages under another package. */
+export const TASK_SERVICE_V3 = "containerd.task.v3.Task";
 
 interface Timestamp {
   seconds: number;
@@ -374,7 +376,9 @@ export class TaskService {
 
   async shutdown(r: ShutdownReq): Promise<Record<string, never>> {
     this.log("Shutdown", r, { now: r.now, remaining: this.containers.size });
-    // containerd sends Shutdown after every task's Delete; the pod's other tasks keep the shim alive.
+    // containerd 1.x (and 2.x for a shim that answered version 2) sends Shutdown after every task's
+    // Delete; 2.x skips it for a v3 pod's containers and sends it after the sandbox's. Either way the
+    // pod's other tasks keep the shim alive.
     if (this.containers.size > 0) return {};
     if (!this.shuttingDown) {
       this.shuttingDown = true;

@@ -1,9 +1,9 @@
 // The binary as containerd runs it: `start` prints only the address (here in the 2.3 form, with
-// BootstrapParams on stdin choosing the socket dir), `delete` prints only a DeleteResponse, bad
-// flags exit 2. Run from source; the daemon it spawns is shut down (or killed) before the test ends.
+// BootstrapParams on stdin choosing the socket dir and a BootstrapResult on stdout), `delete`
+// prints only a DeleteResponse, bad flags exit 2. Run from source; the daemon it spawns is shut down (or killed) before the test ends.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { test } from "node:test";
@@ -27,6 +27,15 @@ function encode(name: string, obj: Record<string, unknown>): Uint8Array {
   return T.encode(T.fromObject(obj)).finish();
 }
 
+/** The address in a BootstrapResult, what containerd 2.3 decodes `start`'s stdout as first. */
+function resultAddress(stdout: Uint8Array): string {
+  const T = messageType("containerd.runtime.bootstrap.v1.BootstrapResult");
+  const r = T.toObject(T.decode(stdout)) as { version: number; address: string; protocol: string };
+  assert.equal(r.version, 3);
+  assert.equal(r.protocol, "ttrpc");
+  return r.address;
+}
+
 function processesMentioning(s: string): number[] {
   return readdirSync("/proc")
     .filter((n) => /^\d+$/.test(n))
@@ -40,7 +49,7 @@ function processesMentioning(s: string): number[] {
     .map(Number);
 }
 
-test("start prints only unix://…, delete prints only a DeleteResponse, bad flags exit 2", async () => {
+test("start prints only the address, delete prints only a DeleteResponse, bad flags exit 2", async () => {
   const root = mkdtempSync(join(tmpdir(), "cove-cli-"));
   try {
     const bundle = join(root, "t1");
@@ -55,8 +64,8 @@ test("start prints only unix://…, delete prints only a DeleteResponse, bad fla
     const r = shim(["-namespace", "default", "-address", join(root, "c.sock"), "-id", "t1", "start"], bundle, params);
     assert.equal(r.status, 0, r.stderr.toString());
     assert.equal(r.stderr.toString(), "", "nothing on stderr");
-    const out = r.stdout.toString();
-    assert.match(out, new RegExp(`^unix://${sockDir}/[0-9a-f]{64}$`), "stdout is exactly the address");
+    const out = resultAddress(r.stdout);
+    assert.match(out, new RegExp(`^unix://${sockDir}/[0-9a-f]{64}$`), "stdout is exactly the BootstrapResult");
 
     const c = await connectUnix(out, { timeoutMs: 10_000 });
     try {
@@ -123,7 +132,7 @@ test("start as bin/containerd-shim-cove-v2 runs it: the start process itself bec
       env: { ...process.env, COVE_START_BECOMES_DAEMON: "1" },
     });
     assert.equal(r.stderr.toString(), "");
-    const address = r.stdout.toString();
+    const address = resultAddress(r.stdout);
     assert.match(address, new RegExp(`^unix://${sockDir}/[0-9a-f]{64}$`));
     const daemons = processesMentioning(root);
     assert.equal(daemons.length, 1, "exactly one process: the daemon that ran start");
@@ -141,7 +150,7 @@ test("start as bin/containerd-shim-cove-v2 runs it: the start process itself bec
         timeout: 30_000,
         env: { ...process.env, COVE_START_BECOMES_DAEMON: "1" },
       });
-      assert.equal(again.stdout.toString(), address);
+      assert.equal(resultAddress(again.stdout), address);
       await c.call(S, "Shutdown", { id: "t2" }, { timeoutMs: 5000 });
     } finally {
       c.close();
@@ -158,6 +167,41 @@ test("start as bin/containerd-shim-cove-v2 runs it: the start process itself bec
         // gone
       }
     }
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("bin/containerd-shim-cove-v2 passes every answer form through and turns anything else into an error", () => {
+  const root = mkdtempSync(join(tmpdir(), "cove-wrap-"));
+  try {
+    mkdirSync(join(root, "bin"));
+    mkdirSync(join(root, "dist"));
+    copyFileSync(resolve("bin/containerd-shim-cove-v2"), join(root, "bin", "containerd-shim-cove-v2"));
+    // Stands in for the bundle: prints the bytes it is given (hex in the environment).
+    writeFileSync(
+      join(root, "dist", "containerd-shim-cove-v2.cjs"),
+      'process.stdout.write(Buffer.from(process.env.ANSWER_HEX, "hex"));\n',
+    );
+    const run = (answer: Uint8Array) =>
+      spawnSync("sh", [join(root, "bin", "containerd-shim-cove-v2"), "-id", "x", "start"], {
+        env: { ...process.env, ANSWER_HEX: Buffer.from(answer).toString("hex") },
+        timeout: 30_000,
+      });
+    const a = "unix:///run/containerd/s/0123";
+    const pb = encode("containerd.runtime.bootstrap.v1.BootstrapResult", { version: 3, address: a, protocol: "ttrpc" });
+    for (const answer of [
+      Buffer.from(a),
+      Buffer.from(JSON.stringify({ version: 3, address: a, protocol: "ttrpc" })),
+      pb,
+    ]) {
+      const w = run(answer);
+      assert.equal(w.status, 0, w.stderr.toString());
+      assert.deepEqual(Buffer.from(w.stdout), Buffer.from(answer));
+    }
+    const bad = run(Buffer.from("Error: something broke"));
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr.toString(), /something broke/);
+  } finally {
     rmSync(root, { recursive: true, force: true });
   }
 });

@@ -89,7 +89,9 @@ test("start → daemon → Create fails with the missing-kernel error → Shutdo
       value: encode("runtimeoptions.v1.Options", { config_path: cfg }),
     });
     const flags = parseFlags(["-namespace", "k8s.io", "-address", "/x/containerd.sock", "-id", "pod1", "start"]);
-    const address = await start(flags, { stdin, cwd: pod, self: SELF, socketDir: sockDir });
+    // As containerd 1.6 calls it (no MAX_SHIM_VERSION): the bare address.
+    const answer = await start(flags, { stdin, cwd: pod, self: SELF, socketDir: sockDir, env: {} });
+    const address = Buffer.from(answer).toString();
     assert.match(address, /^unix:\/\/.+\/s\/[0-9a-f]{64}$/);
     assert.equal(readFileSync(join(pod, "address"), "utf8"), address);
     assert.equal(statSync(addressPath(address)).mode & 0o777, 0o600);
@@ -100,11 +102,23 @@ test("start → daemon → Create fails with the missing-kernel error → Shutdo
       const conn = await c.call<{ shim_pid: number }>(S, "Connect", { id: "pod1" }, { timeoutMs: 10_000 });
       pids.push(conn.shim_pid);
       assert.notEqual(conn.shim_pid, process.pid);
+      // Task API v3 (containerd 2.x) is served beside v2, same messages.
+      const conn3 = await c.call<{ shim_pid: number }>("containerd.task.v3.Task", "Connect", { id: "pod1" });
+      assert.equal(conn3.shim_pid, conn.shim_pid);
 
       // A container of the same pod reuses the running shim.
       const ctr = makeBundle(root, "c1", { "io.kubernetes.cri.sandbox-id": "pod1" });
       const f2 = parseFlags(["-namespace", "k8s.io", "-address", "/x/containerd.sock", "-id", "c1", "start"]);
-      assert.equal(await start(f2, { stdin: new Uint8Array(), cwd: ctr, self: SELF, socketDir: sockDir }), address);
+      // As containerd 2.x calls it (MAX_SHIM_VERSION=2, a 2.x binary): version 3 in JSON.
+      const again = await start(f2, {
+        stdin: new Uint8Array(),
+        cwd: ctr,
+        self: SELF,
+        socketDir: sockDir,
+        env: { MAX_SHIM_VERSION: "2" },
+        probeContainerd: () => 2,
+      });
+      assert.deepEqual(JSON.parse(Buffer.from(again).toString()), { version: 3, address, protocol: "ttrpc" });
 
       let err: unknown;
       try {
