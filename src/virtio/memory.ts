@@ -39,6 +39,37 @@ export class GuestMemory {
     );
   }
 
+  /** Asynchronous operations (thread-pool I/O into guest buffers) holding the mapping. */
+  private holds = 0;
+  private unheldWaiters: (() => void)[] = [];
+
+  /**
+   * Marks guest memory as in use by an operation that runs off the event loop (a read or write on
+   * libuv's thread pool holds raw pointers into these buffers). Whoever unmaps the regions waits
+   * for unheld() first, so the pool never writes into memory that was unmapped and perhaps mapped
+   * again for something else. Returns the release function (idempotent).
+   */
+  hold(): () => void {
+    this.holds++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      if (--this.holds === 0) for (const f of this.unheldWaiters.splice(0)) f();
+    };
+  }
+
+  /** Operations that hold the memory now. */
+  get held(): number {
+    return this.holds;
+  }
+
+  /** Resolves once no operation holds the memory (at once when none does). */
+  unheld(): Promise<void> {
+    if (this.holds === 0) return Promise.resolve();
+    return new Promise((r) => this.unheldWaiters.push(r));
+  }
+
   /** A single region of `size` bytes at guest address `base` backed by a fresh buffer (tests, tools). */
   static alloc(size: number, base = 0): GuestMemory {
     return new GuestMemory([{ guestAddr: base, bytes: Buffer.alloc(size) }]);

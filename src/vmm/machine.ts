@@ -90,6 +90,9 @@ export class Machine {
     this.stopped = new Promise((res) => {
       this.resolveStopped = res;
     });
+    this.released = new Promise((res) => {
+      this.resolveReleased = res;
+    });
     this.serial = new Serial(
       (b) => this.consoleByte(b),
       () => {
@@ -261,7 +264,14 @@ export class Machine {
     }
   }
 
-  /** Stops every vCPU thread and frees the VM and its memory (idempotent). */
+  /**
+   * Resolves once guest RAM is unmapped: after close(), and only when no device I/O holds it any
+   * more (a read or write still on the thread pool keeps it mapped; see GuestRam.release).
+   */
+  readonly released: Promise<void>;
+  private resolveReleased!: () => void;
+
+  /** Stops every vCPU thread and frees the VM, and its memory once no device I/O holds it (idempotent). */
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -275,7 +285,9 @@ export class Machine {
     }
     this.vm.close();
     this.kvm.close();
-    this.ram.release();
+    this.ram
+      .release()
+      .then(this.resolveReleased, (err: unknown) => this.cfg.log.error({ err }, "unmapping guest RAM failed"));
   }
 }
 

@@ -9,8 +9,13 @@ export interface GuestRam {
   mem: GuestMemory;
   /** Where each region is mapped in this process (to tell guest RAM apart in /proc/self/smaps). */
   hostRanges: { start: bigint; size: number }[];
-  /** Unmaps every region (KVM slots must be gone, i.e. the VM closed, or vCPUs stopped). */
-  release(): void;
+  /**
+   * Unmaps every region (KVM slots must be gone, i.e. the VM closed, or vCPUs stopped) once no
+   * device I/O holds guest memory (GuestMemory.hold): a read still on the thread pool would
+   * otherwise write guest disk bytes into whatever the process maps there next. Until then the
+   * regions stay mapped, however long that takes. Idempotent; resolves once unmapped.
+   */
+  release(): Promise<void>;
 }
 
 export function allocateGuestRam(vm: Vm, bytes: number): GuestRam {
@@ -25,11 +30,16 @@ export function allocateGuestRam(vm: Vm, bytes: number): GuestRam {
       vm.setMemoryRegion(slot, r.guestAddr, r.size, host);
       return { guestAddr: r.guestAddr, bytes: Buffer.from(ab) };
     });
+    const mem = new GuestMemory(regions);
+    let released: Promise<void> | undefined;
     return {
-      mem: new GuestMemory(regions),
+      mem,
       hostRanges,
       release() {
-        for (const ab of maps) unmap(ab);
+        released ??= mem.unheld().then(() => {
+          for (const ab of maps) unmap(ab);
+        });
+        return released;
       },
     };
   } catch (err) {

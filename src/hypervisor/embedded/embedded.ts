@@ -19,6 +19,26 @@ export function exitOf(reason: StopReason): VmExit {
   return { code: reason.kind === "error" ? 1 : 0, signal: null };
 }
 
+/**
+ * How long teardown waits for disk I/O still on the thread pool before it reports the VM gone.
+ * Past it, guest RAM stays mapped (and the disk open) until that I/O returns: an unmapped range
+ * could be mapped again for something else, and a late read would write guest disk bytes there.
+ */
+const IO_DRAIN_MS = 10_000;
+
+/** Waits for `p` at most `ms`; true if it settled in time (its rejection is left to the caller). */
+async function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let t: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((r) => {
+    t = setTimeout(() => r(false), ms);
+  });
+  try {
+    return await Promise.race([p.then(() => true), late]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+
 export class EmbeddedHypervisor implements Hypervisor {
   readonly name = "embedded";
   /** VmConfig.nets are served in process over virtio-mmio, like the disks. */
@@ -33,14 +53,18 @@ export class EmbeddedHypervisor implements Hypervisor {
     const cleanups: (() => Promise<void> | void)[] = [];
     let machine: Machine | undefined;
     const cleanup = async () => {
-      // vCPUs first: nothing may kick a device while it is being closed.
+      // vCPUs first: nothing may kick a device while it is being closed. Guest RAM is unmapped
+      // only once no disk I/O holds it (Machine.released).
       machine?.close();
       for (const c of cleanups.splice(0).reverse()) {
         try {
-          await c();
+          if (!(await settledWithin(Promise.resolve(c()), IO_DRAIN_MS))) log.warn("a device is still draining its I/O");
         } catch (e) {
           log.warn({ err: (e as Error).message }, "cleanup step failed");
         }
+      }
+      if (machine && !(await settledWithin(machine.released, IO_DRAIN_MS))) {
+        log.warn({ held: machine.mem.held }, "guest RAM stays mapped until the disk I/O still in flight returns");
       }
     };
     try {

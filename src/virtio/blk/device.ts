@@ -46,6 +46,13 @@ export const VIRTIO_BLK_F_MQ = 12n;
 export const VIRTIO_BLK_F_DISCARD = 13n;
 export const VIRTIO_BLK_F_WRITE_ZEROES = 14n;
 
+/**
+ * Requests taken off one queue per event-loop turn; the rest wait for the next turn (setImmediate),
+ * so a guest that keeps its ring full cannot starve the loop. Each start is a parse plus, for a
+ * page-cache hit, one inline copy of at most 256 KiB (see backing.ts).
+ */
+export const BLK_BATCH = 64;
+
 /** struct virtio_blk_config up to write_zeroes_may_unmap + padding (secure-erase fields zero). */
 export const BLK_CONFIG_SIZE = 64;
 const MAX_DISCARD_SECTORS = 1 << 22; // 2 GiB per segment
@@ -78,6 +85,16 @@ export class BlkDevice implements VirtioDevice {
   private idle: (() => void)[] = [];
   /** Bumped on reset, so completions of an earlier activation are dropped. */
   private generation = 0;
+  /**
+   * Per queue of this activation: the descriptor heads whose request is in flight. The driver may
+   * not make a chain available again before the device returned it (§2.7.13): one that does is
+   * refused, so a queue never has more requests in flight than its ring has entries.
+   */
+  private heads: Set<number>[] = [];
+  /** Queues with a turn already scheduled (their batch ran out). */
+  private scheduled = new Set<number>();
+  /** drain() in progress: no new request starts until the in-flight ones are back. */
+  private quiesced = 0;
 
   private constructor(opts: BlkOptions, backing: BlkBacking | undefined) {
     this.readOnly = opts.readOnly ?? false;
@@ -148,6 +165,7 @@ export class BlkDevice implements VirtioDevice {
     }
     this.ctx = ctx;
     this.needsReset = undefined;
+    this.heads = ctx.queues.map(() => new Set());
     wireQueues(
       ctx,
       (reason) => this.fail(reason),
@@ -158,6 +176,16 @@ export class BlkDevice implements VirtioDevice {
   reset(): void {
     this.generation++;
     this.ctx = undefined;
+    this.heads = [];
+  }
+
+  /**
+   * The bound on requests in flight for the whole device: its rings' sizes. Requests of an earlier
+   * activation still on the thread pool count too, so a guest that resets in a loop while its
+   * disk is slow cannot pile up work either.
+   */
+  private get inFlightLimit(): number {
+    return this.queueMaxSizes.reduce((a, b) => a + b, 0);
   }
 
   private fail(reason: string): void {
@@ -170,18 +198,50 @@ export class BlkDevice implements VirtioDevice {
   notify(index: number): void {
     const ctx = this.ctx;
     const q = ctx?.queues[index];
-    if (!ctx || !q || q.broken) return;
-    // Drain, then re-arm notifications and drain again if the driver raced us.
-    for (;;) {
-      q.disableNotification();
-      for (let chain = q.pop(); chain; chain = q.pop()) this.start(ctx, q, index, chain);
-      if (q.broken || !q.enableNotification()) break;
+    const heads = this.heads[index];
+    // A kick while a turn is scheduled adds nothing: that turn looks at the ring anyway.
+    if (!ctx || !q || !heads || q.broken || this.quiesced || this.scheduled.has(index)) return;
+    // Take up to BLK_BATCH requests, then re-arm notifications and look again if the driver raced
+    // us. A full batch or the in-flight bound leaves the rest in the ring, notifications off: the
+    // next turn (or the completion that frees a slot) comes back for them.
+    let taken = 0;
+    try {
+      for (;;) {
+        q.disableNotification();
+        for (;;) {
+          if (this.metrics.inFlight >= this.inFlightLimit) return; // complete() resumes
+          if (taken === BLK_BATCH) {
+            if (q.pending() === 0) break;
+            this.metrics.deferredTurns++;
+            this.schedule(index);
+            return;
+          }
+          const chain = q.pop();
+          if (!chain) break;
+          taken++;
+          this.start(ctx, q, heads, index, chain);
+        }
+        if (q.broken || !q.enableNotification()) return;
+      }
+    } finally {
+      this.metrics.maxBatch = Math.max(this.metrics.maxBatch, taken);
     }
   }
 
-  private start(ctx: ActivateContext, q: Queue, index: number, chain: DescriptorChain): void {
+  /** Runs notify(index) on the next turn (once, however often it is asked). */
+  private schedule(index: number): void {
+    if (this.scheduled.has(index)) return;
+    this.scheduled.add(index);
+    setImmediate(() => {
+      this.scheduled.delete(index);
+      this.notify(index);
+    });
+  }
+
+  private start(ctx: ActivateContext, q: Queue, heads: Set<number>, index: number, chain: DescriptorChain): void {
     let req: BlkRequest;
     try {
+      if (heads.has(chain.head)) throw new GuestError(`descriptor head ${chain.head} made available while in flight`);
       req = parseRequest(chain, MAX_DISCARD_SEGMENTS);
     } catch (e) {
       if (!(e instanceof GuestError)) throw e;
@@ -191,16 +251,26 @@ export class BlkDevice implements VirtioDevice {
     }
     const gen = this.generation;
     const t0 = process.hrtime.bigint();
+    heads.add(chain.head);
     this.metrics.inFlight++;
     this.metrics.maxInFlight = Math.max(this.metrics.maxInFlight, this.metrics.inFlight);
-    this.execute(req).then(
-      (r) => this.complete(ctx.interrupt, q, index, gen, chain.head, req, r.status, r.written, t0),
-      (e: unknown) => {
-        this.metrics.ioErrors++;
-        this.log.warn({ err: (e as Error).message, type: req.type, sector: req.sector }, "blk I/O error");
-        this.complete(ctx.interrupt, q, index, gen, chain.head, req, VIRTIO_BLK_S_IOERR, 0, t0);
-      },
-    );
+    // The request's buffers are views into guest RAM that the thread pool writes or reads: RAM
+    // stays mapped until the request is back (GuestMemory.hold).
+    const release = ctx.mem.hold();
+    this.execute(req)
+      .then(
+        (r) => ({ status: r.status, written: r.written }),
+        (e: unknown) => {
+          this.metrics.ioErrors++;
+          this.log.warn({ err: (e as Error).message, type: req.type, sector: req.sector }, "blk I/O error");
+          return { status: VIRTIO_BLK_S_IOERR, written: 0 };
+        },
+      )
+      .then((r) => {
+        heads.delete(chain.head);
+        this.complete(ctx.interrupt, q, index, gen, chain.head, req, r.status, r.written, t0);
+      })
+      .finally(release);
   }
 
   private complete(
@@ -214,14 +284,22 @@ export class BlkDevice implements VirtioDevice {
     written: number,
     t0: bigint,
   ): void {
+    const wasFull = this.metrics.inFlight >= this.inFlightLimit;
     this.metrics.inFlight--;
     if (this.metrics.inFlight === 0) for (const f of this.idle.splice(0)) f();
+    if (wasFull) this.resume();
     if (gen !== this.generation || q.broken) return; // reset meanwhile: the ring is not ours any more
     req.status[0] = status;
     q.addUsed(head, written + 1);
     if (q.needsNotification()) irq.queue(index);
     this.metrics.completed++;
     this.metrics.serviceNs += Number(process.hrtime.bigint() - t0);
+  }
+
+  /** Comes back (next turn) for requests left in the rings while the device could not take them. */
+  private resume(): void {
+    const n = this.ctx?.queues.length ?? 0;
+    for (let i = 0; i < n; i++) this.schedule(i);
   }
 
   /** Checks [sector, sector+bytes) is inside the disk. */
@@ -284,10 +362,18 @@ export class BlkDevice implements VirtioDevice {
     }
   }
 
-  /** Resolves when no request is in flight. */
-  drain(): Promise<void> {
-    if (this.metrics.inFlight === 0) return Promise.resolve();
-    return new Promise((r) => this.idle.push(r));
+  /**
+   * Resolves when no request is in flight. No new request starts meanwhile (a guest that keeps
+   * its queue busy cannot hold the drain off); those the guest posted are taken afterwards.
+   */
+  async drain(): Promise<void> {
+    if (this.metrics.inFlight === 0) return;
+    this.quiesced++;
+    try {
+      await new Promise<void>((r) => this.idle.push(r));
+    } finally {
+      if (--this.quiesced === 0) this.resume();
+    }
   }
 
   /**

@@ -14,6 +14,10 @@ export class BlkMetrics {
   invalid = 0;
   inFlight = 0;
   maxInFlight = 0;
+  /** Most requests taken off one queue in one event-loop turn (at most BLK_BATCH). */
+  maxBatch = 0;
+  /** Turns that ended with requests left in the ring for the next turn (the batch ran out). */
+  deferredTurns = 0;
   configChanges = 0;
   /** Requests returned to the guest, and the summed time from taking each off the ring to returning it. */
   completed = 0;

@@ -5,31 +5,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { BlkDevice } from "../../../src/virtio/blk/device.ts";
-import { bit, type InterruptSink, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../../src/virtio/device.ts";
+import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../../src/virtio/device.ts";
+import { hdr, Irq } from "./blk-helpers.ts";
 import { TestDriver } from "./driver.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "cove-blk-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-function hdr(type: number, sector: number): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeUInt32LE(type, 0);
-  b.writeBigUInt64LE(BigInt(sector), 8);
-  return b;
-}
-
-class Irq implements InterruptSink {
-  queues = 0;
-  configs = 0;
-  waiters: (() => void)[] = [];
-  queue(): void {
-    this.queues++;
-    for (const w of this.waiters.splice(0)) w();
-  }
-  config(): void {
-    this.configs++;
-  }
-}
 
 async function setup(opts: { size?: number; readOnly?: boolean; path?: string | null; features?: bigint } = {}) {
   const path = opts.path === null ? undefined : (opts.path ?? join(dir, `disk-${Math.random()}.img`));
