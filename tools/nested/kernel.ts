@@ -20,6 +20,7 @@ import { fileURLToPath } from "node:url";
 import { dpkgVersion, run, runStreaming } from "../../src/guest/exec.ts";
 import { keyOf, sha256 } from "../../src/guest/hash.ts";
 import { configMismatches, kernelPaths, LINUX_SOURCE_PACKAGE, LINUX_SOURCE_TARBALL } from "../../src/guest/kernel.ts";
+import { acquireLock } from "../../src/guest/lock.ts";
 import { cacheDir } from "../../src/guest/paths.ts";
 import { consoleProgress, type Progress } from "../../src/guest/progress.ts";
 
@@ -92,13 +93,33 @@ export async function buildNestedKernel(
 ): Promise<string> {
   const key = nestedKey();
   const p = nestedPaths(cache);
-  const out = join(p.dir, key);
-  const bzImage = join(out, "bzImage");
+  const bzImage = join(p.dir, key, "bzImage");
   if (existsSync(bzImage)) {
     progress.stage(`nested kernel: up to date (${key})`);
     return bzImage;
   }
-  const src = sourceTree(cache, progress);
+  // One build at a time per cache: every build shares one kbuild output directory.
+  mkdirSync(p.dir, { recursive: true });
+  const release = await acquireLock(join(p.dir, ".lock"), (pid) =>
+    progress.stage(`nested kernel: waiting for pid ${pid}, which is building it`),
+  );
+  try {
+    if (existsSync(bzImage)) return bzImage;
+    return await build(key, sourceTree(cache, progress), p, progress, opts.jobs ?? 2);
+  } finally {
+    release();
+  }
+}
+
+async function build(
+  key: string,
+  src: string,
+  p: ReturnType<typeof nestedPaths>,
+  progress: Progress,
+  jobs: number,
+): Promise<string> {
+  const out = join(p.dir, key);
+  const bzImage = join(out, "bzImage");
   mkdirSync(p.build, { recursive: true });
   const fragmentFile = join(p.build, "cove-nested.fragment");
   const fragment = nestedFragment();
@@ -109,7 +130,6 @@ export async function buildNestedKernel(
   run([...make, `KCONFIG_ALLCONFIG=${fragmentFile}`, RECIPE.base], { env });
   const bad = configMismatches(fragment, readFileSync(join(p.build, ".config"), "utf8"));
   if (bad.length) throw new Error(`nested kernel config: options that did not survive:\n  ${bad.join("\n  ")}`);
-  const jobs = opts.jobs ?? 2;
   progress.stage(`nested kernel: compiling with -j${jobs} (log: ${join(p.build, "build.log")})`);
   const log: string[] = [];
   const t0 = Date.now();
