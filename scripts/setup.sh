@@ -10,6 +10,8 @@ PACKAGES=(
   containerd runc crun containernetworking-plugins iptables
   # hypervisor and guest tooling
   qemu-system-x86 erofs-utils e2fsprogs busybox-static
+  # building the guest's crun from Debian's source (src/guest/crun.ts)
+  libseccomp-dev libcap-dev gperf
   # guest kernel sources and build dependencies
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio lz4 xz-utils kmod
   # native addon

@@ -6,6 +6,7 @@ import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { imageRecipe } from "../guest/build.ts";
+import { builtCrun } from "../guest/crun.ts";
 import { which } from "../guest/exec.ts";
 import { kernelKeys, LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
 import { cacheDir, guestArtifacts, guestInputs, repoRoot } from "../guest/paths.ts";
@@ -87,7 +88,14 @@ function freshness(a: ReturnType<typeof guestArtifacts>, root: string): CheckRes
     )
       stale.push("kernel");
     const imageKeyNow = basename(dirname(realpathSync(a.rootfs)));
-    if (imageKeyNow !== imageRecipe(root).key && imageKeyNow !== imageRecipe(root, "lz4hc").key) stale.push("image");
+    // The guest's crun is built into the cache; without a build for today's inputs the image is stale.
+    const crun = builtCrun(dirname(a.dir));
+    if (!crun) stale.push("crun");
+    else if (
+      imageKeyNow !== imageRecipe(root, undefined, crun).key &&
+      imageKeyNow !== imageRecipe(root, "lz4hc", crun).key
+    )
+      stale.push("image");
     return stale.length
       ? {
           name,

@@ -1,7 +1,8 @@
 // `cove guest build`: the kernel and the image, each rebuilt only when its inputs changed, then
 // published under the stable names in <cache>/guest/.
-import { existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { type CrunBuild, ensureCrun, RUNTIME_FEATURES_FILE } from "./crun.ts";
 import { findImageInputs, imageKey, imagePlan } from "./image.ts";
 import { buildKernel, type KernelBuild } from "./kernel.ts";
 import { cacheDir, guestArtifacts, guestInputs, repoRoot } from "./paths.ts";
@@ -27,9 +28,10 @@ export interface GuestBuildOptions {
 }
 
 /** The image's inputs, layout and cache key as the checkout stands now. */
-export function imageRecipe(root: string, compress?: "lz4" | "lz4hc") {
+export function imageRecipe(root: string, compress?: "lz4" | "lz4hc", crun?: CrunBuild) {
   const gi = guestInputs(root);
-  const inputs = findImageInputs(gi.agentBundle, gi.addon);
+  const runtime = crun && { name: "crun" as const, path: crun.binary, version: `${crun.version} (built, ${crun.key})` };
+  const inputs = findImageInputs(gi.agentBundle, gi.addon, runtime);
   const plan = imagePlan(inputs);
   const key = imageKey(
     [...plan, { kind: "content", path: "/.cove-erofs", content: compress ?? "none", mode: 0o644 }],
@@ -44,7 +46,10 @@ export async function buildImage(
   progress: Progress,
   opts: GuestBuildOptions = {},
 ): Promise<ImageBuild> {
-  const { inputs, plan, key } = imageRecipe(root, opts.compress);
+  // The guest's crun understands OCI runtime spec 1.2 (containerd 2.x writes it); its features go
+  // beside the image for the shim's -info.
+  const crun = await ensureCrun(cache, progress, opts.jobs);
+  const { inputs, plan, key } = imageRecipe(root, opts.compress, crun);
   const dir = join(cache, "image", key);
   const rootfs = join(dir, "rootfs.erofs");
   if (!opts.force && existsSync(join(dir, "manifest.json"))) {
@@ -60,6 +65,7 @@ export async function buildImage(
     progress.stage(`image: mkfs.erofs${opts.compress ? ` -z${opts.compress}` : ""}`);
     makeErofs(tree, join(tmp, "rootfs.erofs"), { compress: opts.compress, uuid: uuidFromKey(key) });
     rmSync(tree, { recursive: true, force: true });
+    copyFileSync(crun.features, join(tmp, RUNTIME_FEATURES_FILE));
     writeFileSync(
       join(tmp, "manifest.json"),
       JSON.stringify(

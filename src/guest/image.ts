@@ -17,23 +17,25 @@ const LAYOUT_VERSION = 1;
 
 export interface ImageInputs {
   node: string;
-  /** The OCI runtime copied in: crun preferred, runc otherwise. */
-  runtime: { name: "crun" | "runc"; path: string };
+  /** The OCI runtime copied in: the crun built for the guest (crun.ts), else the host's crun or runc. */
+  runtime: { name: "crun" | "runc"; path: string; version?: string };
   agentBundle: string;
   addon: string;
 }
 
 /** Finds the host binaries the image needs; throws naming the package to install. */
-export function findImageInputs(agentBundle: string, addon: string): ImageInputs {
+export function findImageInputs(agentBundle: string, addon: string, built?: ImageInputs["runtime"]): ImageInputs {
   const node = existsSync("/usr/bin/node") ? "/usr/bin/node" : which("node");
   if (!node) throw new Error("node not found (apt-get install nodejs)");
   const crun = which("crun", "/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin");
   const runc = which("runc", "/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin");
-  const runtime = crun
-    ? { name: "crun" as const, path: crun }
-    : runc
-      ? { name: "runc" as const, path: runc }
-      : undefined;
+  const runtime = built
+    ? built
+    : crun
+      ? { name: "crun" as const, path: crun }
+      : runc
+        ? { name: "runc" as const, path: runc }
+        : undefined;
   if (!runtime) throw new Error("no OCI runtime for the guest: apt-get install crun (or runc)");
   if (!existsSync(agentBundle)) throw new Error(`agent bundle ${agentBundle} missing: run \`npm run build\``);
   if (!existsSync(addon)) throw new Error(`native addon ${addon} missing: run \`npx node-gyp rebuild\``);
@@ -86,7 +88,7 @@ export function imageKey(plan: RootPlan, inp: ImageInputs): string {
       content: JSON.stringify({
         layout: LAYOUT_VERSION,
         nodejs: dpkgVersion("nodejs") ?? null,
-        runtime: `${inp.runtime.name} ${dpkgVersion(inp.runtime.name) ?? "?"}`,
+        runtime: `${inp.runtime.name} ${inp.runtime.version ?? dpkgVersion(inp.runtime.name) ?? "?"}`,
         erofsUtils: dpkgVersion("erofs-utils") ?? null,
         libc6: dpkgVersion("libc6") ?? null,
       }),

@@ -8,14 +8,14 @@ import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import protobuf from "protobufjs/minimal.js";
 import { loadConfig } from "../config/config.ts";
+import { RUNTIME_FEATURES_FILE } from "../guest/crun.ts";
 import { decodeStartOptions } from "./options.ts";
 import { VERSION } from "./version.ts";
 
 export const RUNTIME_NAME = "io.containerd.cove.v2";
 /** The type URL containerd registers for runtime-spec's features.Features (typeurl, JSON-encoded). */
 export const FEATURES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
-/** The file beside a guest image that holds its runtime's features (written by the image build). */
-export const RUNTIME_FEATURES_FILE = "runtime-features.json";
+export { RUNTIME_FEATURES_FILE };
 
 /** Where the features of the guest image at `image` (a path or the published symlink) are. */
 export function runtimeFeaturesPath(image: string): string {
