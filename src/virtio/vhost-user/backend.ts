@@ -5,9 +5,10 @@
 // (us → guest interrupt). Config space goes through GET_CONFIG/SET_CONFIG; a config change
 // (blk capacity) is announced on the slave channel.
 import { existsSync, fstatSync, unlinkSync } from "node:fs";
+import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import { eventfdRead, eventfdWrite } from "../../native/eventfd.ts";
 import { closeFd, recvWithFds, sendWithFds, unixAccept, unixListen } from "../../native/fdpass.ts";
-import { mmapFd } from "../../native/mmap.ts";
+import { mapFd, unmap } from "../../native/kvm.ts";
 import { type FdPoll, POLL_READABLE, POLL_WRITABLE, pollFd } from "../../native/poll.ts";
 import { type ActivateContext, bit, type InterruptSink, type VirtioDevice } from "../device.ts";
 import { defaultLogger, type Logger } from "../log.ts";
@@ -17,6 +18,7 @@ import {
   FLAG_NEED_REPLY,
   FLAG_REPLY,
   HEADER_SIZE,
+  MAX_MESSAGE_FDS,
   MAX_PAYLOAD,
   ProtocolFeature,
   REQ_NAMES,
@@ -63,9 +65,11 @@ export class VhostUserBackend {
   private slaveFd = -1;
   private readonly rings: Vring[];
   private mem: GuestMemory | undefined;
-  /** Keeps the mmaps alive (they are unmapped when collected). */
-  // biome-ignore lint/correctness/noUnusedPrivateClassMembers: holds the mmaps; dropping it unmaps guest RAM
+  /** The current table's mmaps: unmapped when the table is replaced or the frontend goes, once the
+   * device has drained (never left to the garbage collector, which may keep them for long). */
   private mappings: ArrayBuffer[] = [];
+  /** Errors a frontend can provoke per message or per kick (bad fds): rate-limited. */
+  private readonly peerError: RateLimitedLog;
   private features = 0n;
   private protocolFeatures = 0n;
   private protocolNegotiated = false;
@@ -93,6 +97,7 @@ export class VhostUserBackend {
     const n = opts.queues ?? device.queueMaxSizes.length;
     this.rings = Array.from({ length: n }, () => ({ num: 0, base: 0, enabled: false, started: false }));
     this.log = (opts.logger ?? defaultLogger).child({ vhostUser: device.name });
+    this.peerError = new RateLimitedLog(this.log, "error");
     device.onNeedsReset = (reason) =>
       this.log.error({ reason }, "device needs reset; its queues stop until the guest resets it");
   }
@@ -129,10 +134,25 @@ export class VhostUserBackend {
   private readMessages(): void {
     while (this.connFd >= 0) {
       const want = this.inPayload ? this.payload : this.hdr;
-      const r = recvWithFds(this.connFd, want.subarray(this.got));
+      let r: { bytes: number; fds: number[] } | null;
+      try {
+        r = recvWithFds(this.connFd, want.subarray(this.got));
+      } catch (e) {
+        // EMSGSIZE: more fds than any message carries (the native side closed them); or a socket
+        // error. Either way this frontend is done: never an exception out of the poll callback.
+        this.log.error({ err: (e as Error).message }, "vhost-user receive failed; closing the connection");
+        this.disconnect();
+        return;
+      }
       if (r === null) return;
       this.fds.push(...r.fds);
       if (r.bytes === 0) {
+        this.disconnect();
+        return;
+      }
+      if (this.fds.length > MAX_MESSAGE_FDS) {
+        // Fds sent a byte at a time along one message would otherwise pile up without bound.
+        this.log.error({ fds: this.fds.length }, "vhost-user message with too many fds; closing the connection");
         this.disconnect();
         return;
       }
@@ -315,13 +335,14 @@ export class VhostUserBackend {
   }
 
   private setMemTable(p: Buffer, fds: number[]): void {
+    const maps: ArrayBuffer[] = [];
+    let adopted = false;
     try {
       if (p.length < 8) throw new Error("SET_MEM_TABLE: short payload");
       const n = p.readUInt32LE(0);
       if (n < 1 || n > 8 || p.length < 8 + 32 * n) throw new Error(`SET_MEM_TABLE: ${n} regions`);
       if (fds.length !== n) throw new Error(`SET_MEM_TABLE: ${n} regions but ${fds.length} fds`);
       const regions: MemoryRegion[] = [];
-      const maps: ArrayBuffer[] = [];
       for (let i = 0; i < n; i++) {
         const o = 8 + 32 * i;
         const gpa = Number(p.readBigUInt64LE(o));
@@ -334,13 +355,16 @@ export class VhostUserBackend {
           throw new Error(
             `SET_MEM_TABLE: region ${i} (${size} bytes at offset ${off}) exceeds its ${fileSize}-byte fd`,
           );
-        const ab = mmapFd(fds[i]!, size, off);
+        const ab = mapFd(fds[i]!, size, off);
         maps.push(ab);
         regions.push({ guestAddr: gpa, bytes: Buffer.from(ab), userAddr: uva });
         this.log.debug({ gpa: gpa.toString(16), size, uva: uva.toString(16), off }, "guest memory region");
       }
-      this.mem = new GuestMemory(regions);
+      const mem = new GuestMemory(regions);
+      const old = this.mappings;
+      this.mem = mem;
       this.mappings = maps;
+      adopted = true;
       // Rings already running keep their indexes but must use the new mappings.
       if (this.active) {
         this.resetDevice();
@@ -354,9 +378,27 @@ export class VhostUserBackend {
         }
         this.maybeActivate();
       }
+      this.release(old);
+    } catch (e) {
+      if (!adopted) for (const m of maps) unmap(m);
+      throw e;
     } finally {
       for (const fd of fds) safeClose(fd); // the mappings stay valid without the fds
     }
+  }
+
+  /** Unmaps a table's mappings once the device holds nothing in them (blk I/O on the thread pool). */
+  private release(maps: ArrayBuffer[]): void {
+    if (maps.length === 0) return;
+    const unmapAll = () => {
+      for (const m of maps) unmap(m);
+    };
+    const drained = this.device.drain?.();
+    if (!drained) unmapAll();
+    else
+      drained.then(unmapAll, (e: unknown) =>
+        this.log.error({ err: (e as Error).message }, "device drain failed; old guest memory stays mapped"),
+      );
   }
 
   private setKick(i: number, r: Vring, fd: number | undefined): void {
@@ -365,8 +407,18 @@ export class VhostUserBackend {
     r.kickPoll = undefined;
     r.kickFd = fd;
     if (fd !== undefined) {
-      r.kickPoll = pollFd(fd, POLL_READABLE, () => {
-        const n = eventfdRead(fd);
+      r.kickPoll = pollFd(fd, POLL_READABLE, (status) => {
+        let n: number;
+        try {
+          if (status < 0) throw new Error(`poll error ${status}`);
+          n = eventfdRead(fd);
+        } catch (e) {
+          // Not an eventfd we can read (the frontend passed something else): stop watching it.
+          this.peerError.log({ ring: i, err: (e as Error).message }, "vhost-user kick fd unusable; ring stops");
+          r.kickPoll?.stop();
+          r.kickPoll = undefined;
+          return;
+        }
         this.metrics.kicks++;
         if (this.log.isLevelEnabled("trace"))
           this.log.trace(
@@ -386,6 +438,7 @@ export class VhostUserBackend {
             },
             "kick",
           );
+        // Each device bounds its own work per call (a batch, then setImmediate).
         if (n > 0 && this.active) this.device.notify(i);
       });
     }
@@ -435,10 +488,19 @@ export class VhostUserBackend {
   private interruptSink(): InterruptSink {
     return {
       queue: (i) => {
-        const fd = this.rings[i]?.callFd;
+        const r = this.rings[i];
+        const fd = r?.callFd;
         if (fd === undefined) return;
         const t0 = process.hrtime.bigint();
-        eventfdWrite(fd);
+        try {
+          eventfdWrite(fd);
+        } catch (e) {
+          // A call fd we cannot write (not an eventfd): the device must not see a throw mid-ring.
+          this.peerError.log({ ring: i, err: (e as Error).message }, "vhost-user call fd unusable; dropped");
+          safeClose(fd);
+          r!.callFd = undefined;
+          return;
+        }
         this.metrics.calls++;
         this.metrics.callNs += Number(process.hrtime.bigint() - t0);
       },
@@ -456,7 +518,13 @@ export class VhostUserBackend {
     m.writeUInt32LE(SLAVE_CONFIG_CHANGE_MSG, 0);
     m.writeUInt32LE(VHOST_USER_VERSION, 4);
     m.writeUInt32LE(0, 8);
-    if (sendWithFds(this.slaveFd, m) !== m.length) this.log.warn("slave channel full; config change not sent");
+    try {
+      if (sendWithFds(this.slaveFd, m) !== m.length) this.log.warn("slave channel full; config change not sent");
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, "slave channel broken; config change not sent");
+      safeClose(this.slaveFd);
+      this.slaveFd = -1;
+    }
   }
 
   /** GET_VRING_BASE: the ring stops; returns where the frontend should resume. */
@@ -516,7 +584,16 @@ export class VhostUserBackend {
   private flush(): void {
     while (this.outbox.length > 0 && this.connFd >= 0) {
       const m = this.outbox[0]!;
-      const n = sendWithFds(this.connFd, m);
+      let n: number;
+      try {
+        n = sendWithFds(this.connFd, m);
+      } catch (e) {
+        // EPIPE/ECONNRESET: the frontend is gone (MSG_NOSIGNAL: no SIGPIPE). Never a throw into
+        // dispatch or the poll callback.
+        this.log.debug({ err: (e as Error).message }, "vhost-user send failed; closing the connection");
+        this.disconnect();
+        return;
+      }
       if (n < 0) {
         this.connPoll?.update(POLL_READABLE | POLL_WRITABLE);
         return;
@@ -542,6 +619,7 @@ export class VhostUserBackend {
     this.inPayload = false;
     this.outbox = [];
     this.mem = undefined;
+    this.release(this.mappings);
     this.mappings = [];
     this.features = 0n;
     this.protocolFeatures = 0n;

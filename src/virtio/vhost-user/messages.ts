@@ -5,6 +5,8 @@ export const FLAG_NEED_REPLY = 0x8;
 export const HEADER_SIZE = 12;
 /** Largest payload we accept (SET_MEM_TABLE with 8 regions is 264; config ≤ 256 + 12). */
 export const MAX_PAYLOAD = 4096;
+/** Most fds one message carries (SET_MEM_TABLE: one per region, at most 8); more closes the connection. */
+export const MAX_MESSAGE_FDS = 8;
 
 export const Req = {
   GET_FEATURES: 1,
