@@ -5,7 +5,9 @@
 export type LogLevel = "error" | "warn" | "info" | "debug";
 
 /** The part of a pino logger this needs. */
-export type LevelLogger = Record<LogLevel, (obj: object, msg: string) => void>;
+export type LevelLogger = Record<LogLevel, (obj: object, msg: string) => void> & {
+  isLevelEnabled?(level: string): boolean;
+};
 
 export interface RateLimitOptions {
   /** Lines written per interval before suppression starts. */
@@ -41,6 +43,8 @@ export class RateLimitedLog {
 
   /** Writes the line, or counts it if this interval's burst is spent. Returns whether it was written. */
   log(obj: object, msg: string): boolean {
+    // Nothing would be written: nothing to count, no timer.
+    if (this.logger.isLevelEnabled?.(this.level) === false) return false;
     const t = this.now();
     if (t - this.windowStart >= this.intervalMs) {
       this.flush();

@@ -154,6 +154,14 @@ export class Connection {
   close(err?: Error): void {
     if (this.state === "closed") return;
     const handedOut = this.state === "established";
+    // Whatever ends a connection the guest never answered settles the pending connect().
+    if (this.state === "connecting")
+      this.onEstablished?.(
+        err ??
+          Object.assign(new Error(`vsock connect to guest port ${this.guestPort}: closed before the guest answered`), {
+            code: "ECONNRESET",
+          }),
+      );
     this.state = "closed";
     for (const w of this.txQueue.splice(0)) w.done(err ?? new Error("vsock connection reset"));
     this.txQueued = 0;

@@ -49,7 +49,9 @@ export const EVENT_QUEUE = 2;
 export const VSOCK_BATCH = 128;
 /** Open connections (either direction); a guest REQUEST beyond it gets RST. */
 export const MAX_CONNECTIONS = 1024;
-/** RSTs waiting for an rx buffer; RSTs answering a guest's stray packets beyond it are dropped. */
+/** RSTs waiting for an rx buffer: RSTs answering a guest's stray packets are dropped beyond it, RSTs
+ * ending a connection beyond MAX_PENDING_RST + MAX_CONNECTIONS (a guest that posts no rx buffers
+ * while it opens and ends connections; it then learns of their end when it next uses them). */
 export const MAX_PENDING_RST = 256;
 
 export interface VsockOptions {
@@ -178,6 +180,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
         reject(Object.assign(new Error(`vsock connect to guest port ${port}: timed out`), { code: "ETIMEDOUT" }));
       }, timeoutMs);
       c.onEstablished = (err) => {
+        c.onEstablished = undefined;
         clearTimeout(timer);
         if (err) reject(err);
         else resolve(c.stream);
@@ -196,6 +199,11 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
 
   get connectionCount(): number {
     return this.conns.size;
+  }
+
+  /** RSTs waiting for rx buffers (≤ MAX_PENDING_RST + MAX_CONNECTIONS). */
+  get pendingResets(): number {
+    return this.rsts.size;
   }
 
   private allocPort(guestPort: number): number {
@@ -427,14 +435,14 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
   }
 
   /**
-   * Queues an RST for the pair. `owed` RSTs end a connection we knew (bounded by the connection
-   * limit); the others answer a guest's stray packets, which it may send without end while
-   * posting no rx buffers, so past MAX_PENDING_RST they are dropped (and counted).
+   * Queues an RST for the pair. `owed` RSTs end a connection we knew; the others answer a guest's
+   * stray packets, which it may send without end while posting no rx buffers. Past their limits
+   * (MAX_PENDING_RST, and MAX_PENDING_RST + MAX_CONNECTIONS for owed ones) they are dropped and counted.
    */
   private rst(hostPort: number, guestPort: number, owed = false): void {
     const key = `${hostPort}:${guestPort}`;
     if (this.rsts.has(key)) return;
-    if (!owed && this.rsts.size >= MAX_PENDING_RST) {
+    if (this.rsts.size >= MAX_PENDING_RST + (owed ? MAX_CONNECTIONS : 0)) {
       this.metrics.resetsDropped++;
       return;
     }

@@ -11,7 +11,7 @@ export class VsockMetrics {
   /** Packets dropped because they broke the protocol (wrong CID, over credit, ...). */
   invalid = 0;
   creditUpdatesSent = 0;
-  /** RSTs answering stray guest packets not queued because MAX_PENDING_RST were already waiting. */
+  /** RSTs not queued because their limit (MAX_PENDING_RST, + MAX_CONNECTIONS for owed ones) was reached. */
   resetsDropped = 0;
   /** Times data waited because the next rx buffer had no room past the header. */
   rxBuffersTooSmall = 0;

@@ -9,7 +9,7 @@ import { pino } from "pino";
 import { LOG_BURST } from "../../../src/common/rate-limited-log.ts";
 import { handshake } from "../../../src/sandbox/agent/stdio.ts";
 import type { VsockStream } from "../../../src/virtio/vsock/connection.ts";
-import { MAX_PENDING_RST, VSOCK_BATCH } from "../../../src/virtio/vsock/device.ts";
+import { MAX_CONNECTIONS, MAX_PENDING_RST, VSOCK_BATCH } from "../../../src/virtio/vsock/device.ts";
 import {
   OP_CREDIT_REQUEST,
   OP_CREDIT_UPDATE,
@@ -17,6 +17,7 @@ import {
   OP_RESPONSE,
   OP_RST,
   OP_RW,
+  OP_SHUTDOWN,
 } from "../../../src/virtio/vsock/packet.ts";
 import { established, FakeGuest, turns } from "./vsock-guest.ts";
 
@@ -102,6 +103,18 @@ describe("vsock: a reset racing the start of a connection", () => {
   });
 });
 
+describe("vsock: a host connect always settles", () => {
+  it("a guest that answers the REQUEST with a full SHUTDOWN: connect() rejects at once (fuzz seed 654)", async () => {
+    const g = new FakeGuest();
+    const p = g.dev.connect(1024, 60_000);
+    const req = await g.expect((x) => x.op === OP_REQUEST, "REQUEST");
+    g.send({ op: OP_SHUTDOWN, flags: 3, srcPort: 1024, dstPort: req.srcPort });
+    const late = new Promise((_, reject) => setTimeout(() => reject(new Error("connect() did not settle")), 500));
+    await assert.rejects(Promise.race([p, late]), (e: NodeJS.ErrnoException) => e.code === "ECONNRESET");
+    assert.equal(g.dev.connectionCount, 0);
+  });
+});
+
 describe("vsock: bounded work and memory", () => {
   it("a kick with a full tx ring handles at most VSOCK_BATCH packets in that turn, the rest on later turns", async () => {
     const g = new FakeGuest({ ringSize: 1024 });
@@ -133,6 +146,22 @@ describe("vsock: bounded work and memory", () => {
     g.collect();
     assert.equal(g.got.filter((p) => p.op === OP_RST).length, MAX_PENDING_RST);
     assert.equal(g.dev.metrics.resetsDropped, 4000 - MAX_PENDING_RST);
+  });
+
+  it("connections opened and fully shut down without rx buffers: the RSTs owed stay bounded", async () => {
+    const g = new FakeGuest({ ringSize: 1024, rxBuffers: 0 });
+    g.dev.listen(1025, () => {});
+    for (let round = 0; round < 8; round++) {
+      for (let i = 0; i < 250; i++) {
+        g.post({ op: OP_REQUEST, srcPort: round * 250 + i, dstPort: 1025 });
+        g.post({ op: OP_SHUTDOWN, flags: 3, srcPort: round * 250 + i, dstPort: 1025 });
+      }
+      g.dev.notify(1);
+      await turns(10);
+    }
+    assert.equal(g.dev.connectionCount, 0);
+    assert.equal(g.dev.pendingResets, MAX_PENDING_RST + MAX_CONNECTIONS);
+    assert.equal(g.dev.metrics.resetsDropped, 2000 - MAX_PENDING_RST - MAX_CONNECTIONS);
   });
 
   it("REQUEST/RST churn to a listened port without rx buffers leaves nothing queued", async () => {
