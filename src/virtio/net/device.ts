@@ -49,7 +49,7 @@ export const RX_QUEUE = 0;
 export const TX_QUEUE = 1;
 
 /** Frames handled per event-loop turn and direction, so a busy link cannot starve the loop. */
-const BATCH = 128;
+export const NET_BATCH = 128;
 
 export interface NetOptions {
   backend: NetBackend;
@@ -212,7 +212,7 @@ export class NetDevice implements VirtioDevice {
     const q = this.queue(TX_QUEUE);
     if (!ctx || !q) return;
     let used = false;
-    let budget = BATCH;
+    let budget = NET_BATCH;
     outer: for (;;) {
       q.disableNotification();
       for (;;) {
@@ -277,7 +277,7 @@ export class NetDevice implements VirtioDevice {
     const q = this.queue(RX_QUEUE);
     if (!ctx || !q) return;
     let used = false;
-    let budget = BATCH;
+    let budget = NET_BATCH;
     for (;;) {
       if (budget-- === 0) {
         this.scheduleRx();
