@@ -87,6 +87,8 @@ export function wireQueues(ctx: ActivateContext, fail: (reason: string) => void,
  * for an offset outside it (a negative length reads nothing). */
 export function readConfigWindow(config: Buffer, offset: number, length: number): Buffer {
   const out = Buffer.alloc(Math.max(0, length));
-  if (offset >= 0 && offset < config.length) config.copy(out, 0, offset, Math.min(config.length, offset + length));
+  if (out.length > 0 && offset >= 0 && offset < config.length) {
+    config.copy(out, 0, offset, Math.min(config.length, offset + out.length));
+  }
   return out;
 }

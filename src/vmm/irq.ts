@@ -1,6 +1,10 @@
 // The VM's GSI routing table. KVM_SET_GSI_ROUTING replaces the whole table, so one owner keeps
 // it: KVM's default routes for the 24 legacy pins (PIC + IOAPIC for 0-15, IOAPIC for 16-23 —
 // dropping them would silently break every legacy interrupt) plus one MSI route per device vector.
+// Each KVM_SET_GSI_ROUTING copies the table and waits for an SRCU grace period, and the guest
+// reprograms vectors at will (MSI UPDATE), so changes are coalesced: they reach KVM only before
+// an interrupt goes out through a changed route (flush()), at most once however many came first;
+// an UPDATE that changes nothing changes nothing.
 import type { GsiRoute, Vm } from "./kvm.ts";
 import { IOAPIC_PINS } from "./layout.ts";
 
@@ -25,6 +29,10 @@ export class GsiRouter {
   private readonly msi = new Map<number, { addressLo: number; addressHi: number; data: number }>();
   private next = IOAPIC_PINS;
   private free: number[] = [];
+  /** GSIs whose route changed since the table last went to KVM. */
+  private readonly dirty = new Set<number>();
+  /** KVM_SET_GSI_ROUTING calls made (tests, metrics). */
+  commits = 0;
 
   constructor(private readonly vm: Pick<Vm, "setGsiRouting">) {}
 
@@ -35,14 +43,29 @@ export class GsiRouter {
     return g;
   }
 
+  /** Routes `gsi` to an MSI; KVM sees it at the next flush(). */
   setMsi(gsi: number, addressLo: number, addressHi: number, data: number): void {
+    const cur = this.msi.get(gsi);
+    if (cur && cur.addressLo === addressLo && cur.addressHi === addressHi && cur.data === data) return;
     this.msi.set(gsi, { addressLo, addressHi, data });
-    this.commit();
+    this.dirty.add(gsi);
   }
 
+  /** Frees `gsi` for another vector; its route goes with the next flush(). */
   release(gsi: number): void {
-    if (this.msi.delete(gsi)) this.commit();
+    if (this.msi.delete(gsi)) this.dirty.add(gsi);
     this.free.push(gsi);
+  }
+
+  /**
+   * Sends the table to KVM if `gsi`'s route (or, without an argument, any route) changed since
+   * the last time: called right before an interrupt is injected through `gsi`.
+   */
+  flush(gsi?: number): void {
+    if (this.dirty.size === 0 || (gsi !== undefined && !this.dirty.has(gsi))) return;
+    this.dirty.clear();
+    this.commits++;
+    this.vm.setGsiRouting(this.table());
   }
 
   /** The table as it is sent to KVM. */
@@ -52,7 +75,4 @@ export class GsiRouter {
     return t;
   }
 
-  private commit(): void {
-    this.vm.setGsiRouting(this.table());
-  }
 }

@@ -278,7 +278,10 @@ export class Machine {
     clearTimeout(this.entryWatch);
     for (const l of this.loops) l.stop();
     for (const s of this.vcpuStats) s?.close();
-    for (const t of this.transports) t.device.reset();
+    for (const t of this.transports) {
+      t.device.reset();
+      t.close();
+    }
     for (const d of this.deviceIrqs) {
       d.notifiers.detachAll();
       d.interrupts.close();

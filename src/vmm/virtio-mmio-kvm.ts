@@ -59,7 +59,9 @@ export class KvmMmioInterrupts implements MmioInterrupts {
 
   msiSignal(v: number): void {
     const vec = this.vectors.get(v);
-    if (vec?.assigned) eventfdWrite(vec.fd);
+    if (!vec?.assigned) return;
+    this.router.flush(vec.gsi); // the route the guest programmed last, before the interrupt uses it
+    eventfdWrite(vec.fd);
   }
 
   close(): void {

@@ -6,10 +6,13 @@
 //
 // Everything the guest writes is checked. A guest that breaks the protocol (queue setup while
 // running, rings outside RAM, MSI enabled after DRIVER_OK, unknown commands) is logged and the
-// device is marked failed (DEVICE_NEEDS_RESET + config interrupt); the VMM never throws.
+// device is marked failed (DEVICE_NEEDS_RESET + config interrupt); the VMM never throws. A guest
+// can repeat that at will (violate, reset, violate…), so every such log line is rate-limited
+// (RateLimitedLog: the first few per interval, then one count).
 // KVM specifics (irqfd, ioeventfd, MSI routes) sit behind MmioInterrupts so this file is testable
 // without KVM.
 import type { Logger } from "pino";
+import { RateLimitedLog } from "../common/rate-limited-log.ts";
 import {
   checkFeatures,
   type InterruptSink,
@@ -133,6 +136,10 @@ export class MmioTransport implements BusDevice {
   private readonly irq: MmioInterrupts;
   private readonly notifiers: MmioNotifiers | undefined;
   private readonly log: Logger;
+  /** Guest-provoked log lines, one rate-limited source each: failures, refused negotiations, ignored accesses. */
+  private readonly failedLog: RateLimitedLog;
+  private readonly refusedLog: RateLimitedLog;
+  private readonly ignoredLog: RateLimitedLog;
   private deviceFeaturesSel = 0;
   private driverFeaturesSel = 0;
   private driverFeatures = 0n;
@@ -156,6 +163,9 @@ export class MmioTransport implements BusDevice {
     this.irq = o.interrupts;
     this.notifiers = o.notifiers;
     this.log = o.log.child({ device: o.device.name });
+    this.failedLog = new RateLimitedLog(this.log, "error");
+    this.refusedLog = new RateLimitedLog(this.log, "warn");
+    this.ignoredLog = new RateLimitedLog(this.log, "warn");
     this.queues = o.device.queueMaxSizes.map(freshQueue);
     this.vectors = Array.from({ length: this.queues.length + 1 }, () => ({
       addressLo: 0,
@@ -432,7 +442,13 @@ export class MmioTransport implements BusDevice {
     if (added & STATUS_FEATURES_OK) {
       const bad = checkFeatures(this.device.features, this.driverFeatures);
       if (bad) {
-        this.log.warn({ reason: bad }, "feature negotiation refused");
+        this.refusedLog.log({ reason: bad }, "feature negotiation refused");
+        // The driver must see FEATURES_OK clear before it goes on (§3.1.1); DRIVER_OK in the
+        // same write would leave a device that reads as running but was never activated.
+        if (added & STATUS_DRIVER_OK) {
+          this.hostile("DRIVER_OK with the feature negotiation refused", true);
+          return;
+        }
         this.status = v & ~STATUS_FEATURES_OK;
         return;
       }
@@ -512,8 +528,7 @@ export class MmioTransport implements BusDevice {
     switch (cmd) {
       case MSI_CMD_UPDATE:
         if (!vec) {
-          this.log.warn({ vector: arg }, "MSI UPDATE of a vector beyond the queues; ignored");
-          this.stats.rejected++;
+          this.hostile(`MSI UPDATE of vector ${arg}, beyond the queues`, false);
           return;
         }
         vec.addressLo = this.latch.addressLo;
@@ -541,24 +556,26 @@ export class MmioTransport implements BusDevice {
 
   // ---- failure ----
 
-  /** A protocol violation: always logged (rate-limited by count), fatal ones fail the device. */
+  /** A protocol violation: logged (rate-limited), fatal ones fail the device. */
   private hostile(what: string, fatal: boolean): void {
     this.stats.rejected++;
-    if (fatal) {
-      this.markNeedsReset(what);
-    } else if ((this.stats.rejected & (this.stats.rejected - 1)) === 0) {
-      this.log.warn({ count: this.stats.rejected }, `guest: ${what} (ignored)`);
-    }
+    if (fatal) this.markNeedsReset(what);
+    else this.ignoredLog.log({ count: this.stats.rejected }, `guest: ${what} (ignored)`);
   }
 
   private markNeedsReset(reason: string): void {
     if (this.failed) return;
     this.failed = reason;
-    this.log.error({ reason }, "guest broke the virtio-mmio contract; device failed until reset");
+    this.failedLog.log({ reason }, "guest broke the virtio-mmio contract; device failed until reset");
     this.notifiers?.detachAll();
     this.device.reset();
     this.status |= VIRTIO_STATUS_DEVICE_NEEDS_RESET;
     this.configGeneration = (this.configGeneration + 1) >>> 0;
     if (this.status & STATUS_DRIVER_OK) this.interrupt(0, INT_CONFIG);
+  }
+
+  /** Writes what the rate-limited logs still hold back (the VM goes away). */
+  close(): void {
+    for (const l of [this.failedLog, this.refusedLog, this.ignoredLog]) l.close();
   }
 }

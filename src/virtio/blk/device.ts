@@ -2,6 +2,7 @@
 // loop. Requests run concurrently (several in flight per queue) and complete in any order.
 // A disk slot can start empty and get media later (capacity change + config interrupt): the
 // way a container added to a running pod gets its disk without hotplug.
+import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import {
   type ActivateContext,
   bit,
@@ -82,6 +83,9 @@ export class BlkDevice implements VirtioDevice {
   private ctx: ActivateContext | undefined;
   private serial: Buffer;
   private log: Logger;
+  /** A guest breaks the contract, resets and breaks it again at will: one rate-limited source. */
+  private failLog: RateLimitedLog;
+  private ioErrorLog: RateLimitedLog;
   private idle: (() => void)[] = [];
   /** Bumped on reset, so completions of an earlier activation are dropped. */
   private generation = 0;
@@ -105,6 +109,8 @@ export class BlkDevice implements VirtioDevice {
     Buffer.from(opts.serial ?? "", "utf8").copy(this.serial, 0, 0, VIRTIO_BLK_ID_BYTES);
     this.name = `virtio-blk(${opts.serial ?? opts.path ?? "empty"})`;
     this.log = (opts.logger ?? defaultLogger).child({ device: this.name });
+    this.failLog = new RateLimitedLog(this.log, "error");
+    this.ioErrorLog = new RateLimitedLog(this.log, "warn");
     let f =
       bit(VIRTIO_F_VERSION_1) |
       bit(VIRTIO_F_RING_INDIRECT_DESC) |
@@ -140,7 +146,7 @@ export class BlkDevice implements VirtioDevice {
   readConfig(offset: number, length: number): Buffer {
     const c = Buffer.alloc(BLK_CONFIG_SIZE);
     c.writeBigUInt64LE(BigInt(this.capacity), 0);
-    c.writeUInt32LE(this.queueMaxSizes[0]! - 2, 12); // seg_max: header and status take two
+    c.writeUInt32LE(Math.max(1, this.queueMaxSizes[0]! - 2), 12); // seg_max: header and status take two
     c.writeUInt32LE(SECTOR_SIZE, 20); // blk_size
     c.writeUInt16LE(this.queueMaxSizes.length, 34); // num_queues
     c.writeUInt32LE(MAX_DISCARD_SECTORS, 36);
@@ -191,7 +197,7 @@ export class BlkDevice implements VirtioDevice {
   private fail(reason: string): void {
     if (this.needsReset) return;
     this.needsReset = reason;
-    this.log.error({ reason }, "guest broke the virtio-blk contract; device needs reset");
+    this.failLog.log({ reason }, "guest broke the virtio-blk contract; device needs reset");
     this.onNeedsReset?.(reason);
   }
 
@@ -262,7 +268,7 @@ export class BlkDevice implements VirtioDevice {
         (r) => ({ status: r.status, written: r.written }),
         (e: unknown) => {
           this.metrics.ioErrors++;
-          this.log.warn({ err: (e as Error).message, type: req.type, sector: req.sector }, "blk I/O error");
+          this.ioErrorLog.log({ err: (e as Error).message, type: req.type, sector: req.sector }, "blk I/O error");
           return { status: VIRTIO_BLK_S_IOERR, written: 0 };
         },
       )
@@ -406,6 +412,8 @@ export class BlkDevice implements VirtioDevice {
 
   async close(): Promise<void> {
     this.reset();
+    this.failLog.close();
+    this.ioErrorLog.close();
     await this.drain();
     await this.backing?.close();
     this.backing = undefined;

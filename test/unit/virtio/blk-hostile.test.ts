@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { pino } from "pino";
+import { LOG_BURST } from "../../../src/common/rate-limited-log.ts";
 import { mapAnonymous, unmap } from "../../../src/native/kvm.ts";
 import { BLK_BATCH, BlkDevice } from "../../../src/virtio/blk/device.ts";
 import { bit, VIRTIO_F_VERSION_1 } from "../../../src/virtio/device.ts";
@@ -155,6 +156,30 @@ describe("virtio-blk against a hostile driver", () => {
     const done = dev.metrics.completed;
     await until(() => dev.metrics.completed > done, 3000, "requests after the drain");
     irq.onQueue = undefined;
+    await dev.close();
+  });
+
+  it("a guest that breaks the queue, resets and breaks it again does not flood the log", T, async () => {
+    const lines: string[] = [];
+    const logger = pino({ level: "debug" }, { write: (l: string) => void lines.push(l) });
+    const dev = await BlkDevice.create({ path: disk(MiB), queueSize: 16, logger });
+    for (let i = 0; i < 1000; i++) {
+      const d = new TestDriver(16, MiB);
+      activate(dev, d);
+      d.add([Buffer.alloc(8)], [1]); // a short header
+      dev.notify(0);
+      dev.reset();
+    }
+    assert.ok(lines.length <= LOG_BURST, `${lines.length} lines for 1,000 broken activations`);
+    await dev.close();
+    assert.equal(lines.length, LOG_BURST + 1, "and one count line");
+  });
+
+  it("answers any config window, for any queue size (fuzzer seeds 79 and 1184)", T, async () => {
+    const dev = await BlkDevice.create({ path: disk(MiB), queueSize: 1, logger: silent });
+    assert.equal(dev.readConfig(12, 4).readUInt32LE(0), 1, "seg_max of a 1-entry queue");
+    assert.equal(dev.readConfig(4, -8).length, 0, "a window ending before offset 0");
+    assert.equal(dev.readConfig(60, 8).subarray(4).readUInt32LE(0), 0, "past the end reads zeros");
     await dev.close();
   });
 

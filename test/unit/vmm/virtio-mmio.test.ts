@@ -8,144 +8,17 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { pino } from "pino";
 import { BlkDevice } from "../../../src/virtio/blk/device.ts";
-import {
-  type ActivateContext,
-  bit,
-  VIRTIO_F_VERSION_1,
-  VIRTIO_STATUS_DEVICE_NEEDS_RESET,
-  type VirtioDevice,
-} from "../../../src/virtio/device.ts";
-import { GuestMemory } from "../../../src/virtio/memory.ts";
+import { VIRTIO_STATUS_DEVICE_NEEDS_RESET } from "../../../src/virtio/device.ts";
 import {
   DRAGONBALL_VENDOR_ID,
-  type MmioInterrupts,
-  type MmioNotifiers,
-  MmioTransport,
   REG,
   STATUS_ACKNOWLEDGE,
   STATUS_DRIVER,
-  STATUS_DRIVER_OK,
   STATUS_FEATURES_OK,
 } from "../../../src/vmm/virtio-mmio.ts";
+import { type FakeDevice, rig } from "./mmio-rig.ts";
 
 const log = pino({ level: "silent" });
-
-class FakeDevice implements VirtioDevice {
-  readonly deviceType = 42;
-  readonly name = "fake";
-  readonly queueMaxSizes = [16, 16];
-  readonly features = bit(VIRTIO_F_VERSION_1) | 0x5n;
-  needsReset: string | undefined;
-  onNeedsReset?: (reason: string) => void;
-  ctx: ActivateContext | undefined;
-  notified: number[] = [];
-  resets = 0;
-  config = Buffer.from([1, 2, 3, 4, 5, 6, 7, 8]);
-  readConfig(offset: number, length: number): Buffer {
-    const out = Buffer.alloc(length);
-    this.config.copy(out, 0, offset, offset + length);
-    return out;
-  }
-  writeConfig(offset: number, data: Buffer): void {
-    data.copy(this.config, offset);
-  }
-  activate(ctx: ActivateContext): void {
-    this.ctx = ctx;
-  }
-  notify(index: number): void {
-    this.notified.push(index);
-  }
-  reset(): void {
-    this.resets++;
-    this.ctx = undefined;
-  }
-}
-
-class FakeIrq implements MmioInterrupts {
-  legacyCount = 0;
-  signals: number[] = [];
-  routes = new Map<number, [number, number, number]>();
-  enabled: boolean[] = [];
-  constructor(readonly msiCapable = true) {}
-  legacy(): void {
-    this.legacyCount++;
-  }
-  msiUpdate(v: number, lo: number, hi: number, data: number): void {
-    this.routes.set(v, [lo, hi, data]);
-  }
-  msiEnable(on: boolean): void {
-    this.enabled.push(on);
-  }
-  msiSignal(v: number): void {
-    this.signals.push(v);
-  }
-}
-
-class FakeNotifiers implements MmioNotifiers {
-  attached: number[] = [];
-  detached = 0;
-  constructor(readonly doorbells = true) {}
-  attach(index: number): void {
-    this.attached.push(index);
-  }
-  detachAll(): void {
-    this.detached++;
-    this.attached = [];
-  }
-}
-
-function rig(opts: { msi?: boolean; doorbells?: boolean; device?: VirtioDevice } = {}) {
-  const mem = GuestMemory.alloc(1 << 20);
-  const device = opts.device ?? new FakeDevice();
-  const irq = new FakeIrq(opts.msi ?? true);
-  const notifiers = new FakeNotifiers(opts.doorbells ?? true);
-  const t = new MmioTransport({ device, mem, interrupts: irq, notifiers, log });
-  const r32 = (off: number) => {
-    const b = new Uint8Array(4);
-    t.read(off, b);
-    return new DataView(b.buffer).getUint32(0, true);
-  };
-  const w32 = (off: number, v: number) => {
-    const b = new Uint8Array(4);
-    new DataView(b.buffer).setUint32(0, v >>> 0, true);
-    t.write(off, b);
-  };
-  const r16 = (off: number) => {
-    const b = new Uint8Array(2);
-    t.read(off, b);
-    return new DataView(b.buffer).getUint16(0, true);
-  };
-  const w16 = (off: number, v: number) => {
-    const b = new Uint8Array(2);
-    new DataView(b.buffer).setUint16(0, v, true);
-    t.write(off, b);
-  };
-  /** The Linux driver's sequence up to (not including) DRIVER_OK, with queue i at 0x10000·(i+1). */
-  const negotiate = (queues = [0], features = device.features) => {
-    w32(REG.STATUS, 0);
-    w32(REG.STATUS, STATUS_ACKNOWLEDGE);
-    w32(REG.STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    w32(REG.DRIVER_FEATURES_SEL, 0);
-    w32(REG.DRIVER_FEATURES, Number(features & 0xffffffffn));
-    w32(REG.DRIVER_FEATURES_SEL, 1);
-    w32(REG.DRIVER_FEATURES, Number(features >> 32n));
-    w32(REG.STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-    for (const q of queues) {
-      const base = 0x10000 * (q + 1);
-      w32(REG.QUEUE_SEL, q);
-      w32(REG.QUEUE_NUM, 16);
-      w32(REG.QUEUE_DESC_LOW, base);
-      w32(REG.QUEUE_DESC_HIGH, 0);
-      w32(REG.QUEUE_AVAIL_LOW, base + 0x1000);
-      w32(REG.QUEUE_AVAIL_HIGH, 0);
-      w32(REG.QUEUE_USED_LOW, base + 0x2000);
-      w32(REG.QUEUE_USED_HIGH, 0);
-      w32(REG.QUEUE_READY, 1);
-    }
-  };
-  const driverOk = () => w32(REG.STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-  return { t, mem, device, irq, notifiers, r32, w32, r16, w16, negotiate, driverOk };
-}
 
 describe("virtio-mmio transport", () => {
   test("identity registers, Dragonball vendor id with its feature byte, features by select", () => {
