@@ -51,9 +51,12 @@ export function ownCgroupView(
     }
     if (placed) continue;
     placed = true;
-    const opts = Array.isArray(m.options) ? m.options.map(String) : [];
+    // Compared, never converted: String() of an object whose own "toString" is no function throws.
+    const opts: unknown[] = Array.isArray(m.options) ? m.options : [];
     if (m.type !== "cgroup" || m.destination !== CGROUP_MOUNT)
-      notes.push(`${m.destination} (${String(m.type)}) → a cgroup2 mount of the container's cgroup at ${CGROUP_MOUNT}`);
+      notes.push(
+        `${m.destination} (${JSON.stringify(m.type)}) → a cgroup2 mount of the container's cgroup at ${CGROUP_MOUNT}`,
+      );
     out.push(cgroupMount(!opts.includes("ro"))); // as runc: rw unless asked ro (CRI's privileged: "rw")
   }
   if (!placed) {

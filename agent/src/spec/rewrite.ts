@@ -44,6 +44,7 @@ const SCRATCH_DESTINATIONS = new Set(["/dev/termination-log"]);
 const NAMESPACES = new Set(["pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"]);
 
 const isObj = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+const isOptString = (v: unknown): boolean => v === undefined || typeof v === "string";
 
 export function rewriteSpec(input: Json, ctx: RewriteContext): Rewritten {
   const spec = structuredClone(input);
@@ -81,7 +82,9 @@ export function rewriteSpec(input: Json, ctx: RewriteContext): Rewritten {
     if (!Array.isArray(linux.namespaces)) throw invalid("spec: linux.namespaces must be a list");
     const out: Json[] = [];
     for (const ns of linux.namespaces) {
-      if (!isObj(ns) || typeof ns.type !== "string" || !NAMESPACES.has(ns.type))
+      // A path of another JSON type would reach a template literal below (an object whose own
+      // "toString" is no function makes that throw a TypeError instead of a clear refusal).
+      if (!isObj(ns) || typeof ns.type !== "string" || !NAMESPACES.has(ns.type) || !isOptString(ns.path))
         throw invalid(`spec: bad namespace entry ${JSON.stringify(ns)}`);
       if (ns.type === "network") {
         // The VM is the pod's network: containers share the guest's network namespace.
@@ -125,7 +128,9 @@ function rewriteMount(m: unknown, ctx: RewriteContext, notes: string[]): Json {
   if (!isObj(m) || typeof m.destination !== "string" || !m.destination.startsWith("/"))
     throw invalid(`spec: bad mount ${JSON.stringify(m)}`);
   const dest = m.destination;
-  const opts = Array.isArray(m.options) ? (m.options as unknown[]).map(String) : [];
+  if (m.options !== undefined && !(Array.isArray(m.options) && m.options.every((o) => typeof o === "string")))
+    throw invalid(`spec: mount ${dest}: options must be a list of strings`);
+  const opts = (m.options ?? []) as string[];
   const isBind = m.type === "bind" || opts.includes("bind") || opts.includes("rbind");
   if (!isBind) return m; // proc, tmpfs, devpts, sysfs, mqueue, cgroup: made fresh in the guest
   const src = typeof m.source === "string" ? m.source : "";

@@ -24,8 +24,17 @@ import { checkId, invalid, notFound } from "../api/errors.ts";
 
 export const SYNC_MAX_ENTRIES = 4096;
 export const SYNC_MAX_BYTES = 3 * 1024 * 1024;
-const MAX_PATH = 4096;
+/** Linux's PATH_MAX (bytes, the NUL included) and NAME_MAX (bytes of one component). */
+const PATH_MAX = 4096;
+const NAME_MAX = 255;
+/**
+ * Directory levels of a path. Deeper trees are refused: removing one (a directory replaced by a
+ * file) recurses once per level, and Node's recursive rmSync runs out of stack near 2,000.
+ */
+export const SYNC_MAX_DEPTH = 128;
 const TMP_PREFIX = ".cove-sync-";
+/** Room a temporary name beside an entry needs (TMP_PREFIX, pid, sequence number). */
+const TMP_NAME_ROOM = 48;
 
 export const FileKind = { FILE: 0, DIR: 1, SYMLINK: 2 } as const;
 
@@ -39,13 +48,20 @@ export interface FileEntry {
   target?: string;
 }
 
-/** Checks a relative path the shim sent: "/"-separated, no empty/"."/".." component, no NUL. */
+/**
+ * Checks a relative path the shim sent: "/"-separated, no empty/"."/".." component, no NUL, and
+ * within the kernel's limits (a name the kernel refuses would fail half-way through applying).
+ */
 export function checkRelPath(p: unknown, what: string): string {
-  if (typeof p !== "string" || p === "" || p.length > MAX_PATH) throw invalid(`${what}: bad path`);
+  if (typeof p !== "string" || p === "" || Buffer.byteLength(p) >= PATH_MAX) throw invalid(`${what}: bad path`);
   if (p.includes("\0") || p.startsWith("/")) throw invalid(`${what}: path ${JSON.stringify(p)} must be relative`);
-  for (const c of p.split("/")) {
+  const parts = p.split("/");
+  if (parts.length > SYNC_MAX_DEPTH)
+    throw invalid(`${what}: path ${JSON.stringify(p)} is deeper than ${SYNC_MAX_DEPTH}`);
+  for (const c of parts) {
     if (c === "" || c === "." || c === "..") throw invalid(`${what}: path ${JSON.stringify(p)} has a bad component`);
     if (c.startsWith(TMP_PREFIX)) throw invalid(`${what}: path ${JSON.stringify(p)} uses a reserved name`);
+    if (Buffer.byteLength(c) > NAME_MAX) throw invalid(`${what}: a component of ${JSON.stringify(p)} is too long`);
   }
   return p;
 }
@@ -69,7 +85,12 @@ export function checkEntries(entries: unknown): FileEntry[] {
     for (const id of [e.uid, e.gid])
       if (!Number.isInteger(id) || id < 0 || id > 0xfffffffe) throw invalid(`SyncFiles: ${path}: bad owner`);
     if (e.kind === FileKind.SYMLINK) {
-      if (typeof e.target !== "string" || e.target === "" || e.target.includes("\0") || e.target.length > MAX_PATH)
+      if (
+        typeof e.target !== "string" ||
+        e.target === "" ||
+        e.target.includes("\0") ||
+        Buffer.byteLength(e.target) >= PATH_MAX
+      )
         throw invalid(`SyncFiles: ${path}: bad symlink target`);
     }
     if (e.kind === FileKind.FILE) bytes += e.data?.length ?? 0;
@@ -131,18 +152,19 @@ export function applyEntries(root: string, entries: readonly FileEntry[], inPlac
         } finally {
           closeSync(fd);
         }
-        chmodSync(tmp, e.mode);
       } else {
         symlinkSync(e.target!, tmp);
       }
+      // Owner first: chown(2) clears the set-user-ID and set-group-ID bits of an executable.
       lchownSync(tmp, e.uid, e.gid);
+      if (e.kind === FileKind.FILE) chmodSync(tmp, e.mode);
       // rename() replaces a file or symlink atomically, not a directory: clear one out of the way.
       if (have === "dir") rmSync(dest, { recursive: true, force: true });
       renameSync(tmp, dest);
       continue;
     }
-    chmodSync(dest, e.mode);
     lchownSync(dest, e.uid, e.gid);
+    chmodSync(dest, e.mode);
   }
   removeUnwanted(root, "", wanted);
 }
@@ -181,6 +203,11 @@ export function syncFiles(req: SyncFilesRequest, storagePath: (id: string) => st
   const entries = checkEntries(req.entries ?? []);
   const base = storagePath(id);
   if (!base) throw notFound(`storage ${id}`);
+  // Every entry, and the temporary name made beside it, must fit PATH_MAX under this storage.
+  const room = PATH_MAX - Buffer.byteLength(join(base, subdir)) - 1 - TMP_NAME_ROOM;
+  for (const e of entries) {
+    if (Buffer.byteLength(e.path) > room) throw invalid(`SyncFiles: ${JSON.stringify(e.path)} is too long a path here`);
+  }
   let root = base;
   for (const c of subdir ? subdir.split("/") : []) {
     root = join(root, c);

@@ -132,4 +132,18 @@ test("malformed specs are INVALID_ARGUMENT", () => {
   invalid(() => rewriteSpec({ ociVersion: "1", process: { args: [] } }, ctx), /args/);
   invalid(() => rewriteSpec({ ociVersion: "1" }, ctx), /process/);
   invalid(() => rewriteSpec(spec({ mounts: "x" }), ctx), /mounts/);
+  // JSON can carry an object whose own "toString" is no function: converting it threw a TypeError
+  // (found by the spec-rewrite fuzzer); such values are refused like any other wrong type.
+  const trap = JSON.parse('{"toString": 1}') as object;
+  invalid(() => rewriteSpec(spec({ mounts: [{ destination: "/x", type: "tmpfs", options: [trap] }] }), ctx), /options/);
+  invalid(() => rewriteSpec(spec({ mounts: [{ destination: "/x", type: "bind", options: "rbind" }] }), ctx), /options/);
+  invalid(() => rewriteSpec(spec({ linux: { namespaces: [{ type: "network", path: trap }] } }), ctx), /namespace/);
+  const { spec: s } = rewriteSpec(
+    spec({ mounts: [{ destination: "/sys/fs/cgroup/cpu", source: "cgroup", type: trap, options: [trap] }] }),
+    ctx,
+  );
+  assert.equal(
+    (s.mounts as Array<{ destination: string }>).filter((m) => m.destination.startsWith("/sys/fs/cgroup")).length,
+    1,
+  );
 });

@@ -124,6 +124,19 @@ describe("SyncFiles (copied volumes in the guest)", () => {
       [{ ...file("k", "x"), kind: 7 }],
       [link("l", "")],
       [file(".cove-sync-1", "x")],
+      // Beyond the kernel's limits (the sync-files fuzzer found these failing half-way through):
+      [dir("a"), file(`a/${"n".repeat(256)}`, "x")], // a component over NAME_MAX bytes
+      [file("é".repeat(128), "x")], // 128 characters, 256 bytes
+      [link("l", "t".repeat(4096))], // a target of PATH_MAX bytes
+      [
+        ...Array.from({ length: 128 }, (_, i) => dir("d/".repeat(i + 1).slice(0, -1))),
+        file(`${"d/".repeat(128)}f`, "x"),
+      ],
+      // A path under PATH_MAX that the storage's own path pushes over it:
+      [
+        ...Array.from({ length: 16 }, (_, i) => dir(`${"n".repeat(250)}/`.repeat(i + 1).slice(0, -1))),
+        file(`${`${"n".repeat(250)}/`.repeat(16)}${"f".repeat(60)}`, "x"),
+      ],
     ];
     for (const entries of bad) {
       assert.throws(
@@ -144,5 +157,17 @@ describe("SyncFiles (copied volumes in the guest)", () => {
       code(Code.RESOURCE_EXHAUSTED),
     );
     writeFileSync(join(store, "keep"), "k");
+  });
+
+  test("set-user-ID and set-group-ID bits survive the owner change (chown clears them: owner first)", () => {
+    const entries = [
+      { ...file("suid", "x", 0o4755), uid: 1000 },
+      { ...file("sgid", "y", 0o2755), gid: 1000 },
+    ];
+    syncFiles({ storage_id: "vol1", entries }, path);
+    assert.equal(lstatSync(join(store, "suid")).mode & 0o7777, 0o4755);
+    assert.equal(lstatSync(join(store, "sgid")).mode & 0o7777, 0o2755);
+    syncFiles({ storage_id: "vol1", entries, in_place: true }, path);
+    assert.equal(lstatSync(join(store, "suid")).mode & 0o7777, 0o4755);
   });
 });
