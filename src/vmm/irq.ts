@@ -74,5 +74,4 @@ export class GsiRouter {
     for (const [gsi, m] of this.msi) t.push({ kind: "msi", gsi, ...m });
     return t;
   }
-
 }

@@ -109,14 +109,14 @@ function place(g: Gen, d: TestDriver, parts: Part[]): number {
   if (parts.length > 0 && rng.chance(0.25)) {
     const table = g.addr(16 * parts.length) & ~15;
     if (d.mem.contains(table, 16 * parts.length)) {
-      parts.forEach((p, i) => d.writeDesc(table, i, p.addr, p.len, flags(p, i), i + 1));
+      for (const [i, p] of parts.entries()) d.writeDesc(table, i, p.addr, p.len, flags(p, i), i + 1);
     }
     const head = d.takeDesc();
     d.writeDesc(d.descTable, head, table, g.bad() ? rng.edgy(1 << 16) : 16 * parts.length, VIRTQ_DESC_F_INDIRECT, 0);
     return head;
   }
   const idx = parts.map(() => d.takeDesc());
-  parts.forEach((p, i) => d.writeDesc(d.descTable, idx[i]!, p.addr, p.len, flags(p, i), idx[i + 1] ?? 0));
+  for (const [i, p] of parts.entries()) d.writeDesc(d.descTable, idx[i]!, p.addr, p.len, flags(p, i), idx[i + 1] ?? 0);
   return idx[0] ?? d.takeDesc();
 }
 
