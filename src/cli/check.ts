@@ -11,6 +11,7 @@ import { which } from "../guest/exec.ts";
 import { kernelKeys, LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
 import { cacheDir, guestArtifacts, guestInputs, repoRoot } from "../guest/paths.ts";
 import type { Command } from "./command.ts";
+import { containerdVersion, coveRuntimeConfig, DEFAULT_CONTAINERD_CONFIG } from "./containerd-runtime.ts";
 
 export interface CheckResult {
   name: string;
@@ -116,6 +117,53 @@ function freshness(a: ReturnType<typeof guestArtifacts>, root: string): CheckRes
   }
 }
 
+/** Whether the containerd found on PATH has a CRI handler running cove, and its name(s). */
+export function containerdRuntimeCheck(configPath = DEFAULT_CONTAINERD_CONFIG): CheckResult {
+  const name = "cove in containerd";
+  const bin = which("containerd", `${process.env.PATH ?? ""}:/usr/sbin:/sbin`);
+  const version = bin ? containerdVersion(bin) : undefined;
+  const major = version ? Number(version.split(".")[0]) : undefined;
+  const snippet = `deploy/containerd/${major !== undefined && major >= 2 ? "config-v3.toml" : "config.toml"}`;
+  const who = `containerd${version ? ` ${version}` : ""}`;
+  const fix = `merge ${snippet} into ${configPath} (or: cove install), then restart containerd`;
+  if (!existsSync(configPath)) {
+    return { name, ok: false, required: false, detail: `${who}: no ${configPath}, so no cove runtime handler`, fix };
+  }
+  try {
+    const c = coveRuntimeConfig(configPath);
+    const where = `${configPath} (config version ${c.version}${c.files.length > 1 ? `, ${c.files.length - 1} import(s)` : ""})`;
+    if (c.handlers.length === 0) {
+      return {
+        name,
+        ok: false,
+        required: false,
+        detail: `${who}: ${where} has no runtime with runtime_type = "io.containerd.cove.v2"`,
+        fix,
+      };
+    }
+    const list = c.handlers.map((h) => `"${h}"`).join(", ");
+    const detail = `${who}: ${where}: CRI handler ${list} runs cove (RuntimeClass handler: ${c.handlers[0]})`;
+    if (c.version >= 3 && major !== undefined && major < 2) {
+      return {
+        name,
+        ok: false,
+        required: false,
+        detail: `${detail}, but ${who} cannot read config version ${c.version}`,
+        fix,
+      };
+    }
+    return { name, ok: true, required: false, detail };
+  } catch (e) {
+    return {
+      name,
+      ok: false,
+      required: false,
+      detail: `cannot read ${configPath}: ${(e as Error).message.split("\n")[0]}`,
+      fix,
+    };
+  }
+}
+
 export function runChecks(cache = cacheDir()): CheckResult[] {
   const a = guestArtifacts(cache);
   let root: string | undefined;
@@ -131,6 +179,7 @@ export function runChecks(cache = cacheDir()): CheckResult[] {
     artifact("guest image", a.rootfs, true, buildGuest),
     program("qemu", "qemu-system-x86_64", "qemu-system-x86", true),
     program("containerd", "containerd", "containerd", true),
+    containerdRuntimeCheck(process.env.COVE_CONTAINERD_CONFIG || DEFAULT_CONTAINERD_CONFIG),
   ];
   const crun = program("OCI runtime", "crun", "crun", true);
   r.push(crun.ok ? crun : program("OCI runtime", "runc", "crun", true));
@@ -193,7 +242,8 @@ export const checkCommand: Command = {
   usage: `cove check [--json]
 
 Checks the guest kernel and image in $COVE_CACHE_DIR (default /var/cache/cove), QEMU, containerd,
-crun/runc, erofs-utils, the kernel source, /dev/kvm (hardware or PVM), the native addon, the bundles
+whether containerd's config (/etc/containerd/config.toml, or $COVE_CONTAINERD_CONFIG) has a CRI
+handler running cove and its name, crun/runc, erofs-utils, the kernel source, /dev/kvm (hardware or PVM), the native addon, the bundles
 and the shim on PATH. Prints the command that fixes each missing item. Exit 1 if a required item is
 missing.`,
   async run(args) {

@@ -109,6 +109,33 @@ describe("agent inside the microVM (qemu, vsock)", { skip, timeout: 600_000 }, (
     await assert.rejects(c.stateContainer("c1"), (e: unknown) => e instanceof TtrpcError && e.code === Code.NOT_FOUND);
   });
 
+  it("honours an OCI runtime spec 1.2.1 (as containerd 2.x writes): its version kept, a relative mount destination", async () => {
+    const spec = ociSpec(["/bin/sh", "-c", "grep ' /data/scratch ' /proc/mounts"]) as Record<string, unknown>;
+    spec.ociVersion = "1.2.1";
+    // Spec 1.2: a relative destination means relative to "/"; crun 1.8.1 refused any 1.2 spec.
+    spec.mounts = [...(spec.mounts as object[]), { destination: "data/scratch", type: "tmpfs", source: "tmpfs" }];
+    await c.createContainer({ container_id: "v12", spec, rootfs, stdio: { stdout: true, stderr: true } });
+    const out = readAll(await c.openStdio("v12", "", "stdout"));
+    const err = readAll(await c.openStdio("v12", "", "stderr"));
+    await c.startContainer("v12");
+    const w = await withTimeout(c.waitProcess("v12"), 120_000, "wait v12");
+    assert.equal(w.exit_status, 0, `stderr: ${(await err).toString()}`);
+    assert.match((await out).toString(), /^tmpfs \/data\/scratch tmpfs /);
+    await c.removeContainer("v12");
+  });
+
+  it("refuses a spec field the guest cannot honour with INVALID_ARGUMENT naming it", async () => {
+    const spec = ociSpec(["/bin/true"]);
+    spec.ociVersion = "1.3.0";
+    spec.linux.netDevices = { eth9: { name: "eth9" } };
+    await assert.rejects(
+      c.createContainer({ container_id: "v13", spec, rootfs, stdio: {} }),
+      (e: unknown) =>
+        e instanceof TtrpcError && e.code === Code.INVALID_ARGUMENT && /linux\.netDevices/.test(e.message),
+    );
+    await assert.rejects(c.stateContainer("v13"), (e: unknown) => e instanceof TtrpcError && e.code === Code.NOT_FOUND);
+  });
+
   it("streams 16 MiB of output with a matching checksum, and stdin in", async () => {
     const { out, err } = await run("big", [
       "/bin/sh",

@@ -5,6 +5,7 @@
 import { invalid } from "../api/errors.ts";
 import { ownCgroupView } from "./cgroup-view.ts";
 import { withHome } from "./home.ts";
+import { checkSupportedFields } from "./supported.ts";
 
 type Json = Record<string, unknown>;
 
@@ -50,6 +51,7 @@ export function rewriteSpec(input: Json, ctx: RewriteContext): Rewritten {
   const spec = structuredClone(input);
   const notes: string[] = [];
   if (typeof spec.ociVersion !== "string") throw invalid("spec: ociVersion missing");
+  checkSupportedFields(spec);
   const proc = spec.process;
   if (!isObj(proc)) throw invalid("spec: process missing");
   if (!Array.isArray(proc.args) || proc.args.length === 0 || !proc.args.every((a) => typeof a === "string"))
@@ -124,10 +126,16 @@ export function rewriteSpec(input: Json, ctx: RewriteContext): Rewritten {
   return { spec, notes };
 }
 
-function rewriteMount(m: unknown, ctx: RewriteContext, notes: string[]): Json {
-  if (!isObj(m) || typeof m.destination !== "string" || !m.destination.startsWith("/"))
-    throw invalid(`spec: bad mount ${JSON.stringify(m)}`);
-  const dest = m.destination;
+function rewriteMount(given: unknown, ctx: RewriteContext, notes: string[]): Json {
+  if (!isObj(given) || typeof given.destination !== "string" || given.destination === "")
+    throw invalid(`spec: bad mount ${JSON.stringify(given)}`);
+  let m = given;
+  // Runtime spec 1.2: a relative destination (deprecated, still allowed) is relative to "/".
+  if (!given.destination.startsWith("/")) {
+    notes.push(`mount destination ${given.destination} → /${given.destination}`);
+    m = { ...given, destination: `/${given.destination}` };
+  }
+  const dest = m.destination as string;
   if (m.options !== undefined && !(Array.isArray(m.options) && m.options.every((o) => typeof o === "string")))
     throw invalid(`spec: mount ${dest}: options must be a list of strings`);
   const opts = (m.options ?? []) as string[];
@@ -161,6 +169,7 @@ function rewriteMount(m: unknown, ctx: RewriteContext, notes: string[]): Json {
 
 /** Checks an exec's OCI Process JSON (the runtime validates the rest); `homeOf` as in RewriteContext. */
 export function checkProcess(p: Json, homeOf?: (uid: number) => string | undefined): Json {
+  checkSupportedFields(p, "process");
   if (!Array.isArray(p.args) || p.args.length === 0 || !p.args.every((a) => typeof a === "string"))
     throw invalid("process.args must be a non-empty list of strings");
   if (p.cwd !== undefined && (typeof p.cwd !== "string" || !p.cwd.startsWith("/")))
