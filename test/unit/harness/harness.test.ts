@@ -5,43 +5,23 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
 import { after, describe, test } from "node:test";
 import { parse, stringify } from "smol-toml";
-import { extract } from "tar-stream";
 import { containerdConfig } from "../../harness/containerd.ts";
 import { run } from "../../harness/exec.ts";
 import { BUSYBOX_BIN, buildImage, busyboxImage, refTag } from "../../harness/image.ts";
 import { parseMountInfo, shimSocketPath } from "../../harness/processes.ts";
+import { untar as untarRaw } from "./untar.ts";
 
-async function untar(
-  buf: Buffer,
-): Promise<Map<string, { type: string; mode: number; linkname?: string; data: Buffer }>> {
-  const out = new Map<string, { type: string; mode: number; linkname?: string; data: Buffer }>();
-  const ex = extract();
-  const done = new Promise<void>((resolve, reject) => {
-    ex.on("entry", (h, stream, next) => {
-      const chunks: Buffer[] = [];
-      stream.on("data", (c: unknown) => {
-        chunks.push(c as Buffer);
-      });
-      stream.on("end", () => {
-        out.set(h.name, {
-          type: h.type ?? "file",
-          mode: h.mode ?? 0,
-          linkname: h.linkname ?? undefined,
-          data: Buffer.concat(chunks),
-        });
-        next();
-      });
-      stream.resume();
-    });
-    ex.on("finish", resolve);
-    ex.on("error", reject);
-  });
-  Readable.from([buf]).pipe(ex);
-  await done;
-  return out;
+/** The shared reader, as name → type, mode, link target and data. */
+async function untar(buf: Buffer) {
+  const raw = await untarRaw(buf);
+  return new Map(
+    [...raw].map(([name, { h, data }]) => [
+      name,
+      { type: h.type ?? "file", mode: h.mode ?? 0, linkname: h.linkname ?? undefined, data },
+    ]),
+  );
 }
 
 const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
