@@ -5,7 +5,7 @@ import type { Duplex, PassThrough } from "node:stream";
 import type { BlkDevice } from "../virtio/blk/device.ts";
 import type { NetDevice } from "../virtio/net/device.ts";
 import type { VsockDevice } from "../virtio/vsock/device.ts";
-import type { RunningVm, VmExit } from "./types.ts";
+import type { ExtentPlace, RunningVm, VmExit } from "./types.ts";
 
 export interface VmDevices {
   vsock: VsockDevice;
@@ -34,9 +34,22 @@ export abstract class DeviceVm implements RunningVm {
   }
 
   async changeMedia(diskId: string, path: string | undefined): Promise<void> {
-    const d = this.dev.disks.get(diskId);
-    if (!d) throw new Error(`no disk slot ${diskId}`);
-    await d.changeMedia(path);
+    await this.disk(diskId).changeMedia(path);
+  }
+
+  async addExtent(diskId: string, path: string): Promise<ExtentPlace> {
+    const e = await this.disk(diskId).addExtent(path);
+    return { start: e.start / 512, sectors: e.length / 512, index: e.index };
+  }
+
+  async removeExtent(diskId: string, index: number): Promise<void> {
+    await this.disk(diskId).removeExtent(index);
+  }
+
+  private disk(id: string): BlkDevice {
+    const d = this.dev.disks.get(id);
+    if (!d) throw new Error(`no disk ${id}`);
+    return d;
   }
 
   wait(): Promise<VmExit> {

@@ -10,6 +10,8 @@ export interface DiskConfig {
   id: string;
   /** File or block device; undefined = an empty slot whose media is inserted later. */
   path?: string;
+  /** A disk of extents: starts empty; files are added as extents while the guest runs (no path). */
+  extents?: boolean;
   readOnly?: boolean;
   /** What the guest sees in /sys/block/vdX/serial (≤ 20 bytes); defaults to id. */
   serial?: string;
@@ -49,6 +51,13 @@ export interface VmConfig {
   logger?: Logger;
 }
 
+/** Where a file sits on a disk of extents: 512-byte sectors, and the partition number the guest gives it. */
+export interface ExtentPlace {
+  start: number;
+  sectors: number;
+  index: number;
+}
+
 export interface VmExit {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -64,6 +73,10 @@ export interface RunningVm {
   listenVsock(port: number, onStream: (s: Duplex) => void): () => void;
   /** Inserts, replaces or ejects (undefined) the media of a disk slot; the guest sees a capacity change. */
   changeMedia(diskId: string, path: string | undefined): Promise<void>;
+  /** Adds a file to a disk of extents (the disk grows as needed; the guest sees a capacity change). */
+  addExtent(diskId: string, path: string): Promise<ExtentPlace>;
+  /** Takes an extent (by its partition number) off a disk of extents; the guest must have let go of it. */
+  removeExtent(diskId: string, index: number): Promise<void>;
   /** Waits up to timeoutMs for the guest to exit on its own, then terminates QEMU. */
   stop(timeoutMs?: number): Promise<VmExit>;
   kill(): Promise<VmExit>;

@@ -29,3 +29,11 @@ export function pwritevNowait(fd: number, bufs: Uint8Array[], position: number):
 export function blockDeviceSize(fd: number): number {
   return fn<(fd: number) => number>("blockDeviceSize")(fd);
 }
+
+export const BLKPG_ADD_PARTITION = 1;
+export const BLKPG_DEL_PARTITION = 2;
+
+/** ioctl(BLKPG) on a whole disk: adds or deletes partition `pno` ([start, start+length) bytes). */
+export function blkpg(fd: number, op: number, pno: number, start: number, length: number): void {
+  fn<(fd: number, op: number, pno: number, s: number, l: number) => void>("blkpg")(fd, op, pno, start, length);
+}

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { MNT, MS, mount, umount2 } from "../../../src/native/mount.ts";
 import { alreadyExists, checkId, internal, invalid, notFound } from "../api/errors.ts";
 import type { Logger } from "../log.ts";
+import { deletePartition, ensurePartition, parseExtentSource } from "./extents.ts";
 
 export interface StorageSpec {
   id: string;
@@ -28,6 +29,8 @@ interface Mounted {
   path: string;
   device: string;
   refs: number;
+  /** The disk and partition number of an extent (its partition goes when the storage does). */
+  extent?: { disk: string; pno: number };
 }
 
 const FLAG_OPTIONS: Record<string, number> = {
@@ -93,6 +96,11 @@ export class Storages {
     return this.mounted.get(id)?.path;
   }
 
+  /** The directory every storage is mounted under. */
+  get root(): string {
+    return this.dir;
+  }
+
   /** Mounts `spec` (or takes another reference if the same id is mounted with the same source). */
   async acquire(spec: StorageSpec): Promise<string> {
     checkId(spec.id, "storage id");
@@ -105,7 +113,7 @@ export class Storages {
     }
     if (!spec.fstype || !/^[a-z0-9_.]+$/.test(spec.fstype))
       throw invalid(`storage ${spec.id}: bad fstype "${spec.fstype}"`);
-    const device = await this.resolveSource(spec);
+    const { device, extent } = await this.resolveSource(spec);
     const target = join(this.dir, spec.id);
     mkdirSync(target, { recursive: true });
     const { flags, data } = mountOptions(spec.options);
@@ -113,10 +121,11 @@ export class Storages {
       mount(device, target, spec.fstype, flags, data || null);
     } catch (e) {
       rmSync(target, { recursive: true, force: true });
+      if (extent) this.dropPartition(extent);
       throw internal(`storage ${spec.id}: mount ${device} (${spec.fstype}) on ${target}: ${(e as Error).message}`);
     }
     this.log.info({ id: spec.id, device, fstype: spec.fstype, target }, "storage mounted");
-    this.mounted.set(spec.id, { spec, path: target, device, refs: spec.sandbox_lifetime ? 2 : 1 });
+    this.mounted.set(spec.id, { spec, path: target, device, refs: spec.sandbox_lifetime ? 2 : 1, extent });
     return target;
   }
 
@@ -128,7 +137,16 @@ export class Storages {
     this.mounted.delete(id);
     unmountQuietly(m.path, this.log);
     rmSync(m.path, { recursive: true, force: true });
+    if (m.extent) this.dropPartition(m.extent);
     this.log.info({ id }, "storage unmounted");
+  }
+
+  private dropPartition(x: { disk: string; pno: number }): void {
+    try {
+      deletePartition(x.disk, x.pno);
+    } catch (e) {
+      this.log.warn({ ...x, err: (e as Error).message }, "deleting the extent's partition failed");
+    }
   }
 
   /** Unmounts everything regardless of references (DestroySandbox). */
@@ -140,9 +158,42 @@ export class Storages {
     }
   }
 
-  private async resolveSource(spec: StorageSpec): Promise<string> {
-    if (spec.source === "tmpfs" || spec.fstype === "tmpfs") return "tmpfs";
+  private async resolveSource(spec: StorageSpec): Promise<{ device: string; extent?: { disk: string; pno: number } }> {
+    if (spec.source === "tmpfs" || spec.fstype === "tmpfs") return { device: "tmpfs" };
     const deadline = Date.now() + (spec.wait_ms || 5000);
+    const ext = parseExtentSource(spec.source);
+    if (ext) return this.resolveExtent(spec.id, ext, deadline);
+    return { device: await this.resolveDisk(spec, deadline) };
+  }
+
+  /** The extent's partition, made once the disk has grown to hold it (a config change away). */
+  private async resolveExtent(
+    id: string,
+    ext: NonNullable<ReturnType<typeof parseExtentSource>>,
+    deadline: number,
+  ): Promise<{ device: string; extent: { disk: string; pno: number } }> {
+    for (;;) {
+      const disk = deviceBySerial(ext.serial);
+      const sectors = disk ? blockSectors(disk) : undefined;
+      if (disk && sectors !== undefined && sectors >= ext.start + ext.sectors) {
+        let part: string | undefined;
+        try {
+          part = ensurePartition(disk, ext);
+        } catch (e) {
+          throw internal(`storage ${id}: partition ${ext.pno} of ${disk}: ${(e as Error).message}`);
+        }
+        if (part) return { device: part, extent: { disk, pno: ext.pno } };
+      }
+      if (Date.now() > deadline) {
+        throw notFound(
+          `storage ${id}: extent ${ext.pno} of disk ${ext.serial} (${disk ?? "not found"}, ${sectors ?? "?"} of ${ext.start + ext.sectors} sectors)`,
+        );
+      }
+      await sleep(20);
+    }
+  }
+
+  private async resolveDisk(spec: StorageSpec, deadline: number): Promise<string> {
     for (;;) {
       let dev: string | undefined;
       if (spec.source.startsWith("serial:")) dev = deviceBySerial(spec.source.slice("serial:".length));
@@ -194,6 +245,36 @@ function layerPath(storages: Storages, ref: string): string {
   return base + sub;
 }
 
+/** overlayfs mount data is one page (Linux 6.1 has no lowerdir+): room for about 80 absolute lowers. */
+const MOUNT_DATA_MAX = 4095;
+
+/**
+ * Mounts the overlay; when the lowers' absolute paths do not fit in one page, they are given
+ * relative to the storage root (the kernel resolves them against the caller's working directory,
+ * so the mount runs with that directory as cwd): "l7" instead of "/run/cove/storage/l7", which
+ * leaves room for the 500 lowers overlayfs stacks at most.
+ */
+export function mountOverlay(target: string, lowers: string[], upper: string, work: string, root: string): void {
+  const data = (l: string[]) => `lowerdir=${l.join(":")},upperdir=${upper},workdir=${work}`;
+  const abs = data(lowers);
+  if (abs.length <= MOUNT_DATA_MAX) {
+    mount("overlay", target, "overlay", 0, abs);
+    return;
+  }
+  const prefix = `${root}/`;
+  if (!lowers.every((l) => l.startsWith(prefix)))
+    throw new Error(`${lowers.length} lower layers do not fit in one page`);
+  const rel = data(lowers.map((l) => l.slice(prefix.length)));
+  if (rel.length > MOUNT_DATA_MAX) throw new Error(`${lowers.length} lower layers do not fit in one page`);
+  const cwd = process.cwd();
+  process.chdir(root);
+  try {
+    mount("overlay", target, "overlay", 0, rel);
+  } finally {
+    process.chdir(cwd);
+  }
+}
+
 /**
  * Builds the container's rootfs at `<dir>/rootfs` and returns it with an undo function:
  * path → as is; lower layers → overlay (upper on the writable storage, or a tmpfs);
@@ -231,7 +312,7 @@ export function buildRootfs(
   mkdirSync(upper, { recursive: true });
   mkdirSync(work, { recursive: true });
   try {
-    mount("overlay", rootfs, "overlay", 0, `lowerdir=${lowers.join(":")},upperdir=${upper},workdir=${work}`);
+    mountOverlay(rootfs, lowers, upper, work, storages.root);
   } catch (e) {
     if (scratch) unmountQuietly(scratch, log);
     throw internal(`rootfs: overlay on ${rootfs}: ${(e as Error).message}`);

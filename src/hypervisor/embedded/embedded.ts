@@ -90,6 +90,7 @@ export class EmbeddedHypervisor implements Hypervisor {
       for (const d of cfg.disks) {
         const dev = await BlkDevice.create({
           path: d.path,
+          extents: d.extents,
           readOnly: d.readOnly,
           serial: d.serial ?? d.id,
           logger: log,

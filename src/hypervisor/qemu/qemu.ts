@@ -82,6 +82,7 @@ export class QemuHypervisor implements Hypervisor {
       for (const [n, d] of cfg.disks.entries()) {
         const dev = await BlkDevice.create({
           path: d.path,
+          extents: d.extents,
           readOnly: d.readOnly,
           serial: d.serial ?? d.id,
           logger: log,

@@ -21,6 +21,7 @@ import { defaultLogger, type Logger } from "../log.ts";
 import type { DescriptorChain } from "../queue/chain.ts";
 import type { Queue } from "../queue/queue.ts";
 import { BlkBacking } from "./backing.ts";
+import { type Extent, ExtentMap } from "./extents.ts";
 import { BlkMetrics } from "./metrics.ts";
 import {
   type BlkRequest,
@@ -62,6 +63,11 @@ const MAX_DISCARD_SEGMENTS = 1;
 export interface BlkOptions {
   /** Backing file or block device; undefined = an empty slot (capacity 0) for later media. */
   path?: string;
+  /**
+   * A disk of extents (ExtentMap) instead of one file: starts empty, files are added and removed
+   * while the guest runs (addExtent/removeExtent). Excludes `path`.
+   */
+  extents?: boolean;
   readOnly?: boolean;
   /** Up to 20 bytes returned by GET_ID (the guest's /sys/block/vdX/serial). */
   serial?: string;
@@ -79,7 +85,7 @@ export class BlkDevice implements VirtioDevice {
   readonly metrics = new BlkMetrics();
   needsReset: string | undefined;
   onNeedsReset?: (reason: string) => void;
-  private backing: BlkBacking | undefined;
+  private backing: BlkBacking | ExtentMap | undefined;
   private ctx: ActivateContext | undefined;
   private serial: Buffer;
   private log: Logger;
@@ -100,7 +106,7 @@ export class BlkDevice implements VirtioDevice {
   /** drain() in progress: no new request starts until the in-flight ones are back. */
   private quiesced = 0;
 
-  private constructor(opts: BlkOptions, backing: BlkBacking | undefined) {
+  private constructor(opts: BlkOptions, backing: BlkBacking | ExtentMap | undefined) {
     this.readOnly = opts.readOnly ?? false;
     this.backing = backing;
     const nq = opts.numQueues ?? 1;
@@ -125,6 +131,10 @@ export class BlkDevice implements VirtioDevice {
   }
 
   static async create(opts: BlkOptions): Promise<BlkDevice> {
+    if (opts.extents) {
+      if (opts.path) throw new Error("a disk of extents has no path");
+      return new BlkDevice(opts, new ExtentMap(opts.readOnly ?? false));
+    }
     const backing = opts.path ? await BlkBacking.open(opts.path, opts.readOnly ?? false) : undefined;
     return new BlkDevice(opts, backing);
   }
@@ -140,7 +150,33 @@ export class BlkDevice implements VirtioDevice {
   }
 
   get path(): string | undefined {
-    return this.backing?.path;
+    return this.backing instanceof BlkBacking ? this.backing.path : undefined;
+  }
+
+  private extentMap(): ExtentMap {
+    if (!(this.backing instanceof ExtentMap)) throw new Error(`${this.name} is not a disk of extents`);
+    return this.backing;
+  }
+
+  /**
+   * Adds a file as an extent (the disk grows when it lands past the end: the guest hears of it
+   * through a configuration-change interrupt) and returns where it is.
+   */
+  async addExtent(path: string): Promise<Extent> {
+    const map = this.extentMap();
+    const before = map.size;
+    const ext = await map.add(path);
+    if (map.size !== before) this.configChanged();
+    return ext;
+  }
+
+  /** Removes an extent (by partition number) once no request is in flight; the guest let go of it first. */
+  async removeExtent(index: number): Promise<void> {
+    const map = this.extentMap();
+    const ext = map.list().find((e) => e.index === index);
+    if (!ext) return;
+    await this.drain();
+    await map.remove(ext);
   }
 
   readConfig(offset: number, length: number): Buffer {
@@ -387,6 +423,7 @@ export class BlkDevice implements VirtioDevice {
    * configuration-change interrupt; the guest driver re-reads the capacity.
    */
   async changeMedia(path: string | undefined): Promise<void> {
+    if (this.backing instanceof ExtentMap) throw new Error(`${this.name} is a disk of extents: add or remove extents`);
     const next = path ? await BlkBacking.open(path, this.readOnly) : undefined;
     await this.drain();
     const prev = this.backing;
@@ -397,7 +434,7 @@ export class BlkDevice implements VirtioDevice {
 
   /** The backing grew or shrank underneath (e.g. truncate): re-read its size and tell the guest. */
   async resize(): Promise<void> {
-    await this.backing?.refreshSize();
+    if (this.backing instanceof BlkBacking) await this.backing.refreshSize();
     this.configChanged();
   }
 

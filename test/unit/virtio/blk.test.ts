@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { BlkDevice } from "../../../src/virtio/blk/device.ts";
 import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../../src/virtio/device.ts";
-import { hdr, Irq } from "./blk-helpers.ts";
+import { hdr, Irq, requestRunner } from "./blk-helpers.ts";
 import { TestDriver } from "./driver.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "cove-blk-"));
@@ -25,21 +25,7 @@ async function setup(opts: { size?: number; readOnly?: boolean; path?: string | 
     interrupt: irq,
     features: opts.features ?? dev.features & (bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_EVENT_IDX)),
   });
-  /** Submits a request and waits (bounded) for its completion; returns [status, used len, data]. */
-  const run = async (readable: Buffer[], writable: number[]) => {
-    const head = d.add(readable, writable);
-    dev.notify(0);
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      const u = d.takeUsed().find((x) => x.head === head);
-      if (u) {
-        const w = d.written(head);
-        return { status: w[w.length - 1]!, len: u.len, data: w.subarray(0, w.length - 1) };
-      }
-      if (Date.now() > deadline) throw new Error("request did not complete in 5 s");
-      await new Promise((r) => setTimeout(r, 1));
-    }
-  };
+  const run = requestRunner(dev, d);
   return { dev, d, q, irq, run, path };
 }
 
