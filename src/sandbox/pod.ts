@@ -20,8 +20,8 @@ export const GUEST_CID = 3;
 const CONSOLE_TAIL = 8192;
 
 /** Where a pod's VM keeps its sockets: short (Unix socket paths), derived from the pod's first bundle. */
-export function vmWorkDir(bundle: string): string {
-  return join(VM_RUN_DIR, createHash("sha256").update(bundle).digest("hex").slice(0, 16));
+export function vmWorkDir(bundle: string, runDir = VM_RUN_DIR): string {
+  return join(runDir, createHash("sha256").update(bundle).digest("hex").slice(0, 16));
 }
 
 export function guestCmdline(hostname: string): string {
@@ -33,6 +33,8 @@ export function guestCmdline(hostname: string): string {
 export interface PodBoot {
   id: string;
   bundle: string;
+  /** Parent of the VM's work dir (default VM_RUN_DIR; `delete` after a shim crash looks there). */
+  runDir?: string;
   hostname: string;
   config: CoveConfig;
   vcpus: number;
@@ -66,7 +68,7 @@ export class PodVm {
   static async boot(b: PodBoot): Promise<PodVm> {
     const log = b.logger;
     const t0 = performance.now();
-    const workDir = vmWorkDir(b.bundle);
+    const workDir = vmWorkDir(b.bundle, b.runDir);
     rmSync(workDir, { recursive: true, force: true });
     mkdirSync(workDir, { recursive: true, mode: 0o700 });
     // Before the VM starts: a shim killed during boot leaves the tc redirects too.

@@ -1,43 +1,38 @@
 // The pod sandbox as the Task service's TaskRuntime: one microVM per pod (the shim daemon serves one
 // pod, grouped by `start`), the agent inside it, and every task RPC mapped onto the agent.
 //
-// A CRI sandbox container (io.kubernetes.cri.container-type=sandbox) is the VM itself: no pause
-// process runs in the guest. Kata runs pause so that containers can join its namespaces; in cove the
-// VM already is the pod's isolation boundary and shared namespace, so a pause process would only
-// cost guest memory and an image conversion. Its task pid is the VMM's pid; killing it ends the
-// "process", and deleting it tears the VM down.
-import { readFileSync, rmSync } from "node:fs";
-import { join } from "node:path";
+// This file is the runtime's frame: it boots the pod for its first task (pod-boot.ts), keeps the
+// container table (containers.ts), finds the container an RPC names and checks that the VM is
+// alive, then lets the container's kind decide what the RPC does: the CRI sandbox container is the
+// VM itself (sandbox-container.ts); every other container runs in the guest (guest-container.ts).
+// It also watches the VM (an unexpected exit ends every process; OOM events) and tears the pod down.
 import type { Logger } from "pino";
-import { ConfigError, type CoveConfig, loadConfig } from "../config/config.ts";
-import type { Hypervisor } from "../hypervisor/types.ts";
 import type { PodNetwork } from "../network/pod-network.ts";
 import { messageType } from "../proto/root.ts";
-import { type ContainerdAddress, containerdLookup } from "../rootfs/containerd.ts";
-import { layerImage } from "../rootfs/layers.ts";
-import { planRootfs } from "../rootfs/plan.ts";
-import { committedChain } from "../rootfs/snapshots.ts";
-import { createWritableLayer } from "../rootfs/writable.ts";
+import type { ContainerdAddress } from "../rootfs/containerd.ts";
 import type { AnyValue, CreateSpec, ExecSpec, RuntimeEvents, TaskRuntime } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
-import type { Storage } from "./agent/index.ts";
-import { backendFactory, chooseBackend, type HostKvm, probeHost } from "./backend.ts";
-import { checkGuestArtifacts } from "./guest.ts";
-import { ProcessIo } from "./io.ts";
+import type { HostKvm } from "./backend.ts";
+import { ContainerTable, type PodContainer } from "./containers.ts";
+import { noDisks, type PodDisks, type PreparedDisks, releaseDisks } from "./disks.ts";
+import { GuestContainerOps, isNotFound, VM_GONE_STATUS } from "./guest-container.ts";
+import { podDns, resolvConfSource } from "./network.ts";
+import { type Json, readSpec } from "./oci.ts";
+import type { PodVm } from "./pod.ts";
 import {
-  attachPodNetwork,
-  describeNics,
-  hostNetworkRefusal,
-  nicsOf,
-  podDns,
-  podNetnsOf,
-  resolvConfSource,
-} from "./network.ts";
-import { podOverrides } from "./overrides.ts";
-import { PodVm } from "./pod.ts";
-import { fitSlots, SlotTable } from "./slots.ts";
+  type BootedPod,
+  bootPod,
+  type FirstContainer,
+  type PodBootDeps,
+  type Preflight,
+  planPodBoot,
+  preflight,
+  realPodBootDeps,
+} from "./pod-boot.ts";
+import { isSandboxContainer, SandboxContainerOps } from "./sandbox-container.ts";
 import { VolumeSync } from "./volume-sync.ts";
-import { planVolumes } from "./volumes.ts";
+
+export { VM_GONE_STATUS };
 
 export interface SandboxOptions {
   logger: Logger;
@@ -47,76 +42,48 @@ export interface SandboxOptions {
   probe?: () => HostKvm;
   /** containerd's gRPC socket and our namespace: it names the layers' snapshots (layer cache keys). */
   containerd?: ContainerdAddress;
-}
-
-/** config_path from a runtimeoptions.v1.Options Any, if that is what the options are. */
-export function configPathFromOptions(options: AnyValue | undefined): string | undefined {
-  if (!options?.type_url) return undefined;
-  const name = options.type_url.slice(options.type_url.lastIndexOf("/") + 1);
-  if (name !== "runtimeoptions.v1.Options") return undefined;
-  const T = messageType("runtimeoptions.v1.Options");
-  const o = T.toObject(T.decode(options.value)) as { config_path?: string };
-  return o.config_path || undefined;
-}
-
-type Json = Record<string, unknown>;
-
-const CONTAINER_TYPE = "io.kubernetes.cri.container-type";
-/** The guest exit status of a process whose VM went away (as Kata reports it). */
-export const VM_GONE_STATUS = 255;
-
-interface Proc {
-  io?: ProcessIo;
-  process?: unknown;
-  started: boolean;
-  exited: boolean;
-}
-
-interface Ctr {
-  id: string;
-  bundle: string;
-  sandbox: boolean;
-  /** Slot images this container holds (released on delete). */
-  images: string[];
-  /** Files made for it (writable layer). */
-  files: string[];
-  procs: Map<string, Proc>;
-}
-
-function readSpec(bundle: string): Json {
-  try {
-    return JSON.parse(readFileSync(join(bundle, "config.json"), "utf8")) as Json;
-  } catch (e) {
-    throw new TtrpcError(Code.INVALID_ARGUMENT, `cannot read ${bundle}/config.json: ${(e as Error).message}`);
-  }
-}
-
-function annotationsOf(spec: Json): Record<string, string> {
-  const a = spec.annotations;
-  return a && typeof a === "object" ? (a as Record<string, string>) : {};
-}
-
-function isNotFound(e: unknown): boolean {
-  return e instanceof TtrpcError && e.code === Code.NOT_FOUND;
+  /** What the pod boot takes from the host (tests). */
+  deps?: Partial<PodBootDeps>;
 }
 
 export class SandboxRuntime implements TaskRuntime {
   protected events?: RuntimeEvents;
   private pod?: PodVm;
-  private booting?: Promise<PodVm>;
-  private config?: CoveConfig;
-  private slots?: SlotTable;
+  private booting?: Promise<BootedPod>;
+  private disks?: PodDisks;
   /** The pod's network wiring (taps + redirects in its netns), if it has one; detached after the VM. */
   private net?: PodNetwork;
   /** The resolv.conf the guest has been given (a container's mount may name it first). */
   private dnsFrom?: string;
-  private readonly ctrs = new Map<string, Ctr>();
+  private readonly containers = new ContainerTable();
   private shuttingDown = false;
   /** Read-only host volumes copied into the guest, kept in step with the host. */
   private readonly volumes: VolumeSync;
+  private readonly deps: PodBootDeps;
+  private readonly sandboxOps: SandboxContainerOps;
+  private readonly guestOps: GuestContainerOps;
 
   constructor(private readonly opts: SandboxOptions) {
+    this.deps = {
+      ...realPodBootDeps,
+      ...(opts.containerd ? { containerd: opts.containerd } : {}),
+      ...opts.deps,
+      ...(opts.probe ? { probe: opts.probe } : {}),
+    };
     this.volumes = new VolumeSync((req) => this.alive().agent.syncFiles(req), opts.logger);
+    const exit = (e: Parameters<RuntimeEvents["exit"]>[0]) => this.events?.exit(e);
+    const forget = (id: string) => this.containers.delete(id);
+    this.sandboxOps = new SandboxContainerOps({ exit, forget, shutdownPod: (r) => this.shutdownPod(r) });
+    this.guestOps = new GuestContainerOps({
+      log: opts.logger,
+      alive: () => this.alive(),
+      disks: () => this.disks!,
+      volumes: this.volumes,
+      dnsFromContainer: (pod, oci) => this.dnsFromContainer(pod, oci),
+      release: (c) => this.release(c),
+      forget,
+      exit,
+    });
   }
 
   private get log(): Logger {
@@ -127,132 +94,26 @@ export class SandboxRuntime implements TaskRuntime {
     this.events = events;
   }
 
-  private loadConfig(spec: CreateSpec): CoveConfig {
-    const configPath = configPathFromOptions(spec.options) ?? this.opts.configPath;
-    try {
-      return loadConfig({ configPath });
-    } catch (e) {
-      if (e instanceof ConfigError) throw new TtrpcError(Code.FAILED_PRECONDITION, e.message);
-      throw e;
-    }
-  }
-
-  /** Before anything is read or built for the pod's first task: config, guest artifacts, backend. */
-  private preflight(spec: CreateSpec): { config: CoveConfig; hypervisor: Hypervisor } {
-    const log = this.log;
-    const config = this.loadConfig(spec);
-    log.info({ id: spec.id, config: config.source, hypervisor: config.hypervisor }, "pod config loaded");
-    checkGuestArtifacts(config);
-    const host = (this.opts.probe ?? probeHost)();
-    const choice = chooseBackend(config.hypervisor, host);
-    log.info(
-      { id: spec.id, backend: choice.kind, accel: choice.accel, reason: choice.reason },
-      "hypervisor backend chosen",
-    );
-    return { config, hypervisor: backendFactory(choice)(config, choice) };
-  }
-
-  /** The pod's VM, booting it for the pod's first task. */
+  /** The pod's VM, booting it for the pod's first task (`first`: a container whose disks go in at boot). */
   private async podFor(
     spec: CreateSpec,
     oci: Json,
-    pre: { config: CoveConfig; hypervisor: Hypervisor } | undefined,
-    first: Ctr | undefined,
-    prepare: () => Promise<void>,
-  ) {
-    if (this.pod) return this.pod;
-    if (this.booting) return this.booting;
+    pre: Preflight | undefined,
+    first: FirstContainer | undefined,
+  ): Promise<{ pod: PodVm; firstDisks?: PreparedDisks }> {
+    if (this.pod) return { pod: this.pod };
+    if (this.booting) return { pod: (await this.booting).pod };
     if (!pre) throw new TtrpcError(Code.UNAVAILABLE, "the pod VM is not available (its boot failed)");
-    const log = this.log;
-    const { config, hypervisor } = pre;
-    const ns = podNetnsOf(oci, spec.id);
-    if (ns.kind === "host") throw hostNetworkRefusal(spec.id);
-    const o = podOverrides(annotationsOf(oci), config);
-    for (const n of o.notes) log.info({ id: spec.id }, n);
-    this.config = config;
-    this.booting = (async () => {
-      let net: PodNetwork | undefined;
-      if (ns.kind === "netns" && !hypervisor.nets) {
-        log.warn(
-          { id: spec.id, netns: ns.path, hypervisor: hypervisor.name },
-          "pod network: the guest has loopback only (this hypervisor backend has no virtio-net yet)",
-        );
-      } else if (ns.kind === "netns") {
-        net = await attachPodNetwork(ns.path, log);
-      }
-      // Each NIC takes a device place the disks could have used (root and vsock take one each).
-      const nics = net?.interfaces.length ?? 0;
-      const free = hypervisor.maxDevices === undefined ? undefined : hypervisor.maxDevices - 2 - nics;
-      let fit: ReturnType<typeof fitSlots>;
-      try {
-        fit = fitSlots(config.pod.layerSlots, config.pod.writableSlots, free);
-      } catch (e) {
-        log.error({ id: spec.id, nics, max_devices: hypervisor.maxDevices }, (e as Error).message);
-        await net?.detach();
-        throw e;
-      }
-      if (fit.layerSlots !== config.pod.layerSlots || fit.writableSlots !== config.pod.writableSlots) {
-        log.info(
-          { id: spec.id, nics, layer_slots: fit.layerSlots, writable_slots: fit.writableSlots },
-          `disk slots reduced to fit ${hypervisor.name}'s ${hypervisor.maxDevices} virtio devices`,
-        );
-      }
-      this.slots = new SlotTable(fit.layerSlots, fit.writableSlots);
-      try {
-        // The first container's disks are in place at boot; later ones use the empty slots.
-        if (first) await prepare();
-      } catch (e) {
-        await net?.detach();
-        throw e;
-      }
-      let pod: PodVm | undefined;
-      try {
-        pod = await PodVm.boot({
-          id: spec.id,
-          bundle: spec.bundle,
-          hostname: typeof oci.hostname === "string" && oci.hostname ? oci.hostname : spec.id,
-          config,
-          vcpus: o.vcpus,
-          memoryMib: o.memoryMib,
-          hypervisor,
-          slots: this.slots,
-          ...(net ? { nets: nicsOf(net), netRecord: net.record() } : {}),
-          logger: log,
-        });
-        await pod.agent.createSandbox({
-          hostname: typeof oci.hostname === "string" ? oci.hostname : undefined,
-          sysctls: sysctlsOf(oci),
-        });
-        if (net) {
-          // After CreateSandbox: its DNS would otherwise overwrite ours.
-          const t0 = performance.now();
-          await pod.agent.configureNetwork(net.guestConfig(podDns(oci, log)));
-          this.dnsFrom = resolvConfSource(oci);
-          log.info(
-            { id: spec.id, netns: ns.kind === "netns" ? ns.path : undefined, ms: Math.round(performance.now() - t0) },
-            `pod network: ${describeNics(net)}`,
-          );
-        } else if (ns.kind === "new") {
-          log.info(
-            { id: spec.id },
-            "pod network: the guest has loopback only (the pod has a fresh, empty network namespace)",
-          );
-        }
-      } catch (e) {
-        if (pod) await pod.destroy(log);
-        await net?.detach();
-        throw e;
-      }
-      this.net = net;
-      this.watch(pod);
-      return pod;
-    })();
+    const plan = planPodBoot(spec, oci, pre, this.log);
+    this.booting = bootPod(plan, first, this.deps, this.log);
     try {
-      this.pod = await this.booting;
-      return this.pod;
-    } catch (e) {
-      this.slots = undefined;
-      throw e;
+      const b = await this.booting;
+      this.pod = b.pod;
+      this.disks = b.disks;
+      this.net = b.net;
+      this.dnsFrom = b.dnsFrom;
+      this.watch(b.pod);
+      return { pod: b.pod, firstDisks: b.firstDisks };
     } finally {
       this.booting = undefined;
     }
@@ -267,13 +128,11 @@ export class SandboxRuntime implements TaskRuntime {
         "pod VM exited unexpectedly: every process in it is reported as exited",
       );
       const at = new Date();
-      for (const c of this.ctrs.values()) {
-        for (const [execId, p] of c.procs) {
-          if (p.exited) continue;
-          p.exited = true;
-          p.io?.close();
-          this.events?.exit({ id: c.id, execId, status: VM_GONE_STATUS, at });
-        }
+      for (const { c, execId, p } of this.containers.processes()) {
+        if (p.exited) continue;
+        p.exited = true;
+        p.io?.close();
+        this.events?.exit({ id: c.id, execId, status: VM_GONE_STATUS, at });
       }
     });
     void this.oomLoop(pod);
@@ -283,7 +142,7 @@ export class SandboxRuntime implements TaskRuntime {
     while (!pod.exited && !pod.stopping) {
       try {
         const id = await pod.agent.getOomEvent();
-        if (id && this.ctrs.has(id)) this.events?.oom(id);
+        if (id && this.containers.has(id)) this.events?.oom(id);
       } catch {
         if (pod.exited || pod.stopping) return;
         await new Promise((r) => setTimeout(r, 500));
@@ -298,98 +157,20 @@ export class SandboxRuntime implements TaskRuntime {
     return pod;
   }
 
-  private ctr(id: string): Ctr {
-    const c = this.ctrs.get(id);
-    if (!c) throw new TtrpcError(Code.NOT_FOUND, `container ${id}: container not created: not found`);
-    return c;
-  }
-
-  /** Layer images and the writable layer for a container; slots claimed (media inserted if booted). */
-  private async disks(c: Ctr, spec: CreateSpec, config: CoveConfig) {
-    const log = this.log.child({ id: c.id });
-    const slots = this.slots!;
-    const plan = planRootfs(spec.rootfs);
-    const storages: Storage[] = [];
-    const inserts: { serial: string; path: string }[] = [];
-    const use = (image: string, storageId: string, readOnly: boolean, fstype: string, options: string[]) => {
-      let s = slots.reuse(image);
-      if (!s) {
-        s = slots.claim(image, storageId, readOnly);
-        inserts.push({ serial: s.serial, path: image });
-      }
-      c.images.push(image);
-      storages.push({ id: s.storageId!, source: `serial:${s.serial}`, fstype, options });
-      return s.storageId!;
-    };
-    if (plan.kind === "block") {
-      const id = use(plan.device, `dev-${c.id}`, false, plan.fstype, plan.options);
-      return { storages, rootfs: { upper: id }, inserts };
-    }
-    const t0 = performance.now();
-    const at = this.opts.containerd;
-    const chain =
-      plan.committed && at
-        ? await committedChain(() => containerdLookup(at), c.id, plan.lowers.length, log)
-        : undefined;
-    const images = await Promise.all(
-      plan.lowers.map((dir, i) => layerImage(config.cacheDir, { dir, snapshot: chain?.[i] }, log)),
-    );
-    const lower = images.map((img) => use(img.path, `layer-${img.key}`, true, "erofs", ["ro"]));
-    const upperFile = join(spec.bundle, "work", "cove-upper.ext4");
-    await createWritableLayer(upperFile, config.pod.writableLayerMib);
-    c.files.push(upperFile);
-    const upper = use(upperFile, `upper-${c.id}`, false, "ext4", []);
-    log.info(
-      {
-        layers: images.length,
-        converted: images.filter((i) => i.built).length,
-        cached: images.filter((i) => !i.built).length,
-        ms: Math.round(performance.now() - t0),
-      },
-      "rootfs: block devices ready",
-    );
-    return { storages, rootfs: { lower, upper }, inserts };
-  }
-
   async create(spec: CreateSpec): Promise<{ pid: number }> {
-    const pre = !this.pod && !this.booting ? this.preflight(spec) : undefined;
+    const pre =
+      !this.pod && !this.booting ? preflight(spec, this.opts.configPath, this.deps.probe, this.log) : undefined;
     const oci = readSpec(spec.bundle);
-    const sandbox = annotationsOf(oci)[CONTAINER_TYPE] === "sandbox";
-    const c: Ctr = { id: spec.id, bundle: spec.bundle, sandbox, images: [], files: [], procs: new Map() };
-    let prepared: Awaited<ReturnType<SandboxRuntime["disks"]>> | undefined;
+    const ops = isSandboxContainer(oci) ? this.sandboxOps : this.guestOps;
+    const c: PodContainer = { id: spec.id, bundle: spec.bundle, ops, disks: noDisks(), procs: new Map() };
     try {
-      const first = !this.pod && !this.booting && !sandbox ? c : undefined;
-      const pod = await this.podFor(spec, oci, pre, first, async () => {
-        prepared = await this.disks(c, spec, this.config!);
-      });
-      this.ctrs.set(c.id, c);
-      if (sandbox) {
-        c.procs.set("", { started: false, exited: false });
-        return { pid: pod.vm.pid };
-      }
-      if (!prepared) {
-        prepared = await this.disks(c, spec, this.config ?? this.loadConfig(spec));
-        for (const i of prepared.inserts) await pod.changeMedia(i.serial, i.path);
-      }
-      await this.dnsFromContainer(pod, oci);
-      const io = new ProcessIo(spec, this.log.child({ id: c.id }));
-      const vols = planVolumes(oci);
-      for (const n of vols.notes) this.log.info({ id: c.id }, n);
-      const req = {
-        container_id: c.id,
-        spec: Buffer.from(JSON.stringify(vols.spec)),
-        storages: [...prepared.storages, ...vols.storages],
-        rootfs: prepared.rootfs,
-        stdio: io.want,
-        files: this.volumes.add(c.id, vols.copies),
-      };
-      const pid = await pod.agent.createContainer(req);
-      c.procs.set("", { io, started: false, exited: false });
-      await io.attach((stream) => pod.agent.openStdio(c.id, "", stream));
-      return { pid };
+      const first = !this.pod && !this.booting && ops.hasDisks ? { c, rootfs: spec.rootfs } : undefined;
+      const { pod, firstDisks } = await this.podFor(spec, oci, pre, first);
+      this.containers.add(c);
+      return await ops.create(pod, c, spec, oci, firstDisks);
     } catch (e) {
       await this.release(c);
-      this.ctrs.delete(c.id);
+      this.containers.delete(c.id);
       throw e;
     }
   }
@@ -409,93 +190,33 @@ export class SandboxRuntime implements TaskRuntime {
     this.log.info({ path: src, nameservers: dns.nameservers }, "pod network: DNS from the pod's resolv.conf");
   }
 
-  /** Gives back the container's slots (ejecting media nobody uses) and removes its files. */
-  private async release(c: Ctr): Promise<void> {
+  /** Gives back the container's volumes and disks (ejecting media nobody uses) and removes its files. */
+  private async release(c: PodContainer): Promise<void> {
     this.volumes.remove(c.id);
-    for (const image of c.images.splice(0)) {
-      const s = this.slots?.release(image);
-      if (s && this.pod && !this.pod.exited) {
-        await this.pod.changeMedia(s.serial, undefined).catch((e: Error) => {
-          this.log.warn({ id: c.id, slot: s.serial, err: e.message }, "ejecting a disk failed");
-        });
-      }
-    }
-    for (const f of c.files.splice(0)) rmSync(f, { force: true });
-  }
-
-  private follow(pod: PodVm, c: Ctr, execId: string, p: Proc): void {
-    void (async () => {
-      let status = VM_GONE_STATUS;
-      let at = new Date();
-      try {
-        const r = await pod.agent.waitProcess(c.id, execId);
-        status = r.exit_status;
-        if (r.exited_at) at = new Date(r.exited_at.seconds * 1000 + Math.floor(r.exited_at.nanos / 1e6));
-        await p.io?.outputDone();
-      } catch (e) {
-        if (pod.exited || pod.stopping) return; // the VM watcher reports it
-        this.log.warn({ id: c.id, exec_id: execId, err: (e as Error).message }, "waiting for a process failed");
-      }
-      if (p.exited) return;
-      p.exited = true;
-      p.io?.close();
-      this.events?.exit({ id: c.id, execId, status, at });
-    })();
+    await releaseDisks(c.id, c.disks, this.disks, this.pod, this.log);
   }
 
   async start(id: string, execId: string): Promise<{ pid: number }> {
-    const c = this.ctr(id);
+    const c = this.containers.need(id);
     const pod = this.alive();
     const p = c.procs.get(execId);
     if (!p) throw new TtrpcError(Code.NOT_FOUND, `process ${execId} does not exist in ${id}: not found`);
-    if (c.sandbox) {
-      p.started = true;
-      return { pid: pod.vm.pid };
-    }
-    let pid: number;
-    if (!execId) pid = await pod.agent.startContainer(id);
-    else {
-      await p.io!.attach((stream) => pod.agent.openStdio(id, execId, stream));
-      pid = await pod.agent.execProcess({
-        container_id: id,
-        exec_id: execId,
-        process: p.process as object,
-        stdio: p.io!.want,
-      });
-    }
-    p.started = true;
-    this.follow(pod, c, execId, p);
-    return { pid };
+    return await c.ops.start(pod, c, execId, p);
   }
 
   async exec(id: string, execId: string, spec: ExecSpec): Promise<void> {
-    const c = this.ctr(id);
+    const c = this.containers.need(id);
     this.alive();
-    if (c.sandbox) throw new TtrpcError(Code.FAILED_PRECONDITION, `${id} is the pod sandbox: it runs no processes`);
-    // The agent starts an exec at once, so the process and its streams wait for Start.
-    c.procs.set(execId, {
-      io: new ProcessIo(spec, this.log.child({ id, exec_id: execId })),
-      process: spec.process,
-      started: false,
-      exited: false,
-    });
+    c.ops.exec(c, execId, spec);
   }
 
   async kill(id: string, execId: string, signal: number, all: boolean): Promise<void> {
-    const c = this.ctr(id);
-    if (c.sandbox) {
-      const p = c.procs.get("")!;
-      if (p.exited) throw new TtrpcError(Code.NOT_FOUND, "process already finished: not found");
-      p.exited = true;
-      this.events?.exit({ id, execId: "", status: 128 + signal, at: new Date() });
-      return;
-    }
-    const pod = this.alive();
-    await pod.agent.signalProcess(id, execId, signal, all);
+    const c = this.containers.need(id);
+    await c.ops.kill(c, execId, signal, all);
   }
 
   async delete(id: string, execId: string): Promise<void> {
-    const c = this.ctrs.get(id);
+    const c = this.containers.get(id);
     if (!c) return;
     const p = c.procs.get(execId);
     p?.io?.close();
@@ -505,65 +226,47 @@ export class SandboxRuntime implements TaskRuntime {
       if (pod && p?.started) await pod.agent.deleteProcess(id, execId).catch((e) => isNotFound(e) || Promise.reject(e));
       return;
     }
-    if (c.sandbox) {
-      this.ctrs.delete(id);
-      await this.shutdownPod("sandbox deleted");
-      return;
-    }
-    if (pod) {
-      try {
-        await pod.agent.removeContainer(id, true);
-      } catch (e) {
-        if (!isNotFound(e)) throw e;
-      }
-    }
-    await this.release(c);
-    this.ctrs.delete(id);
+    await c.ops.remove(c, pod);
   }
 
   async pids(id: string): Promise<{ pid: number }[]> {
-    const c = this.ctr(id);
-    const pod = this.alive();
-    if (c.sandbox) return [{ pid: pod.vm.pid }];
-    return (await pod.agent.listPids(id)).map((p) => ({ pid: p.pid }));
+    const c = this.containers.need(id);
+    return await c.ops.pids(this.alive(), c);
   }
 
   async pause(id: string): Promise<void> {
-    const c = this.ctr(id);
-    const pod = this.alive();
-    if (!c.sandbox) await pod.agent.pauseContainer(id);
+    const c = this.containers.need(id);
+    await c.ops.pause(this.alive(), c);
   }
 
   async resume(id: string): Promise<void> {
-    const c = this.ctr(id);
-    const pod = this.alive();
-    if (!c.sandbox) await pod.agent.resumeContainer(id);
+    const c = this.containers.need(id);
+    await c.ops.resume(this.alive(), c);
   }
 
   async resizePty(id: string, execId: string, width: number, height: number): Promise<void> {
-    this.ctr(id);
+    this.containers.need(id);
     await this.alive().agent.resizeTty(id, execId, height, width);
   }
 
   async closeIO(id: string, execId: string, stdin: boolean): Promise<void> {
-    const c = this.ctr(id);
+    const c = this.containers.need(id);
     if (!stdin) return;
     const p = c.procs.get(execId);
     if (p?.io?.want.stdin) p.io.closeStdin();
-    else if (!c.sandbox && p?.started) await this.alive().agent.closeStdin(id, execId);
+    else await c.ops.closeStdin(c, execId, p);
   }
 
   async update(id: string, resources: unknown): Promise<void> {
-    const c = this.ctr(id);
-    const pod = this.alive();
-    if (!c.sandbox) await pod.agent.updateContainer(id, (resources ?? {}) as object);
+    const c = this.containers.need(id);
+    await c.ops.update(this.alive(), c, resources);
   }
 
   async stats(id: string): Promise<AnyValue> {
-    const c = this.ctr(id);
+    const c = this.containers.need(id);
     const pod = this.alive();
     const T = messageType("io.containerd.cgroups.v2.Metrics");
-    const metrics = c.sandbox ? {} : await pod.agent.statsContainer(id);
+    const metrics = await c.ops.stats(pod, c);
     return { type_url: "io.containerd.cgroups.v2.Metrics", value: T.encode(T.fromObject(metrics)).finish() };
   }
 
@@ -580,24 +283,15 @@ export class SandboxRuntime implements TaskRuntime {
       await net.detach();
       this.log.info({ netns: net.netns }, "pod network detached");
     }
-    for (const c of this.ctrs.values()) await this.release(c);
+    for (const c of this.containers.values()) await this.release(c);
   }
 
   async shutdown(): Promise<void> {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
     if (this.booting) await this.booting.catch(() => undefined);
-    for (const c of this.ctrs.values()) for (const p of c.procs.values()) p.io?.close();
+    for (const { p } of this.containers.processes()) p.io?.close();
     await this.shutdownPod("shim shutdown");
     this.events = undefined;
   }
-}
-
-/** The pod's sysctls (CRI puts them on the sandbox's spec): string values only, as OCI has them. */
-export function sysctlsOf(oci: Json): Record<string, string> {
-  const linux = oci.linux as { sysctl?: unknown } | undefined;
-  const out: Record<string, string> = {};
-  if (linux && typeof linux.sysctl === "object" && linux.sysctl !== null)
-    for (const [k, v] of Object.entries(linux.sysctl)) if (typeof v === "string") out[k] = v;
-  return out;
 }
