@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { type Duplex, PassThrough } from "node:stream";
 import type { Logger } from "pino";
-import type { Hypervisor, RunningVm, VmConfig, VmExit } from "../../../src/hypervisor/types.ts";
+import type { ExtentPlace, Hypervisor, RunningVm, VmConfig, VmExit } from "../../../src/hypervisor/types.ts";
 import type { PodNetwork } from "../../../src/network/pod-network.ts";
 import type { LayerImage, LayerSource } from "../../../src/rootfs/layers.ts";
 import { AGENT_PORT, STDIO_PORT } from "../../../src/sandbox/agent/index.ts";
@@ -219,6 +219,15 @@ export class FakeVm implements RunningVm {
   async changeMedia(diskId: string, path: string | undefined): Promise<void> {
     if (this.exit) throw new Error("the VM has exited");
     this.media.set(diskId, path);
+  }
+
+  // Disks of extents are not used by the sandbox yet.
+  async addExtent(): Promise<ExtentPlace> {
+    throw new Error("the fake VM has no disk of extents");
+  }
+
+  async removeExtent(): Promise<void> {
+    throw new Error("the fake VM has no disk of extents");
   }
 
   /** The VM goes away on its own (a guest panic, the VMM crashing). */
