@@ -11,6 +11,7 @@ import { entryRegs, longModeSregs, writeBootTables } from "./boot/longmode.ts";
 import { buildMpTable } from "./boot/mptable.ts";
 import { buildZeroPage, e820Map } from "./boot/zeropage.ts";
 import { Bus, type BusDevice } from "./bus.ts";
+import { ConsoleLines } from "./console.ts";
 import { setupVcpu } from "./cpu.ts";
 import { GsiRouter } from "./irq.ts";
 import { Cap, Kvm, type Vm } from "./kvm.ts";
@@ -69,7 +70,7 @@ export class Machine {
   readonly stopped: Promise<StopReason>;
   private resolveStopped!: (r: StopReason) => void;
   private closed = false;
-  private consoleLine: number[] = [];
+  private readonly console: ConsoleLines;
   private extraCmdline: string[] = [];
   private started = false;
   readonly router: GsiRouter;
@@ -93,8 +94,12 @@ export class Machine {
     this.released = new Promise((res) => {
       this.resolveReleased = res;
     });
+    this.console = new ConsoleLines((line) => {
+      cfg.log.debug({ console: line });
+      cfg.onConsoleLine?.(line);
+    });
     this.serial = new Serial(
-      (b) => this.consoleByte(b),
+      (b) => this.console.byte(b),
       () => {
         this.vm.irqLine(SERIAL_IRQ, true);
         this.vm.irqLine(SERIAL_IRQ, false);
@@ -251,17 +256,6 @@ export class Machine {
   private onVcpuStop(id: number, reason: StopReason): void {
     this.cfg.log.info({ vcpu: id, reason }, "guest stopped");
     this.resolveStopped(reason);
-  }
-
-  private consoleByte(b: number): void {
-    if (b === 0x0a) {
-      const line = Buffer.from(this.consoleLine).toString("utf8").replace(/\r$/, "");
-      this.consoleLine = [];
-      this.cfg.log.debug({ console: line });
-      this.cfg.onConsoleLine?.(line);
-    } else if (this.consoleLine.length < 4096) {
-      this.consoleLine.push(b);
-    }
   }
 
   /**

@@ -15,7 +15,8 @@ const LSR_THRE = 0x20;
 const LSR_TEMT = 0x40;
 const MCR_LOOP = 0x10;
 const MSR_DCD_DSR_CTS = 0xb0;
-const RX_FIFO_MAX = 4096;
+/** Bytes of host input (or loopback) the UART holds for the guest; more are dropped. */
+export const RX_FIFO_MAX = 4096;
 
 export class Serial implements BusDevice {
   private ier = 0;
@@ -33,6 +34,11 @@ export class Serial implements BusDevice {
     /** Raises the UART's interrupt line (an edge). */
     private readonly irq: () => void,
   ) {}
+
+  /** Bytes waiting for the guest to read them (≤ RX_FIFO_MAX). */
+  get rxQueued(): number {
+    return this.rx.length;
+  }
 
   /** Bytes from the host side (console input). */
   input(data: Uint8Array): void {

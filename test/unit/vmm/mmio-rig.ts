@@ -2,7 +2,13 @@
 // is told, interrupts and notifiers that count, and register accessors plus the Linux driver's
 // handshake. The transport tests and the virtio-mmio fuzzer drive it the same way.
 import { type Logger, pino } from "pino";
-import { type ActivateContext, bit, VIRTIO_F_VERSION_1, type VirtioDevice } from "../../../src/virtio/device.ts";
+import {
+  type ActivateContext,
+  bit,
+  readConfigWindow,
+  VIRTIO_F_VERSION_1,
+  type VirtioDevice,
+} from "../../../src/virtio/device.ts";
 import { GuestMemory } from "../../../src/virtio/memory.ts";
 import {
   type MmioInterrupts,
@@ -29,12 +35,10 @@ export class FakeDevice implements VirtioDevice {
   resets = 0;
   config = Buffer.from([1, 2, 3, 4, 5, 6, 7, 8]);
   readConfig(offset: number, length: number): Buffer {
-    const out = Buffer.alloc(length);
-    this.config.copy(out, 0, offset, offset + length);
-    return out;
+    return readConfigWindow(this.config, offset, length);
   }
   writeConfig(offset: number, data: Buffer): void {
-    data.copy(this.config, offset);
+    if (offset < this.config.length) data.copy(this.config, offset);
   }
   activate(ctx: ActivateContext): void {
     this.ctx = ctx;
