@@ -35,6 +35,8 @@ export interface GuestContainerHost {
   forget(id: string): void;
   /** Reports an exit to containerd. */
   exit(e: ExitEvent): void;
+  /** Runs an agent call that ends something; if the agent does not answer, stops the pod VM. */
+  orStopVm(pod: PodVm, what: string, call: () => Promise<unknown>): Promise<void>;
 }
 
 export class GuestContainerOps implements ContainerOps {
@@ -123,16 +125,14 @@ export class GuestContainerOps implements ContainerOps {
 
   async kill(c: PodContainer, execId: string, signal: number, all: boolean): Promise<void> {
     const pod = this.host.alive();
-    await pod.agent.signalProcess(c.id, execId, signal, all);
+    await this.host.orStopVm(pod, "Kill", () => pod.agent.signalProcess(c.id, execId, signal, all));
   }
 
   async remove(c: PodContainer, pod: PodVm | undefined): Promise<void> {
     if (pod) {
-      try {
-        await pod.agent.removeContainer(c.id, true);
-      } catch (e) {
-        if (!isNotFound(e)) throw e;
-      }
+      await this.host.orStopVm(pod, "Delete", () =>
+        pod.agent.removeContainer(c.id, true).catch((e) => isNotFound(e) || Promise.reject(e)),
+      );
     }
     await this.host.release(c);
     this.host.forget(c.id);

@@ -14,6 +14,7 @@ import type { PodNetwork } from "../network/pod-network.ts";
 import type { ContainerdAddress } from "../rootfs/containerd.ts";
 import type { CreateSpec, MountSpec } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
+import type { AgentClientOptions } from "./agent/index.ts";
 import { backendFactory, chooseBackend, type HostKvm, probeHost } from "./backend.ts";
 import {
   type ContainerDisks,
@@ -52,6 +53,8 @@ export interface PodBootDeps {
   runDir: string;
   /** containerd's gRPC socket and our namespace: it names the layers' snapshots (layer cache keys). */
   containerd?: ContainerdAddress;
+  /** The agent client's deadlines (tests shorten them; the defaults are sized for TCG). */
+  agent?: AgentClientOptions;
 }
 
 export const realPodBootDeps: PodBootDeps = {
@@ -181,6 +184,7 @@ export async function bootPod(
       id,
       bundle: plan.bundle,
       runDir: deps.runDir,
+      ...(deps.agent ? { agent: deps.agent } : {}),
       hostname: hostnameOf(oci) || id,
       config: plan.config,
       vcpus: plan.size.vcpus,

@@ -5,11 +5,12 @@ import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
+import { printable } from "../common/text.ts";
 import type { CoveConfig } from "../config/config.ts";
 import type { Hypervisor, NetConfig, RunningVm, VmExit } from "../hypervisor/types.ts";
 import type { NetRecord } from "../network/pod-network.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
-import { AGENT_PORT, AgentClient, vsockDialer } from "./agent/index.ts";
+import { AGENT_PORT, AgentClient, type AgentClientOptions, vsockDialer } from "./agent/index.ts";
 import type { SlotTable } from "./slots.ts";
 
 export const VM_RUN_DIR = "/run/cove/vm";
@@ -18,6 +19,8 @@ export const VMM_PID_FILE = "vmm.pid";
 export const NET_STATE_FILE = "net.json";
 export const GUEST_CID = 3;
 const CONSOLE_TAIL = 8192;
+/** The console tail in an error to containerd: the guest's last words, bounded and escaped. */
+const CONSOLE_IN_ERROR = 2000;
 
 /** Where a pod's VM keeps its sockets: short (Unix socket paths), derived from the pod's first bundle. */
 export function vmWorkDir(bundle: string, runDir = VM_RUN_DIR): string {
@@ -45,6 +48,8 @@ export interface PodBoot {
   nets?: NetConfig[];
   /** What the pod network attach created, recorded for `delete` after a shim crash. */
   netRecord?: NetRecord;
+  /** The agent client's deadlines (tests shorten them). */
+  agent?: AgentClientOptions;
   logger: Logger;
 }
 
@@ -100,7 +105,7 @@ export class PodVm {
         { pid: vm.pid, hypervisor: b.hypervisor.name, disks: b.slots.slots.length + 1, nics: b.nets?.length ?? 0 },
         "pod VM started",
       );
-      const agent = await waitForAgent(vm, b.config.pod.bootTimeoutMs, () => tail);
+      const agent = await waitForAgent(vm, b.config.pod.bootTimeoutMs, () => tail, b.agent);
       const pod = new PodVm(vm, agent, workDir, performance.now() - t0);
       pod.consoleTail = tail;
       vm.console.on("data", (d: Buffer) => {
@@ -140,8 +145,15 @@ export class PodVm {
   }
 }
 
-async function waitForAgent(vm: RunningVm, timeoutMs: number, console: () => string): Promise<AgentClient> {
+async function waitForAgent(
+  vm: RunningVm,
+  timeoutMs: number,
+  consoleTail: () => string,
+  opts: AgentClientOptions = {},
+): Promise<AgentClient> {
   const deadline = Date.now() + timeoutMs;
+  // Guest text (its console, the agent's or the vsock's error) goes to containerd bounded and escaped.
+  const console = () => printable(consoleTail(), CONSOLE_IN_ERROR, "end");
   let exited: VmExit | undefined;
   void vm.wait().then((e) => {
     exited = e;
@@ -151,13 +163,13 @@ async function waitForAgent(vm: RunningVm, timeoutMs: number, console: () => str
     if (exited) {
       throw new TtrpcError(
         Code.UNAVAILABLE,
-        `cove: the pod VM exited during boot (code ${exited.code}, signal ${exited.signal}); console:\n${console().slice(-2000)}`,
+        `cove: the pod VM exited during boot (code ${exited.code}, signal ${exited.signal}); console:\n${console()}`,
       );
     }
     if (Date.now() > deadline) {
       throw new TtrpcError(
         Code.DEADLINE_EXCEEDED,
-        `cove: the guest agent did not answer on vsock port ${AGENT_PORT} within ${timeoutMs} ms (${last}); console:\n${console().slice(-2000)}`,
+        `cove: the guest agent did not answer on vsock port ${AGENT_PORT} within ${timeoutMs} ms (${printable(last, 512)}); console:\n${console()}`,
       );
     }
     let first: Duplex | undefined;
@@ -177,7 +189,7 @@ async function waitForAgent(vm: RunningVm, timeoutMs: number, console: () => str
         return conn;
       }
       return dial(ch);
-    });
+    }, opts);
     try {
       await agent.check({ timeoutMs: Math.max(1000, Math.min(30_000, deadline - Date.now())) });
       return agent;

@@ -83,6 +83,7 @@ export class SandboxRuntime implements TaskRuntime {
       release: (c) => this.release(c),
       forget,
       exit,
+      orStopVm: (pod, what, call) => this.orStopVm(pod, what, call),
     });
   }
 
@@ -147,6 +148,27 @@ export class SandboxRuntime implements TaskRuntime {
         if (pod.exited || pod.stopping) return;
         await new Promise((r) => setTimeout(r, 500));
       }
+    }
+  }
+
+  /**
+   * An agent call that ends a process or a container (Kill, Delete). When the agent does not
+   * answer within the call's deadline, the pod VM is stopped: the whole pod ends, which the watch
+   * above reports as an exit of every process in it, and containerd gets its answer in bounded
+   * time (the deadline plus the VM's stop) instead of a hang. Any other failure is the caller's.
+   */
+  private async orStopVm(pod: PodVm, what: string, call: () => Promise<unknown>): Promise<void> {
+    try {
+      await call();
+    } catch (e) {
+      if (!(e instanceof TtrpcError && e.code === Code.DEADLINE_EXCEEDED) || pod.stopping) throw e;
+      this.log.error(
+        { what, err: e.message },
+        "the guest agent does not answer: stopping the pod VM (every process in it is reported as exited)",
+      );
+      await pod.vm.kill();
+      // The watch's exits go out before this call answers.
+      await new Promise((r) => setImmediate(r));
     }
   }
 
@@ -223,7 +245,11 @@ export class SandboxRuntime implements TaskRuntime {
     const pod = this.pod && !this.pod.exited ? this.pod : undefined;
     if (execId) {
       c.procs.delete(execId);
-      if (pod && p?.started) await pod.agent.deleteProcess(id, execId).catch((e) => isNotFound(e) || Promise.reject(e));
+      if (pod && p?.started) {
+        await this.orStopVm(pod, "Delete", () =>
+          pod.agent.deleteProcess(id, execId).catch((e) => isNotFound(e) || Promise.reject(e)),
+        );
+      }
       return;
     }
     await c.ops.remove(c, pod);

@@ -2,7 +2,11 @@
 // `ok` (or `error <code> <message>`), then raw bytes. See proto/agent/v1/agent.proto.
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { printable } from "../../common/text.ts";
 import { Code, TtrpcError } from "../../ttrpc/index.ts";
+
+/** The longest answer line accepted from the agent. */
+const MAX_ANSWER = 1024;
 
 export type StdioStream = "stdin" | "stdout" | "stderr";
 
@@ -42,10 +46,12 @@ export function handshake(
       for (let d = conn.read() as Buffer | null; d !== null; d = conn.read() as Buffer | null) {
         buf = Buffer.concat([buf, d]);
         const nl = buf.indexOf(10);
-        if (nl < 0) {
-          if (buf.length > 1024) fail(new TtrpcError(Code.INTERNAL, "stdio: malformed answer from the agent"));
-          continue;
+        // Bounded whether or not the line ended in this read: the agent's answer is one short line.
+        if ((nl < 0 ? buf.length : nl) > MAX_ANSWER) {
+          fail(new TtrpcError(Code.INTERNAL, "stdio: malformed answer from the agent"));
+          return;
         }
+        if (nl < 0) continue;
         cleanup();
         const line = buf.subarray(0, nl).toString();
         const rest = buf.subarray(nl + 1);
@@ -54,9 +60,15 @@ export function handshake(
           resolve(conn);
           return;
         }
-        const m = /^error (\d+) (.*)$/.exec(line);
+        const m = /^error (\d{1,2}) (.*)$/.exec(line);
         conn.destroy();
-        reject(new TtrpcError(m ? Number(m[1]) : Code.INTERNAL, m ? m[2]! : `stdio: unexpected answer "${line}"`));
+        const code = m ? Number(m[1]) : Code.INTERNAL;
+        reject(
+          new TtrpcError(
+            code >= Code.CANCELLED && code <= Code.UNAUTHENTICATED ? code : Code.UNKNOWN,
+            printable(m ? m[2]! : `stdio: unexpected answer "${line}"`, MAX_ANSWER),
+          ),
+        );
         return;
       }
     };

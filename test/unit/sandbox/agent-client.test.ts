@@ -134,3 +134,24 @@ test("an agent's error reaches containerd with a known code and a bounded, escap
     await server.close();
   }
 });
+
+test("a stdio answer line is bounded even when it ends within one read", async () => {
+  const [rpcHost] = duplexPair();
+  const agent = await AgentClient.connect(async (ch) => {
+    if (ch === "rpc") return rpcHost;
+    const [h, g] = duplexPair();
+    g.once("data", () => g.write(`error 5 ${"\x1b".repeat(70_000)}\n`));
+    return h;
+  });
+  try {
+    const e = await agent.openStdio("c", "", "stdout").then(
+      () => assert.fail("opened"),
+      (err: unknown) => err,
+    );
+    assert.ok(e instanceof TtrpcError);
+    assert.equal(e.code, Code.INTERNAL);
+    assert.match(e.message, /malformed answer/);
+  } finally {
+    agent.close();
+  }
+});

@@ -39,6 +39,8 @@ export class FakeAgent {
   readonly failOn = new Map<string, TtrpcError>();
   /** Answers nothing (the VM is up but the agent hangs), for Check only. */
   silent = false;
+  /** Methods that never answer (until the call's deadline or connection ends). */
+  readonly hang = new Set<string>();
   readonly containers = new Map<string, Map<string, FakeProc>>();
   sandbox = false;
   private nextPid = 100;
@@ -145,6 +147,7 @@ export class FakeAgent {
     for (const [name, fn] of Object.entries(h)) {
       out[name] = async (req, ctx) => {
         this.calls.push(name);
+        if (this.hang.has(name)) await until(ctx.signal, new Promise(() => undefined));
         const err = this.failOn.get(name);
         if (err) throw err;
         return fn(req, ctx);

@@ -183,6 +183,84 @@ test("a VM that dies mid-call: every live process exits once with 255; later cal
   await rt.shutdown();
 });
 
+/** A CRI pod with one guest container running its init and an exec; the agent answers in 200 ms or never. */
+async function podWithSilentAgentFor(method: string) {
+  host.deps.agent = { deadlines: { SignalProcess: 200, DeleteProcess: 200, RemoveContainer: 200 } };
+  const { rt, events } = runtime();
+  const sb = writeBundle(host.dir, "sb", { sandbox: true, netns: NETNS });
+  await rt.create(createSpec(sb));
+  await rt.start("sb", "");
+  const c = writeBundle(host.dir, "c1", { netns: NETNS });
+  await rt.create(createSpec(c));
+  await rt.start("c1", "");
+  await rt.exec("c1", "e1", { process: { args: ["sh"] }, stdin: "", stdout: "", stderr: "", terminal: false });
+  await rt.start("c1", "e1");
+  const vm = hv.vms[0]!;
+  vm.agent.hang.add(method);
+  return { rt, events, vm, c };
+}
+
+const ALL_GONE = [`c1/=${VM_GONE_STATUS}`, `c1/e1=${VM_GONE_STATUS}`, `sb/=${VM_GONE_STATUS}`];
+assert.equal(VM_GONE_STATUS, 255);
+
+for (const [rpc, method] of [
+  ["Kill", "SignalProcess"],
+  ["Delete", "RemoveContainer"],
+  ["Delete of an exec", "DeleteProcess"],
+] as const) {
+  test(`a silent agent: ${rpc} stops the pod VM after its deadline, every process exits once, disks are freed`, async () => {
+    const { rt, events, vm, c } = await podWithSilentAgentFor(method);
+    try {
+      // containerd deletes an exec once it has exited.
+      if (method === "DeleteProcess") {
+        vm.agent.exit("c1", "e1", 0);
+        await events.until(() => events.exits.length === 1);
+      }
+      const t0 = Date.now();
+      if (method === "SignalProcess") await rt.kill("c1", "", 9, false);
+      else if (method === "DeleteProcess") await rt.delete("c1", "e1");
+      else await rt.delete("c1", "");
+      const took = Date.now() - t0;
+      assert.ok(took >= 200 && took < 3000, `${rpc} answered after ${took} ms`);
+      assert.ok(vm.killed, "the VM was stopped");
+      await events.until(() => events.exits.length === 3);
+      const gone = method === "DeleteProcess" ? ["c1/=255", "c1/e1=0", "sb/=255"] : ALL_GONE;
+      assert.deepEqual(events.exits.map((e) => `${e.id}/${e.execId}=${e.status}`).sort(), gone);
+      // Everything after it answers at once, without the agent.
+      await rt.delete("c1", "e1");
+      await rt.delete("c1", "");
+      assert.ok(!existsSync(join(c.bundle, "work", "cove-upper.ext4")), "the container's disks are freed");
+      await rt.delete("sb", "");
+      assert.equal(host.networks.held, 0);
+      assert.deepEqual(workDirs(), []);
+      assert.equal(events.exits.length, 3, "no process exited twice");
+    } finally {
+      await rt.shutdown(); // a failed assertion must not leave the fake VM's sockets open
+    }
+  });
+}
+
+test("the guest's console in a boot error reaches containerd bounded, with its control characters escaped", async () => {
+  hv.onAgent = (a) => {
+    a.silent = true;
+  };
+  writeFileSync(host.configPath, `cache_dir = "${host.dir}"\nhypervisor = "embedded"\n[pod]\nboot_timeout_ms = 1000\n`);
+  const { rt } = runtime();
+  const booting = rt.create(createSpec(writeBundle(host.dir, "t1"))).then(
+    () => assert.fail("the boot succeeded"),
+    (e: unknown) => e,
+  );
+  await new Promise((r) => setTimeout(r, 200));
+  hv.vms[0]!.console.write(`\x1b]0;owned\x07\x1b[2J${"\r\u202e".repeat(50_000)}last words\n`);
+  const e = await booting;
+  assert.ok(e instanceof TtrpcError && e.code === Code.DEADLINE_EXCEEDED, String(e));
+  assert.ok(e.message.length < 2700, `an error of ${e.message.length} characters`);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: none may be left.
+  assert.doesNotMatch(e.message, /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e]/);
+  assert.match(e.message, /\\x0d\\u202elast words\n$/);
+  await rt.shutdown();
+});
+
 test("an OOM kill the agent reports reaches containerd for a known container only", async () => {
   const { rt, events } = runtime();
   const b = writeBundle(host.dir, "t1");
