@@ -15,6 +15,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import {
   closeSync,
+  copyFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -27,7 +28,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { stringify } from "smol-toml";
 import {
@@ -92,6 +93,21 @@ export interface CtrOptions {
 }
 
 export const COVE_RUNTIME_TYPE = "io.containerd.cove.v2";
+
+/**
+ * For tests outside the smoke set (ctr run, a CRI pod, exec): a reason to skip when the file runs as
+ * a smoke run ($COVE_E2E_SMOKE, set by test/integration/containerd-1.7/), else false.
+ */
+export function beyondSmoke(): false | string {
+  return process.env.COVE_E2E_SMOKE === "1"
+    ? `smoke run on containerd ${containerdUnderTest()}: ctr run, a CRI pod, exec only`
+    : false;
+}
+
+/** The containerd version a test file runs against ($COVE_CONTAINERD, else Debian 12's), for titles. */
+export function containerdUnderTest(): string {
+  return resolveContainerdVersion(process.env.COVE_CONTAINERD).version;
+}
 
 type ConfigOptions = Pick<ContainerdOptions, "criRuntimes" | "cniConfDir" | "cniBinDir" | "sandboxImage" | "logLevel">;
 
@@ -430,6 +446,12 @@ export class Containerd {
       try {
         unlinkSync(s);
       } catch {}
+    }
+    // $COVE_TEST_KEEP_LOGS=<dir>: keep containerd's log (with the shims' lines) for a post-mortem.
+    const keep = process.env.COVE_TEST_KEEP_LOGS;
+    if (keep && existsSync(this.logPath)) {
+      mkdirSync(keep, { recursive: true });
+      copyFileSync(this.logPath, join(keep, `${basename(this.dir)}.log`));
     }
     const stuck = unmountUnder(this.dir);
     if (stuck.length === 0) rmSync(this.dir, { recursive: true, force: true });

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
-import { COVE_RUNTIME_TYPE, Containerd, REPO_ROOT } from "../harness/containerd.ts";
+import { beyondSmoke, COVE_RUNTIME_TYPE, Containerd, containerdUnderTest, REPO_ROOT } from "../harness/containerd.ts";
 import { run as runCmd } from "../harness/exec.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage } from "../harness/image.ts";
 import { mountsUnder, processesWithArg, processesWithCwdUnder, waitFor } from "../harness/processes.ts";
@@ -21,7 +21,7 @@ const skip = requireIntegration([
   { path: "/usr/bin/qemu-system-x86_64", why: "QEMU (qemu-system-x86)" },
 ]);
 
-describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
+describe(`ctr run in a cove microVM (containerd ${containerdUnderTest()})`, { skip, timeout: 600_000 }, () => {
   let cd: Containerd;
   let configPath: string;
   let cacheDir: string;
@@ -82,7 +82,9 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     await nothingLeft("t1");
   });
 
-  test("--mount: a read-only host directory is copied in; a writable one is refused with a clear error", async () => {
+  test("--mount: a read-only host directory is copied in; a writable one is refused with a clear error", {
+    skip: beyondSmoke(),
+  }, async () => {
     const src = join(cd.dir, "mount-ro");
     mkdirSync(join(src, "sub"), { recursive: true });
     writeFileSync(join(src, "sub", "f.txt"), "from-the-host\n");
@@ -101,7 +103,9 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     await nothingLeft("m2");
   });
 
-  test("it runs in the guest kernel, exit codes propagate, stdin reaches the process, the rootfs is writable", async () => {
+  test("it runs in the guest kernel, exit codes propagate, stdin reaches the process, the rootfs is writable", {
+    skip: beyondSmoke(),
+  }, async () => {
     const r = await run(
       "t2",
       [
@@ -119,7 +123,7 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     await nothingLeft("t2");
   });
 
-  test("large output arrives complete before the exit", async () => {
+  test("large output arrives complete before the exit", { skip: beyondSmoke() }, async () => {
     const r = await run("t3", ["/bin/sh", "-c", "seq 1 200000"]);
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.split("\n");
@@ -231,7 +235,9 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     }
   });
 
-  test("ctr run -t: an interactive terminal that follows resizes (driven through tmux)", async () => {
+  test("ctr run -t: an interactive terminal that follows resizes (driven through tmux)", {
+    skip: beyondSmoke(),
+  }, async () => {
     // tmux gives ctr a real pty whose size we set; a resize reaches ctr as SIGWINCH, then the shim's
     // ResizePty, then the guest pty. `stty size` inside prints rows and columns.
     const sock = join(cd.dir, "tmux.sock");
@@ -308,7 +314,9 @@ describe("ctr run in a cove microVM", { skip, timeout: 600_000 }, () => {
     await nothingLeft("tty1");
   });
 
-  test("a container past its memory limit is OOM-killed: exit 137 and an oom event", async () => {
+  test("a container past its memory limit is OOM-killed: exit 137 and an oom event", {
+    skip: beyondSmoke(),
+  }, async () => {
     const ev = spawn(cd.ctrBin, ["-a", cd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
     let events = "";
     ev.stdout.on("data", (d: Buffer) => {

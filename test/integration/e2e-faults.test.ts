@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { VM_RUN_DIR } from "../../src/sandbox/pod.ts";
-import { COVE_RUNTIME_TYPE, Containerd, REPO_ROOT } from "../harness/containerd.ts";
+import { COVE_RUNTIME_TYPE, Containerd, containerdUnderTest, REPO_ROOT } from "../harness/containerd.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage } from "../harness/image.ts";
 import { mountsUnder, processesWithArg, processesWithCwdUnder, waitFor } from "../harness/processes.ts";
 import { requireIntegration } from "../harness/skip.ts";
@@ -33,7 +33,10 @@ const vmDirs = () => {
   }
 };
 
-describe("faults: containerd sees the exit and nothing leaks", { skip, timeout: 600_000 }, () => {
+describe(`faults: containerd sees the exit and nothing leaks (containerd ${containerdUnderTest()})`, {
+  skip,
+  timeout: 600_000,
+}, () => {
   let cd: Containerd;
   let configPath: string;
 

@@ -19,7 +19,7 @@ import {
   removeBridge,
   writeBridgeConflist,
 } from "../harness/cni.ts";
-import { COVE_RUNTIME_TYPE, Containerd, REPO_ROOT } from "../harness/containerd.ts";
+import { COVE_RUNTIME_TYPE, Containerd, containerdUnderTest, REPO_ROOT } from "../harness/containerd.ts";
 import { CriClient, type PodSandboxConfig } from "../harness/cri.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage, pauseImage } from "../harness/image.ts";
 import { processesWithArg, processesWithCwdUnder, waitFor } from "../harness/processes.ts";
@@ -92,7 +92,10 @@ function newRules(before: string[], now: string[]): string[] {
   );
 }
 
-describe("pod networking: real CNI through CRI, one microVM per pod", { skip, timeout: 400_000 }, () => {
+describe(`pod networking: real CNI through CRI, one microVM per pod (containerd ${containerdUnderTest()})`, {
+  skip,
+  timeout: 400_000,
+}, () => {
   let cd: Containerd;
   let cri: CriClient;
   let dir: string;
