@@ -50,10 +50,6 @@ export interface VirtioDevice {
   notify(index: number): void;
   /** Stop all work and forget the queues; the device can be activated again afterwards. */
   reset(): void;
-  /** Resolves once no request started earlier still holds guest memory (blk's thread-pool I/O):
-   * only then may a transport unmap the memory. Devices that touch guest memory only
-   * synchronously need not have it. */
-  drain?(): Promise<void>;
   /** Set when the guest broke the contract; the transport reports DEVICE_NEEDS_RESET. */
   readonly needsReset: string | undefined;
   /** Transport hook: called when needsReset becomes set. */

@@ -5,6 +5,7 @@
 // (us → guest interrupt). Config space goes through GET_CONFIG/SET_CONFIG; a config change
 // (blk capacity) is announced on the slave channel.
 import { existsSync, fstatSync, unlinkSync } from "node:fs";
+import { bindPrivate } from "../../common/private-socket.ts";
 import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import { eventfdRead, eventfdWrite } from "../../native/eventfd.ts";
 import { closeFd, recvWithFds, sendWithFds, unixAccept, unixListen } from "../../native/fdpass.ts";
@@ -65,8 +66,8 @@ export class VhostUserBackend {
   private slaveFd = -1;
   private readonly rings: Vring[];
   private mem: GuestMemory | undefined;
-  /** The current table's mmaps: unmapped when the table is replaced or the frontend goes, once the
-   * device has drained (never left to the garbage collector, which may keep them for long). */
+  /** The current table's mmaps: unmapped when the table is replaced or the frontend goes, once no
+   * operation holds the memory (never left to the garbage collector, which may keep them for long). */
   private mappings: ArrayBuffer[] = [];
   /** Errors a frontend can provoke per message or per kick (bad fds): rate-limited. */
   private readonly peerError: RateLimitedLog;
@@ -104,7 +105,8 @@ export class VhostUserBackend {
 
   listen(): void {
     if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
-    this.listenFd = unixListen(this.socketPath, 1);
+    // QEMU runs as root: nobody else may connect and pose as the frontend.
+    this.listenFd = bindPrivate(this.socketPath, () => unixListen(this.socketPath, 1));
     this.listenPoll = pollFd(this.listenFd, POLL_READABLE, () => this.onAccept());
   }
 
@@ -227,8 +229,8 @@ export class VhostUserBackend {
         replied = true;
         break;
       case Req.SET_MEM_TABLE:
-        this.setMemTable(p, fds);
-        fds = [];
+        // It owns the fds from here (it closes them, also when it fails).
+        this.setMemTable(p, fds.splice(0));
         break;
       case Req.SET_VRING_NUM: {
         need(8);
@@ -361,7 +363,7 @@ export class VhostUserBackend {
         this.log.debug({ gpa: gpa.toString(16), size, uva: uva.toString(16), off }, "guest memory region");
       }
       const mem = new GuestMemory(regions);
-      const old = this.mappings;
+      const old = { mem: this.mem, maps: this.mappings };
       this.mem = mem;
       this.mappings = maps;
       adopted = true;
@@ -378,7 +380,7 @@ export class VhostUserBackend {
         }
         this.maybeActivate();
       }
-      this.release(old);
+      this.release(old.mem, old.maps);
     } catch (e) {
       if (!adopted) for (const m of maps) unmap(m);
       throw e;
@@ -387,18 +389,14 @@ export class VhostUserBackend {
     }
   }
 
-  /** Unmaps a table's mappings once the device holds nothing in them (blk I/O on the thread pool). */
-  private release(maps: ArrayBuffer[]): void {
+  /** Unmaps a table's mappings once no operation holds its memory (blk I/O on the thread pool). */
+  private release(mem: GuestMemory | undefined, maps: ArrayBuffer[]): void {
     if (maps.length === 0) return;
     const unmapAll = () => {
       for (const m of maps) unmap(m);
     };
-    const drained = this.device.drain?.();
-    if (!drained) unmapAll();
-    else
-      drained.then(unmapAll, (e: unknown) =>
-        this.log.error({ err: (e as Error).message }, "device drain failed; old guest memory stays mapped"),
-      );
+    if (!mem) unmapAll();
+    else void mem.unheld().then(unmapAll);
   }
 
   private setKick(i: number, r: Vring, fd: number | undefined): void {
@@ -618,8 +616,8 @@ export class VhostUserBackend {
     this.got = 0;
     this.inPayload = false;
     this.outbox = [];
+    this.release(this.mem, this.mappings);
     this.mem = undefined;
-    this.release(this.mappings);
     this.mappings = [];
     this.features = 0n;
     this.protocolFeatures = 0n;
