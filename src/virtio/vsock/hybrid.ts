@@ -3,9 +3,10 @@
 //    then the socket is a raw byte stream to the guest's port.
 //  - guest → host: a guest connection to host port P is forwarded to the Unix socket <uds>_<P>
 //    when something listens there; otherwise the guest gets RST.
-import { existsSync, unlinkSync } from "node:fs";
+import { chmodSync, existsSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { PRIVATE_SOCKET_MODE, underPrivateUmask } from "../../common/private-socket.ts";
 import { defaultLogger, type Logger } from "../log.ts";
 import type { VsockStream } from "./connection.ts";
 import type { VsockDevice } from "./device.ts";
@@ -33,12 +34,20 @@ export class HybridVsock {
     if (existsSync(this.udsPath)) unlinkSync(this.udsPath);
     const server = createServer((s) => this.onClient(s));
     this.server = server;
+    // The socket reaches the guest's ports: root only (0600), like the shim's own socket.
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(this.udsPath, () => {
-        server.off("error", reject);
-        resolve();
-      });
+      underPrivateUmask(() =>
+        server.listen(this.udsPath, () => {
+          server.off("error", reject);
+          try {
+            chmodSync(this.udsPath, PRIVATE_SOCKET_MODE);
+            resolve();
+          } catch (e) {
+            reject(e);
+          }
+        }),
+      );
     });
   }
 
