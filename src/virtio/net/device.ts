@@ -50,6 +50,8 @@ export const TX_QUEUE = 1;
 
 /** Frames handled per event-loop turn and direction, so a busy link cannot starve the loop. */
 export const NET_BATCH = 128;
+/** How soon a frame waiting for more rx buffers than the guest posted looks again. */
+const RX_RETRY_MS = 10;
 
 export interface NetOptions {
   backend: NetBackend;
@@ -89,6 +91,7 @@ export class NetDevice implements VirtioDevice {
   private wantRead = false;
   private wantWrite = false;
   private rxScheduled = false;
+  private rxRetry: NodeJS.Timeout | undefined;
   private txScheduled = false;
 
   constructor(opts: NetOptions) {
@@ -168,6 +171,8 @@ export class NetDevice implements VirtioDevice {
 
   reset(): void {
     this.ctx = undefined;
+    clearTimeout(this.rxRetry);
+    this.rxRetry = undefined;
     this.pendingRx = undefined;
     this.pendingTx = undefined;
     this.watch(false, false);
@@ -313,9 +318,15 @@ export class NetDevice implements VirtioDevice {
       const r = this.deliver(q, this.pendingRx);
       if (r === "wait") {
         if (q.broken) return;
-        if (q.enableNotification()) continue;
+        // The frame needs more buffers than are posted. Retry only if more arrived meanwhile:
+        // "any pending" would retry the same too-few buffers forever (a guest-made spin).
+        const had = q.pending();
+        if (q.enableNotification() && q.pending() > had) continue;
         this.metrics.rxNoBuffers++;
         this.watch(false, this.wantWrite);
+        // An EVENT_IDX driver is not asked to kick for buffers it adds behind those already
+        // posted (avail_event is where we stopped), so look again shortly rather than never.
+        if (had > 0) this.scheduleRxRetry();
         break;
       }
       this.pendingRx = undefined;
@@ -368,6 +379,15 @@ export class NetDevice implements VirtioDevice {
     this.metrics.rxBuffers += chains.length;
     this.metrics.rxBytes += frame.length - NET_HDR_SIZE;
     return "delivered";
+  }
+
+  private scheduleRxRetry(): void {
+    if (this.rxRetry) return;
+    this.rxRetry = setTimeout(() => {
+      this.rxRetry = undefined;
+      this.processRx();
+    }, RX_RETRY_MS);
+    this.rxRetry.unref();
   }
 
   private scheduleRx(): void {
