@@ -296,7 +296,7 @@ async function oneCase(rng: Rng, rec: Recorder): Promise<void> {
   }
   await new Promise((r) => setImmediate(r));
   rec.bounded("fdsLeftAfterClose", openFds() - baseline.fds, 0);
-  if (rng.chance(0.05)) rec.bounded("mappingsLeftAfterClose", mappings(), 0);
+  rec.bounded("mappingsLeftAfterClose", mappings(), 0);
 }
 
 export const fuzzer: Fuzzer = {

@@ -367,20 +367,20 @@ export class VhostUserBackend {
       this.mem = mem;
       this.mappings = maps;
       adopted = true;
-      // Rings already running keep their indexes but must use the new mappings.
-      if (this.active) {
+      // Rings keep their indexes but must use the new mappings; the device lets go of the old
+      // ones first, then they are released (before anything below can throw and skip it).
+      const wasActive = this.active;
+      if (wasActive) {
         this.resetDevice();
         this.active = false;
-        for (const [i, r] of this.rings.entries()) {
-          if (r.queue) {
-            r.base = r.queue.nextAvail;
-            r.queue = undefined;
-          }
-          if (r.started) this.buildQueue(i, r);
-        }
-        this.maybeActivate();
+      }
+      for (const r of this.rings) {
+        if (r.queue) r.base = r.queue.nextAvail;
+        r.queue = undefined;
       }
       this.release(old.mem, old.maps);
+      for (const [i, r] of this.rings.entries()) if (r.started) this.buildQueue(i, r);
+      if (wasActive) this.maybeActivate();
     } catch (e) {
       if (!adopted) for (const m of maps) unmap(m);
       throw e;
