@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-echo "==> cove install (shim on containerd's PATH, /etc/cove/cove.toml)"
-bin/cove install --force   # the shim of the checkout being set up replaces any earlier link
+echo "==> cove install (/opt/cove; cove and the shim on PATH; /etc/cove/cove.toml; containerd's config)"
+bin/cove install --force   # this checkout's build replaces any earlier links
 echo "==> cove check"
 bin/cove check || true
 echo "==> ctr run --runtime io.containerd.cove.v2 (a busybox image built locally)"

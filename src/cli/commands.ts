@@ -4,5 +4,12 @@ import type { Command } from "./command.ts";
 import { guestBuild } from "./guest.ts";
 import { helpCommand } from "./help.ts";
 import { installCommand } from "./install.ts";
+import { uninstallCommand } from "./uninstall.ts";
 
-export const COMMANDS: readonly Command[] = [guestBuild, checkCommand, installCommand, helpCommand(() => COMMANDS)];
+export const COMMANDS: readonly Command[] = [
+  guestBuild,
+  checkCommand,
+  installCommand,
+  uninstallCommand,
+  helpCommand(() => COMMANDS),
+];

@@ -1,9 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { test } from "node:test";
-import { install } from "../../../src/cli/install.ts";
 import { defaultConfig } from "../../../src/config/config.ts";
 import { podOverrides } from "../../../src/sandbox/overrides.ts";
 import { fitSlots, SlotTable } from "../../../src/sandbox/slots.ts";
@@ -71,29 +67,4 @@ test("annotation overrides apply only when allowed, and are validated", () => {
   assert.equal(some.vcpus, c.guest.vcpus);
   c.pod.allowedAnnotations = ["io.cove.*"];
   assert.throws(() => podOverrides({ "io.cove.vcpus": "lots" }, c), /integer/);
-});
-
-test("cove install links the shim and writes the config only when absent", () => {
-  const d = mkdtempSync(join(tmpdir(), "cove-install-"));
-  try {
-    const root = join(d, "repo");
-    mkdirSync(join(root, "bin"), { recursive: true });
-    mkdirSync(join(root, "dist"));
-    mkdirSync(join(root, "config"));
-    writeFileSync(join(root, "bin", "containerd-shim-cove-v2"), "#!/bin/sh\n");
-    writeFileSync(join(root, "dist", "containerd-shim-cove-v2.cjs"), "");
-    writeFileSync(join(root, "config", "cove.toml"), "# defaults\n");
-    const cfg = join(d, "etc", "cove.toml");
-    const r = install({ binDir: join(d, "bin"), configPath: cfg, root });
-    assert.equal(readlinkSync(r.shim), join(root, "bin", "containerd-shim-cove-v2"));
-    assert.equal(readFileSync(cfg, "utf8"), "# defaults\n");
-    writeFileSync(cfg, "mine\n");
-    const again = install({ binDir: join(d, "bin"), configPath: cfg, root });
-    assert.match(again.lines[0]!, /already installed/);
-    assert.equal(readFileSync(cfg, "utf8"), "mine\n", "an existing config is kept");
-    writeFileSync(join(d, "bin", "other"), "");
-    assert.ok(existsSync(r.shim));
-  } finally {
-    rmSync(d, { recursive: true, force: true });
-  }
 });
