@@ -34,6 +34,9 @@ import { VolumeSync } from "./volume-sync.ts";
 
 export { VM_GONE_STATUS };
 
+/** The OOM long poll runs at most 1000 / OOM_POLL_MIN_MS times a second. */
+export const OOM_POLL_MIN_MS = 10;
+
 export interface SandboxOptions {
   logger: Logger;
   /** cove.toml path the shim was started with (runtime options of `start`), if any. */
@@ -139,11 +142,19 @@ export class SandboxRuntime implements TaskRuntime {
     void this.oomLoop(pod);
   }
 
+  /**
+   * Polls the agent for OOM kills. The agent answers whenever it likes, so a hostile one could make
+   * this loop spin on round trips: at most one poll per OOM_POLL_MIN_MS (the events publisher sends
+   * containerd at most one TaskOOM per container per second anyway).
+   */
   private async oomLoop(pod: PodVm): Promise<void> {
     while (!pod.exited && !pod.stopping) {
       try {
+        const t0 = Date.now();
         const id = await pod.agent.getOomEvent();
         if (id && this.containers.has(id)) this.events?.oom(id);
+        const wait = t0 + OOM_POLL_MIN_MS - Date.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       } catch {
         if (pod.exited || pod.stopping) return;
         await new Promise((r) => setTimeout(r, 500));

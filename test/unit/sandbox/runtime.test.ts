@@ -9,7 +9,7 @@ import { afterEach, beforeEach, test } from "node:test";
 import { pino } from "pino";
 import { registerBackend, unregisterBackend } from "../../../src/sandbox/backend.ts";
 import { Rollback } from "../../../src/sandbox/rollback.ts";
-import { SandboxRuntime, VM_GONE_STATUS } from "../../../src/sandbox/sandbox.ts";
+import { OOM_POLL_MIN_MS, SandboxRuntime, VM_GONE_STATUS } from "../../../src/sandbox/sandbox.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
 import { createSpec, type FakeHypervisor, fakeHost, RecordedEvents, writeBundle } from "./fake-pod.ts";
 
@@ -259,6 +259,26 @@ test("the guest's console in a boot error reaches containerd bounded, with its c
   assert.doesNotMatch(e.message, /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e]/);
   assert.match(e.message, /\\x0d\\u202elast words\n$/);
   await rt.shutdown();
+});
+
+test("an agent that answers the OOM poll at once, forever, gets at most one poll per OOM_POLL_MIN_MS", async () => {
+  hv.onAgent = (a) => {
+    for (let i = 0; i < 100_000; i++) a.pendingOoms.push("t1");
+  };
+  const { rt } = runtime();
+  await rt.create(createSpec(writeBundle(host.dir, "t1")));
+  try {
+    const agent = hv.vms[0]!.agent;
+    const polls = () => agent.calls.filter((c) => c === "GetOOMEvent").length;
+    const p0 = polls();
+    const t0 = Date.now();
+    await new Promise((r) => setTimeout(r, 500));
+    const n = polls() - p0;
+    const bound = Math.ceil((Date.now() - t0) / OOM_POLL_MIN_MS) + 1;
+    assert.ok(n >= 5 && n <= bound, `${n} polls in ${Date.now() - t0} ms (bound ${bound})`);
+  } finally {
+    await rt.shutdown();
+  }
 });
 
 test("an OOM kill the agent reports reaches containerd for a known container only", async () => {
