@@ -10,7 +10,7 @@ export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal";
 export interface CoveConfig {
   hypervisor: HypervisorChoice;
   cacheDir: string;
-  guest: { kernel: string; image: string; vcpus: number; memoryMib: number };
+  guest: GuestConfig;
   qemu: {
     binary: string;
     /** Under TCG: QEMU's translation-cache size in MiB; 0: QEMU's default (1 GiB on 7.2). */
@@ -20,6 +20,20 @@ export interface CoveConfig {
   log: { level: LogLevel };
   /** Where the values came from: a file path, or "built-in defaults". */
   source: string;
+}
+
+/** The guest a pod VM boots, and how big the VM is (src/sandbox/vm-size.ts). */
+export interface GuestConfig {
+  kernel: string;
+  image: string;
+  /** vCPUs of a pod without a CPU limit. */
+  vcpus: number;
+  /** What the guest itself needs: the VM of a pod without a memory limit; added to a pod's limit. */
+  memoryMib: number;
+  /** The most vCPUs a pod's CPU limit may give its VM; 0: the host's CPU count. */
+  maxVcpus: number;
+  /** The most memory a pod's memory limit may give its VM; 0: the host's memory. */
+  maxMemoryMib: number;
 }
 
 /** How a pod VM is laid out and waited for. */
@@ -64,6 +78,8 @@ export function defaultConfig(): CoveConfig {
       image: builtImagePath(DEFAULT_CACHE_DIR),
       vcpus: 1,
       memoryMib: 256,
+      maxVcpus: 0,
+      maxMemoryMib: 0,
     },
     qemu: { binary: "qemu-system-x86_64", tcgTbSizeMib: DEFAULT_TCG_TB_SIZE_MIB },
     pod: { layerSlots: 4, writableSlots: 2, writableLayerMib: 1024, bootTimeoutMs: 120_000, allowedAnnotations: [] },
@@ -128,7 +144,7 @@ export function parseConfig(text: string, file: string): CoveConfig {
   const cacheDir = str(doc, "cache_dir", "", file, d.cacheDir) || d.cacheDir;
 
   const guest = subTable(doc, "guest", file);
-  onlyKeys(guest, "guest.", ["kernel", "image", "vcpus", "memory_mib"], file);
+  onlyKeys(guest, "guest.", ["kernel", "image", "vcpus", "memory_mib", "max_vcpus", "max_memory_mib"], file);
   const qemu = subTable(doc, "qemu", file);
   onlyKeys(qemu, "qemu.", ["binary", "tcg_tb_size_mib"], file);
   const pod = subTable(doc, "pod", file);
@@ -158,6 +174,8 @@ export function parseConfig(text: string, file: string): CoveConfig {
       image: str(guest, "image", "guest.", file, "") || builtImagePath(cacheDir),
       vcpus: int(guest, "vcpus", "guest.", file, d.guest.vcpus, 1, 255),
       memoryMib: int(guest, "memory_mib", "guest.", file, d.guest.memoryMib, 64, 1 << 20),
+      maxVcpus: int(guest, "max_vcpus", "guest.", file, d.guest.maxVcpus, 0, 255),
+      maxMemoryMib: int(guest, "max_memory_mib", "guest.", file, d.guest.maxMemoryMib, 0, 1 << 20),
     },
     qemu: {
       binary: str(qemu, "binary", "qemu.", file, d.qemu.binary) || d.qemu.binary,

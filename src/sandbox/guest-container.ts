@@ -29,6 +29,8 @@ export interface GuestContainerHost {
   readonly volumes: VolumeSync;
   /** Gives the guest the pod's DNS if this container mounts a resolv.conf the guest has not seen. */
   dnsFromContainer(pod: PodVm, oci: Json): Promise<void>;
+  /** A warning when this container's memory limit does not fit the pod's VM (vm-size.ts). */
+  memoryFit(oci: Json): string | undefined;
   /** Releases the container's volumes, disks and files. */
   release(c: PodContainer): Promise<void>;
   /** Drops the container from the table. */
@@ -57,6 +59,9 @@ export class GuestContainerOps implements ContainerOps {
       for (const i of prepared.inserts) await pod.changeMedia(i.serial, i.path);
     }
     await h.dnsFromContainer(pod, oci);
+    // No memory hotplug: a limit the VM cannot meet still applies in the guest, and is said so.
+    const unfit = h.memoryFit(oci);
+    if (unfit) h.log.warn({ id: c.id }, unfit);
     const io = new ProcessIo(spec, h.log.child({ id: c.id }));
     const vols = planVolumes(oci);
     for (const n of vols.notes) h.log.info({ id: c.id }, n);

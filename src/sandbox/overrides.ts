@@ -18,12 +18,13 @@ function intValue(key: string, v: string, min: number, max: number): number {
   return n;
 }
 
+/** `base` (default: the [guest] values) with the allowed io.cove.* annotations applied over it. */
 export function podOverrides(
   annotations: Record<string, string>,
   config: CoveConfig,
+  base: { vcpus: number; memoryMib: number } = config.guest,
 ): { vcpus: number; memoryMib: number; notes: string[] } {
-  let vcpus = config.guest.vcpus;
-  let memoryMib = config.guest.memoryMib;
+  let { vcpus, memoryMib } = base;
   const notes: string[] = [];
   for (const [key, value] of Object.entries(annotations)) {
     if (key !== ANNOTATION_VCPUS && key !== ANNOTATION_MEMORY_MIB) continue;

@@ -7,6 +7,7 @@
 // VM itself (sandbox-container.ts); every other container runs in the guest (guest-container.ts).
 // It also watches the VM (an unexpected exit ends every process; OOM events) and tears the pod down.
 import type { Logger } from "pino";
+import type { CoveConfig } from "../config/config.ts";
 import type { PodNetwork } from "../network/pod-network.ts";
 import { messageType } from "../proto/root.ts";
 import type { ContainerdAddress } from "../rootfs/containerd.ts";
@@ -29,7 +30,9 @@ import {
   preflight,
   realPodBootDeps,
 } from "./pod-boot.ts";
+import { containerMemoryLimit } from "./pod-resources.ts";
 import { isSandboxContainer, SandboxContainerOps } from "./sandbox-container.ts";
+import { memoryFitWarning } from "./vm-size.ts";
 import { VolumeSync } from "./volume-sync.ts";
 
 export { VM_GONE_STATUS };
@@ -58,6 +61,8 @@ export class SandboxRuntime implements TaskRuntime {
   private net?: PodNetwork;
   /** The resolv.conf the guest has been given (a container's mount may name it first). */
   private dnsFrom?: string;
+  /** The booted VM's memory, and the config that says how much of it the guest itself needs. */
+  private vmSize?: { memoryMib: number; config: CoveConfig };
   private readonly containers = new ContainerTable();
   private shuttingDown = false;
   /** Read-only host volumes copied into the guest, kept in step with the host. */
@@ -83,6 +88,8 @@ export class SandboxRuntime implements TaskRuntime {
       disks: () => this.disks!,
       volumes: this.volumes,
       dnsFromContainer: (pod, oci) => this.dnsFromContainer(pod, oci),
+      memoryFit: (oci) =>
+        this.vmSize && memoryFitWarning(containerMemoryLimit(oci), this.vmSize.memoryMib, this.vmSize.config),
       release: (c) => this.release(c),
       forget,
       exit,
@@ -113,6 +120,7 @@ export class SandboxRuntime implements TaskRuntime {
     try {
       const b = await this.booting;
       this.pod = b.pod;
+      this.vmSize = { memoryMib: plan.size.memoryMib, config: plan.config };
       this.disks = b.disks;
       this.net = b.net;
       this.dnsFrom = b.dnsFrom;

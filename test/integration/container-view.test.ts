@@ -3,7 +3,7 @@
 // user, environment, working directory, hostname and DNS; every difference must be one that
 // docs/container-view.md explains (test/harness/probe/compare.ts holds the same list).
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
@@ -13,7 +13,8 @@ import { writeCoveConfig } from "../harness/cove-config.ts";
 import { CriClient, type PodSandboxConfig } from "../harness/cri.ts";
 import { buildImage, busyboxImage, importImage, pauseImage } from "../harness/image.ts";
 import { type CgroupLimits, cgroupV2Problems, formatDifference, judge, type Via } from "../harness/probe/compare.ts";
-import { type Probe, probeCri, probeCtr } from "../harness/probe/run.ts";
+import { criRun, type Probe, probeCri, probeCtr } from "../harness/probe/run.ts";
+import { processesWithCwdUnder } from "../harness/processes.ts";
 import { requireIntegration } from "../harness/skip.ts";
 
 const art = guestArtifacts();
@@ -30,6 +31,19 @@ const MEMORY = 128 * 1024 * 1024;
 const CPU_QUOTA = 50_000;
 const CPU_PERIOD = 100_000;
 const CPU_SHARES = 512;
+
+/** Resident host memory (MiB) of the processes working under `dir`: the pods' shims and VMs. */
+function podRssMib(dir: string): number {
+  let kib = 0;
+  for (const p of processesWithCwdUnder(dir)) {
+    try {
+      kib += Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${p.pid}/status`, "utf8"))?.[1] ?? 0);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return Math.round(kib / 1024);
+}
 
 /** Fails on any difference docs/container-view.md does not explain, and on cove's cgroup rows unlike runc's v2. */
 function compare(what: string, via: Via, runc: Probe, cove: Probe, limits: CgroupLimits): void {
@@ -156,5 +170,51 @@ describe("the container's view: cove against runc", { skip, timeout: 900_000 }, 
     );
     assert.deepEqual(coveUser!.get("ids"), ["uid=1000 gid=1000 groups=1000,2000,3000"]);
     assert.ok(coveUser!.get("env")?.includes("HOME=/"), "HOME=/ for a user /etc/passwd does not name, as runc");
+  });
+
+  test("the VM is sized from the pod: 1 GiB + the guest's base, 2 vCPUs; 900 MiB touched; a later container that does not fit is warned about", async () => {
+    const GiB = 1024 * 1024 * 1024;
+    const resources = { memory_limit_in_bytes: String(GiB), cpu_quota: "200000", cpu_period: "100000" };
+    const pod: PodSandboxConfig = {
+      metadata: { name: "sized", uid: `sized-${Date.now()}`, namespace: "default", attempt: 0 },
+      hostname: "sized",
+      log_directory: join(dir, "logs", "sized"),
+      linux: { security_context: { namespace_options: { pid: 1 } }, resources },
+    };
+    mkdirSync(pod.log_directory!, { recursive: true });
+    const podId = await cri.runPodSandbox(pod, "cove");
+    try {
+      assert.match(cd.log(), /VM sized from the pod/, "the shim logs the size and where it came from");
+      // Nothing pre-faults guest RAM: the shim and its VM hold far less than the VM's 1280 MiB.
+      const rssMib = podRssMib(cd.dir);
+      assert.ok(rssMib < 640, `host memory after boot: ${rssMib} MiB for a 1280 MiB VM`);
+      const big = await criRun(cri, podId, pod, "big", {
+        // dd's 900 MiB buffer is filled from /dev/zero: every page touched
+        args: [
+          "dd if=/dev/zero of=/dev/null bs=900M count=1 && cat /sys/fs/cgroup/memory.peak && nproc && grep MemTotal /proc/meminfo",
+        ],
+        linux: { resources: { memory_limit_in_bytes: String(GiB), cpu_quota: "200000", cpu_period: "100000" } },
+      });
+      assert.equal(big.exit, 0, `900 MiB under a 1 GiB limit:\n${big.out}`);
+      console.log(
+        `host memory of the pod's shim + VM: ${rssMib} MiB after boot, ${podRssMib(cd.dir)} MiB after 900 MiB touched`,
+      );
+      const [peak, nproc, memTotal] = big.out.trim().split("\n").slice(-3);
+      assert.ok(Number(peak) >= 900 * 1024 * 1024, `memory.peak ${peak}`);
+      assert.equal(nproc, "2", "nproc in a 2-CPU pod");
+      const kib = Number(/(\d+)/.exec(memTotal ?? "")?.[1]);
+      assert.ok(kib > 1200 * 1024 && kib <= 1280 * 1024, `MemTotal ${kib} KiB: the guest's 256 MiB + the pod's 1 GiB`);
+
+      const late = await criRun(cri, podId, pod, "late", {
+        args: ["cat /sys/fs/cgroup/memory.max"],
+        linux: { resources: { memory_limit_in_bytes: String(2 * GiB) } },
+      });
+      assert.equal(late.exit, 0);
+      assert.equal(late.out.trim(), String(2 * GiB), "its limit applies inside the guest as asked");
+      assert.match(cd.log(), /memory limit of 2048 MiB does not fit the pod's VM/, "a clear warning in the log");
+    } finally {
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+    }
   });
 });

@@ -68,22 +68,24 @@ export function criLogStdout(text: string): string {
   return out;
 }
 
-/** Creates and starts a container running the probe in `podId`, waits for its exit, parses its log. */
-export async function probeCri(
+/**
+ * Creates and starts a container in `podId` (busybox; `config.args` run by `sh -c`), waits for its
+ * exit, removes it, and returns its exit code and CRI-logged stdout.
+ */
+export async function criRun(
   cri: CriClient,
   podId: string,
   pod: PodSandboxConfig,
   name: string,
   config: Partial<ContainerConfig> = {},
-): Promise<Probe> {
-  if (!pod.log_directory) throw new Error("probeCri: the pod needs a log_directory");
+): Promise<{ exit: number; out: string }> {
+  if (!pod.log_directory) throw new Error("criRun: the pod needs a log_directory");
   const id = await cri.createContainer(
     podId,
     {
       metadata: { name },
       image: { image: BUSYBOX_IMAGE_REF },
       command: ["/bin/sh", "-c"],
-      args: [PROBE_SCRIPT],
       log_path: `${name}.log`,
       ...config,
     },
@@ -92,15 +94,27 @@ export async function probeCri(
   await cri.startContainer(id);
   let status = { state: "", exit_code: 0 };
   await waitFor(
-    `probe container ${name} to exit`,
+    `container ${name} to exit`,
     async () => {
       status = (await cri.containerStatus(id)).status;
       return status.state === "CONTAINER_EXITED";
     },
     120_000,
   );
-  const log = readFileSync(join(pod.log_directory, `${name}.log`), "utf8");
-  if (status.exit_code !== 0) throw new Error(`probe ${name}: exit ${status.exit_code}\n${log.slice(-2000)}`);
+  const out = criLogStdout(readFileSync(join(pod.log_directory, `${name}.log`), "utf8"));
   await cri.removeContainer(id);
-  return parseProbe(criLogStdout(log));
+  return { exit: status.exit_code, out };
+}
+
+/** criRun with the probe as the container's process; throws unless it exits 0. */
+export async function probeCri(
+  cri: CriClient,
+  podId: string,
+  pod: PodSandboxConfig,
+  name: string,
+  config: Partial<ContainerConfig> = {},
+): Promise<Probe> {
+  const r = await criRun(cri, podId, pod, name, { ...config, args: [PROBE_SCRIPT] });
+  if (r.exit !== 0) throw new Error(`probe ${name}: exit ${r.exit}\n${r.out.slice(-2000)}`);
+  return parseProbe(r.out);
 }
