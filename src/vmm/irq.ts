@@ -34,7 +34,15 @@ export class GsiRouter {
   /** KVM_SET_GSI_ROUTING calls made (tests, metrics). */
   commits = 0;
 
-  constructor(private readonly vm: Pick<Vm, "setGsiRouting">) {}
+  constructor(
+    private readonly vm: Pick<Vm, "setGsiRouting">,
+    /**
+     * KVM refused the table. flush() runs where a device raises an interrupt (a completion on the
+     * event loop), so it never throws: the owner hears of it here (the machine stops the VM: a
+     * host bug, as when a vCPU exit handler throws).
+     */
+    private readonly onError: (err: Error) => void = () => {},
+  ) {}
 
   /** A GSI number for a new MSI vector (not routed until setMsi). */
   allocate(): number {
@@ -59,13 +67,20 @@ export class GsiRouter {
 
   /**
    * Sends the table to KVM if `gsi`'s route (or, without an argument, any route) changed since
-   * the last time: called right before an interrupt is injected through `gsi`.
+   * the last time: called right before an interrupt is injected through `gsi`. Returns false if
+   * KVM refused it (onError was told; the interrupt should not go out).
    */
-  flush(gsi?: number): void {
-    if (this.dirty.size === 0 || (gsi !== undefined && !this.dirty.has(gsi))) return;
+  flush(gsi?: number): boolean {
+    if (this.dirty.size === 0 || (gsi !== undefined && !this.dirty.has(gsi))) return true;
     this.dirty.clear();
     this.commits++;
-    this.vm.setGsiRouting(this.table());
+    try {
+      this.vm.setGsiRouting(this.table());
+      return true;
+    } catch (e) {
+      this.onError(e as Error);
+      return false;
+    }
   }
 
   /** The table as it is sent to KVM. */

@@ -85,7 +85,10 @@ export class Machine {
     readonly vm: Vm,
     private readonly ram: GuestRam,
   ) {
-    this.router = new GsiRouter(vm);
+    this.router = new GsiRouter(vm, (err) => {
+      cfg.log.error({ err: err.message }, "KVM refused the interrupt routing table; stopping the VM");
+      this.resolveStopped({ kind: "error", message: `KVM_SET_GSI_ROUTING failed: ${err.message}` });
+    });
     this.pio = new Bus("pio", cfg.log);
     this.mmio = new Bus("mmio", cfg.log);
     this.stopped = new Promise((res) => {

@@ -60,8 +60,8 @@ export class KvmMmioInterrupts implements MmioInterrupts {
   msiSignal(v: number): void {
     const vec = this.vectors.get(v);
     if (!vec?.assigned) return;
-    this.router.flush(vec.gsi); // the route the guest programmed last, before the interrupt uses it
-    eventfdWrite(vec.fd);
+    // The route the guest programmed last goes to KVM before the interrupt uses it.
+    if (this.router.flush(vec.gsi)) eventfdWrite(vec.fd);
   }
 
   close(): void {

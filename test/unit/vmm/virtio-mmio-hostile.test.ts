@@ -93,4 +93,26 @@ describe("virtio-mmio against a hostile guest", () => {
     interrupts.close();
     t.close();
   });
+
+  test("KVM refusing the routing table at an interrupt is reported, never thrown into the device", () => {
+    const vm = {
+      checkExtension: () => 1,
+      irqfd() {},
+      setGsiRouting() {
+        throw new Error("KVM_SET_GSI_ROUTING: EINVAL");
+      },
+    } as unknown as Vm;
+    const errors: string[] = [];
+    const interrupts = new KvmMmioInterrupts(vm, new GsiRouter(vm, (e) => errors.push(e.message)), 5);
+    const { t, w16, w32, negotiate, driverOk, device } = rig({ interrupts });
+    negotiate([0]);
+    w16(REG.MSI_CSR, 0x8000);
+    w32(REG.MSI_ADDRESS_LOW, 0xfee00000);
+    w16(REG.MSI_COMMAND, (MSI_CMD_UPDATE << 12) | 1);
+    driverOk();
+    (device as FakeDevice).ctx?.interrupt.queue(0); // a completion on the event loop: must not throw
+    assert.deepEqual(errors, ["KVM_SET_GSI_ROUTING: EINVAL"]);
+    interrupts.close();
+    t.close();
+  });
 });
