@@ -283,11 +283,7 @@ function observe(w: World): void {
   rec.bounded("connections", dev.connectionCount, MAX_CONNECTIONS);
   rec.bounded("pendingResets", dev.pendingResets, MAX_PENDING_RST + MAX_CONNECTIONS);
   // Sharper than the documented bound: beyond MAX_PENDING_RST, only RSTs owed to connections.
-  rec.bounded(
-    "pendingResetsBeyondConnectionsOpened",
-    dev.pendingResets - dev.metrics.connectionsOpened - w.connects.size,
-    MAX_PENDING_RST,
-  );
+  rec.bounded("pendingResetsBeyondConnections", dev.pendingResets - dev.metrics.connectionsCreated, MAX_PENDING_RST);
   // Warnings are rate-limited; each activation may log its one contract violation.
   rec.bounded("logLinesBeyondActivations", logLines - w.activations, LOG_BURST);
   const conns = (dev as unknown as { conns: Map<string, Connection> }).conns;

@@ -173,6 +173,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     const hostPort = this.allocPort(port >>> 0);
     const c = new Connection(this, hostPort, port >>> 0, "connecting");
     this.conns.set(c.key, c);
+    this.metrics.connectionsCreated++;
     return new Promise<VsockStream>((resolve, reject) => {
       const timer = setTimeout(() => {
         if (c.state !== "connecting") return;
@@ -409,6 +410,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     c.peerBufAlloc = h.bufAlloc;
     c.peerFwdCnt = h.fwdCnt;
     this.conns.set(c.key, c);
+    this.metrics.connectionsCreated++;
     const local = this.listeners.get(port);
     const go = (handler: ((s: VsockStream) => void) | undefined) => {
       if (c.state !== "accepting") return;
@@ -416,7 +418,9 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
         this.forget(c);
         c.close();
         this.metrics.connectionsRefused++;
-        this.rst(port, h.srcPort, true);
+        // A refusal answers the guest's REQUEST like any stray packet: a guest that floods
+        // refused ports without rx buffers gets the stray limit, not the one for connections.
+        this.rst(port, h.srcPort);
         return;
       }
       c.state = "established";

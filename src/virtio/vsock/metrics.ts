@@ -5,6 +5,8 @@ export class VsockMetrics {
   rxBytes = 0;
   txBytes = 0;
   connectionsOpened = 0;
+  /** Connections created either way, whether or not they got established. */
+  connectionsCreated = 0;
   connectionsRefused = 0;
   resetsSent = 0;
   resetsReceived = 0;
