@@ -81,6 +81,16 @@ function splitBufs(bufs: Buffer[], lens: number[]): Buffer[][] {
   return out;
 }
 
+/**
+ * Waits for every piece of a request, then fails with the first error if any failed. Not
+ * Promise.all: a piece still on the thread pool holds views into guest RAM, and the device lets
+ * guest RAM be unmapped once the request settles (GuestMemory.hold).
+ */
+async function allPieces(pieces: Promise<void>[]): Promise<void> {
+  const settled = await Promise.allSettled(pieces);
+  for (const r of settled) if (r.status === "rejected") throw r.reason;
+}
+
 export class ExtentMap {
   /** Sorted by start. */
   private readonly extents: Extent[] = [];
@@ -148,7 +158,7 @@ export class ExtentMap {
       bufs,
       ps.map((p) => p.len),
     );
-    await Promise.all(
+    await allPieces(
       ps.map(async (p, i) => {
         const g = groups[i]!;
         if (!p.ext) {
@@ -168,7 +178,7 @@ export class ExtentMap {
       bufs,
       ps.map((p) => p.len),
     );
-    await Promise.all(
+    await allPieces(
       ps.map((p, i) => p.ext!.backing.writeFrom(groups[i]!, p.at - p.ext!.start, alone && ps.length === 1)),
     );
   }

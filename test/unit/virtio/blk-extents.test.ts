@@ -123,3 +123,22 @@ describe("virtio-blk disk of extents", () => {
     await dev.close();
   });
 });
+
+describe("a request split over extents", () => {
+  it("settles only once every piece is back from the thread pool, even when one piece fails at once", async () => {
+    const map = new ExtentMap(false);
+    const a = await map.add(file("split-a.img", EXTENT_ALIGN, 1));
+    const b = await map.add(file("split-b.img", 4 * EXTENT_ALIGN, 2));
+    await a.backing.close(); // the piece in A fails at once (EBADF)
+    let bBack = false;
+    const readB = b.backing.readInto.bind(b.backing);
+    b.backing.readInto = async (...args) => {
+      await readB(...args); // 4 MiB: a thread-pool read
+      bBack = true;
+    };
+    const bufs = [Buffer.alloc(512 + 4 * EXTENT_ALIGN)];
+    await assert.rejects(map.readInto(bufs, EXTENT_ALIGN - 512));
+    assert.ok(bBack, "the request settled while a piece still held guest buffers on the thread pool");
+    await b.backing.close();
+  });
+});
