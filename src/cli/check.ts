@@ -9,6 +9,7 @@ import { imageRecipe } from "../guest/build.ts";
 import { builtCrun } from "../guest/crun.ts";
 import { which } from "../guest/exec.ts";
 import { kernelKeys, LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
+import { pinnedNode } from "../guest/node-pin.ts";
 import { cacheDir, guestArtifacts, guestInputs, repoRoot } from "../guest/paths.ts";
 import type { Command } from "./command.ts";
 import { containerdVersion, coveRuntimeConfig, DEFAULT_CONTAINERD_CONFIG } from "./containerd-runtime.ts";
@@ -73,6 +74,28 @@ function kvm(): CheckResult {
         ? "present but PVM (no hardware virtualization): a stock Linux guest cannot run on it; the qemu backend (TCG) is used"
         : "present; no vmx/svm flag in /proc/cpuinfo: the qemu backend (TCG) is used";
   return { name, ok: true, required: false, detail };
+}
+
+/** The pinned Node (deploy/nodejs.env): installed, and what `node` on PATH resolves to. */
+function pinnedNodeCheck(root: string): CheckResult {
+  const name = "node (pinned)";
+  const fix = `${join(root, "scripts/install-node.sh")}`;
+  let pinned: { path: string; version: string };
+  try {
+    pinned = pinnedNode(guestInputs(root).nodePin);
+  } catch (e) {
+    return { name, ok: false, required: true, detail: (e as Error).message.split(":")[0] ?? "", fix };
+  }
+  const onPath = which("node");
+  if (!onPath || realpathSync(onPath) !== realpathSync(pinned.path))
+    return {
+      name,
+      ok: false,
+      required: false,
+      detail: `v${pinned.version} at ${pinned.path}, but PATH finds ${onPath ? `${onPath} (${version([onPath, "--version"])})` : "no node"}`,
+      fix: `${fix}   # links node, npm, npx into /usr/local/bin; put /usr/local/bin before ${onPath ? dirname(onPath) : "the rest"} in PATH`,
+    };
+  return { name, ok: true, required: true, detail: `${onPath} -> ${pinned.path} (v${pinned.version})` };
 }
 
 /** Whether the published kernel and image match the checkout's current inputs (fragment, agent, ...). */
@@ -195,7 +218,7 @@ export function runChecks(cache = cacheDir()): CheckResult[] {
           fix: "apt-get install -y linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev",
         },
   );
-  if (root) r.push(freshness(a, root));
+  if (root) r.push(pinnedNodeCheck(root), freshness(a, root));
   r.push(kvm());
   if (root) {
     r.push(
@@ -241,9 +264,10 @@ export const checkCommand: Command = {
   summary: "report what cove needs that is present or missing, with the command that fixes each",
   usage: `cove check [--json]
 
-Checks the guest kernel and image in $COVE_CACHE_DIR (default /var/cache/cove), QEMU, containerd,
-whether containerd's config (/etc/containerd/config.toml, or $COVE_CONTAINERD_CONFIG) has a CRI
-handler running cove and its name, crun/runc, erofs-utils, the kernel source, /dev/kvm (hardware or PVM), the native addon, the bundles
+Checks the pinned Node, the guest kernel and image in $COVE_CACHE_DIR (default /var/cache/cove),
+QEMU, containerd, whether containerd's config (/etc/containerd/config.toml, or $COVE_CONTAINERD_CONFIG)
+has a CRI handler running cove and its name, crun/runc, erofs-utils, the kernel source, /dev/kvm
+(hardware or PVM), the native addon, the bundles
 and the shim on PATH. Prints the command that fixes each missing item. Exit 1 if a required item is
 missing.`,
   async run(args) {

@@ -31,7 +31,7 @@ export interface GuestBuildOptions {
 export function imageRecipe(root: string, compress?: "lz4" | "lz4hc", crun?: CrunBuild) {
   const gi = guestInputs(root);
   const runtime = crun && { name: "crun" as const, path: crun.binary, version: `${crun.version} (built, ${crun.key})` };
-  const inputs = findImageInputs(gi.agentBundle, gi.addon, runtime);
+  const inputs = findImageInputs(gi.agentBundle, gi.addon, gi.nodePin, runtime);
   const plan = imagePlan(inputs);
   const key = imageKey(
     [...plan, { kind: "content", path: "/.cove-erofs", content: compress ?? "none", mode: 0o644 }],

@@ -3,6 +3,7 @@
 // the cached image, so a changed agent bundle, Node, runtime or layout makes a new image.
 import { existsSync } from "node:fs";
 import { dpkgVersion, which } from "./exec.ts";
+import { pinnedNode } from "./node-pin.ts";
 import { binaryWithLibraries, dedupe, planKey, type RootPlan, usrMergedSkeleton } from "./rootfs.ts";
 
 /** Where the agent lives in the guest (the native addon sits beside it: src/native/load.ts looks there). */
@@ -16,6 +17,7 @@ export const GUEST_INIT = "/init";
 const LAYOUT_VERSION = 1;
 
 export interface ImageInputs {
+  /** The pinned Node's binary (deploy/nodejs.env), never the host's PATH. */
   node: string;
   /** The OCI runtime copied in: the crun built for the guest (crun.ts), else the host's crun or runc. */
   runtime: { name: "crun" | "runc"; path: string; version?: string };
@@ -24,9 +26,13 @@ export interface ImageInputs {
 }
 
 /** Finds the host binaries the image needs; throws naming the package to install. */
-export function findImageInputs(agentBundle: string, addon: string, built?: ImageInputs["runtime"]): ImageInputs {
-  const node = existsSync("/usr/bin/node") ? "/usr/bin/node" : which("node");
-  if (!node) throw new Error("node not found (apt-get install nodejs)");
+export function findImageInputs(
+  agentBundle: string,
+  addon: string,
+  nodePin: string,
+  built?: ImageInputs["runtime"],
+): ImageInputs {
+  const node = pinnedNode(nodePin).path;
   const crun = which("crun", "/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin");
   const runc = which("runc", "/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin");
   const runtime = built
@@ -87,7 +93,6 @@ export function imageKey(plan: RootPlan, inp: ImageInputs): string {
       path: "/.cove-build-inputs",
       content: JSON.stringify({
         layout: LAYOUT_VERSION,
-        nodejs: dpkgVersion("nodejs") ?? null,
         runtime: `${inp.runtime.name} ${inp.runtime.version ?? dpkgVersion(inp.runtime.name) ?? "?"}`,
         erofsUtils: dpkgVersion("erofs-utils") ?? null,
         libc6: dpkgVersion("libc6") ?? null,

@@ -51,5 +51,7 @@ export function guestInputs(root = repoRoot()) {
     patchesDir: join(root, "deploy/guest/kernel/patches"),
     agentBundle: join(root, "dist/agent.cjs"),
     addon: join(root, "build/Release/cove_native.node"),
+    /** The pinned Node the image takes (scripts/install-node.sh installs it). */
+    nodePin: join(root, "deploy/nodejs.env"),
   };
 }

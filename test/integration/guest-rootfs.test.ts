@@ -1,4 +1,4 @@
-// The reusable root-building helpers (src/guest/rootfs.ts): a root holding the host's node with
+// The reusable root-building helpers (src/guest/rootfs.ts): a root holding the running node with
 // exactly its libraries becomes an erofs image that is byte-for-byte reproducible, mounts, and in
 // which node runs under chroot (so no library is missing).
 import assert from "node:assert/strict";
@@ -19,7 +19,7 @@ import {
 } from "../../src/guest/rootfs.ts";
 
 test("sharedLibraries: node needs libc and the loader; a static busybox needs nothing", () => {
-  const libs = sharedLibraries("/usr/bin/node");
+  const libs = sharedLibraries(process.execPath);
   assert.ok(
     libs.some((l) => l.endsWith("/libc.so.6")),
     libs.join(" "),
@@ -45,7 +45,7 @@ test("a node root → erofs: reproducible, mountable, node runs inside (chroot)"
   try {
     const plan = dedupe([
       ...usrMergedSkeleton(),
-      ...binaryWithLibraries("/usr/bin/node"),
+      ...binaryWithLibraries(process.execPath, "/usr/bin/node"),
       { kind: "content", path: "/etc/hello", content: "hi\n", mode: 0o644 },
     ]);
     const key = planKey(plan);
