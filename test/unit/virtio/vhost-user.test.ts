@@ -3,7 +3,7 @@
 // a request written into the shared memory, the call eventfd, GET_CONFIG, GET_VRING_BASE
 // stopping the ring, and hostile messages answered without crashing.
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -20,6 +20,7 @@ import {
   VHOST_USER_F_PROTOCOL_FEATURES,
   VRING_NOFD_MASK,
 } from "../../../src/virtio/vhost-user/messages.ts";
+import { fdsOpenedSince, openFds } from "../../harness/fds.ts";
 import { TestDriver } from "./driver.ts";
 import { memTable, SharedRam, TestFrontend, u64, vringAddr, vringState } from "./vhost-user-frontend.ts";
 
@@ -36,32 +37,16 @@ function blkHdr(type: number, sector: number): Buffer {
   return b;
 }
 
-/** This process's open fds: "fd -> what it points at". */
-function openFds(): Set<string> {
-  const out = new Set<string>();
-  for (const fd of readdirSync("/proc/self/fd")) {
-    try {
-      out.add(`${fd} -> ${readlinkSync(`/proc/self/fd/${fd}`)}`);
-    } catch {
-      // closed between the listing and the readlink (the listing's own directory fd)
-    }
-  }
-  return out;
-}
-
-/**
- * The fds of the kinds these tests make (sockets, eventfds, memfds, files in the test dir) that are
- * open now and were not before. Not a count: Node and tsx open and close fds of their own in the
- * background (module loading, tsx's cache and IPC socket), so the number of open fds moves anyway.
- */
-function fdsLeakedSince(before: Set<string>): string[] {
-  const ours = (target: string) =>
-    target.startsWith("socket:") ||
-    target === "anon_inode:[eventfd]" ||
-    target.startsWith("/memfd:") ||
-    target.startsWith(dir);
-  return [...openFds()].filter((e) => !before.has(e) && ours(e.slice(e.indexOf(" -> ") + 4)));
-}
+/** Fds of the kinds these tests make (sockets, eventfds, memfds, files in the test dir) left open since `before`. */
+const fdsLeakedSince = (before: Set<string>) =>
+  fdsOpenedSince(
+    before,
+    (target) =>
+      target.startsWith("socket:") ||
+      target === "anon_inode:[eventfd]" ||
+      target.startsWith("/memfd:") ||
+      target.startsWith(dir),
+  );
 
 async function waitFor(what: string, cond: () => boolean, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;
