@@ -208,7 +208,7 @@ export class AgentClient {
 
   /** The deadline a call gets unless its caller gives one; undefined for a long poll. */
   deadlineOf(method: AgentMethod): number | undefined {
-    return method in this.deadlines ? this.deadlines[method as DeadlineMethod] : undefined;
+    return Object.hasOwn(this.deadlines, method) ? this.deadlines[method as DeadlineMethod] : undefined;
   }
 
   private async call<T>(method: AgentMethod, req: object, opts?: CallOptions): Promise<T> {
