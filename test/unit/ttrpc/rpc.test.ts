@@ -76,13 +76,22 @@ describe("ttrpc client ↔ server", () => {
   it("answers many calls in flight out of order; a slow handler blocks nobody", async () => {
     const { server, client } = setup();
     const order: number[] = [];
+    const delays = [80, 5, 40, 0, 20, 60, 10];
+    // Every handler waits until all calls are in the server, then sleeps its delay: the timers all
+    // start in one turn, so they end in delay order however late a loaded machine delivers a call.
+    let arrived = 0;
+    let allIn!: () => void;
+    const allInFlight = new Promise<void>((r) => {
+      allIn = r;
+    });
     server.registerRaw("t.S", "Delay", async (p) => {
       const ms = Number(dec(p));
+      if (++arrived === delays.length) allIn();
+      await allInFlight;
       await sleep(ms);
       order.push(ms);
       return p;
     });
-    const delays = [80, 5, 40, 0, 20, 60, 10];
     const results = await Promise.all(delays.map((d) => client.callRaw("t.S", "Delay", enc(String(d)))));
     assert.deepEqual(results.map(dec), delays.map(String), "each caller gets its own answer");
     assert.deepEqual(
