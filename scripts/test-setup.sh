@@ -13,7 +13,8 @@ fi
 PACKAGES=(
   busybox-static # test images are built from Debian's static busybox
   socat tmux     # echo servers in test guests; `ctr run -t` driven through a terminal
-  mmdebstrap     # the Debian 12 root without Node in which the Node bootstrap is tested
+  mmdebstrap     # the Debian 12 root without Node in which the Node bootstrap is tested; the rootfs bench's image
+  gcc libc6-dev  # the static file probe built into the fidelity test image (test/harness/probe/fsprobe.c)
 )
 bash scripts/apt-install.sh "${PACKAGES[@]}"
 

@@ -20,6 +20,8 @@ export interface CoveConfig {
   log: { level: LogLevel };
   /** Where the values came from: a file path, or "built-in defaults". */
   source: string;
+  /** Deprecated keys the file still has (accepted, ignored): what to tell the operator. */
+  deprecations: string[];
 }
 
 /** The guest a pod VM boots, and how big the VM is (src/sandbox/vm-size.ts). */
@@ -38,10 +40,6 @@ export interface GuestConfig {
 
 /** How a pod VM is laid out and waited for. */
 export interface PodConfig {
-  /** Empty read-only virtio-blk slots for layer images of containers added after boot. */
-  layerSlots: number;
-  /** Empty read-write slots for their writable layers. */
-  writableSlots: number;
   /** Size of each container's writable layer (sparse ext4 image). */
   writableLayerMib: number;
   /** How long the agent may take to answer after the VM starts. */
@@ -82,9 +80,10 @@ export function defaultConfig(): CoveConfig {
       maxMemoryMib: 0,
     },
     qemu: { binary: "qemu-system-x86_64", tcgTbSizeMib: DEFAULT_TCG_TB_SIZE_MIB },
-    pod: { layerSlots: 4, writableSlots: 2, writableLayerMib: 1024, bootTimeoutMs: 120_000, allowedAnnotations: [] },
+    pod: { writableLayerMib: 1024, bootTimeoutMs: 120_000, allowedAnnotations: [] },
     log: { level: "info" },
     source: "built-in defaults",
+    deprecations: [],
   };
 }
 
@@ -154,6 +153,16 @@ export function parseConfig(text: string, file: string): CoveConfig {
     ["layer_slots", "writable_slots", "writable_layer_mib", "boot_timeout_ms", "allowed_annotations"],
     file,
   );
+  // Disk slots are gone (one disk of extents holds every layer, one every writable layer): files
+  // `cove install` wrote with them still load.
+  const deprecations: string[] = [];
+  for (const key of ["layer_slots", "writable_slots"]) {
+    if (!(key in pod)) continue;
+    int(pod, key, "pod.", file, 0, 0, 1 << 20);
+    deprecations.push(
+      `${file}: pod.${key} is deprecated and ignored: a pod's containers have no disk slot limit (remove the key)`,
+    );
+  }
   const allowed = pod.allowed_annotations ?? d.pod.allowedAnnotations;
   if (!Array.isArray(allowed) || !allowed.every((a) => typeof a === "string")) {
     throw new ConfigError(`${file}: "pod.allowed_annotations" must be a list of strings`);
@@ -182,14 +191,13 @@ export function parseConfig(text: string, file: string): CoveConfig {
       tcgTbSizeMib: int(qemu, "tcg_tb_size_mib", "qemu.", file, d.qemu.tcgTbSizeMib, 0, 4096),
     },
     pod: {
-      layerSlots: int(pod, "layer_slots", "pod.", file, d.pod.layerSlots, 0, 32),
-      writableSlots: int(pod, "writable_slots", "pod.", file, d.pod.writableSlots, 0, 32),
       writableLayerMib: int(pod, "writable_layer_mib", "pod.", file, d.pod.writableLayerMib, 16, 1 << 22),
       bootTimeoutMs: int(pod, "boot_timeout_ms", "pod.", file, d.pod.bootTimeoutMs, 1000, 3_600_000),
       allowedAnnotations: allowed as string[],
     },
     log: { level: level as LogLevel },
     source: file,
+    deprecations,
   };
 }
 

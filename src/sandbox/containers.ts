@@ -20,7 +20,7 @@ export interface PodContainer {
   id: string;
   bundle: string;
   ops: ContainerOps;
-  /** Disk slots and files held for its rootfs (released on delete). */
+  /** Disk extents and files held for its rootfs (released on delete). */
   disks: ContainerDisks;
   procs: Map<string, PodProcess>;
 }

@@ -54,10 +54,8 @@ export class GuestContainerOps implements ContainerOps {
     prepared?: PreparedDisks,
   ): Promise<{ pid: number }> {
     const h = this.host;
-    if (!prepared) {
-      prepared = await h.disks().prepare(c, spec.rootfs, h.log);
-      for (const i of prepared.inserts) await pod.changeMedia(i.serial, i.path);
-    }
+    prepared ??= await h.disks().prepare(c, spec.rootfs, h.log);
+    const disks = await h.disks().attach(pod, c, prepared);
     await h.dnsFromContainer(pod, oci);
     // No memory hotplug: a limit the VM cannot meet still applies in the guest, and is said so.
     const unfit = h.memoryFit(oci);
@@ -68,8 +66,8 @@ export class GuestContainerOps implements ContainerOps {
     const req = {
       container_id: c.id,
       spec: Buffer.from(JSON.stringify(vols.spec)),
-      storages: [...prepared.storages, ...vols.storages],
-      rootfs: prepared.rootfs,
+      storages: [...disks.storages, ...vols.storages],
+      rootfs: disks.rootfs,
       stdio: io.want,
       files: h.volumes.add(c.id, vols.copies),
     };

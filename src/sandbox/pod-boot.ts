@@ -38,7 +38,6 @@ import { hostnameOf, type Json, sysctlsOf } from "./oci.ts";
 import { configPathFromOptions } from "./options.ts";
 import { PodVm, VM_RUN_DIR } from "./pod.ts";
 import { Rollback } from "./rollback.ts";
-import { fitSlots } from "./slots.ts";
 import { podVmSize, type VmSize } from "./vm-size.ts";
 
 /** What the boot takes from the host; unit tests substitute fakes. */
@@ -87,6 +86,7 @@ export function preflight(
 ): Preflight {
   const config = loadPodConfig(spec, configPath);
   log.info({ id: spec.id, config: config.source, hypervisor: config.hypervisor }, "pod config loaded");
+  for (const d of config.deprecations) log.warn({ id: spec.id }, d);
   checkGuestArtifacts(config);
   const choice = chooseBackend(config.hypervisor, probe());
   log.info(
@@ -130,25 +130,17 @@ export interface BootedPod {
   firstDisks?: PreparedDisks;
 }
 
-/** The disk slots that fit beside the pod's NICs on this backend. */
-function podDisks(plan: PodBootPlan, nics: number, deps: PodBootDeps, log: Logger): PodDisks {
-  const { config, hypervisor } = plan;
-  // Each NIC takes a device place the disks could have used (root and vsock take one each).
-  const free = hypervisor.maxDevices === undefined ? undefined : hypervisor.maxDevices - 2 - nics;
-  let fit: ReturnType<typeof fitSlots>;
-  try {
-    fit = fitSlots(config.pod.layerSlots, config.pod.writableSlots, free);
-  } catch (e) {
-    log.error({ id: plan.id, nics, max_devices: hypervisor.maxDevices }, (e as Error).message);
-    throw e;
-  }
-  if (fit.layerSlots !== config.pod.layerSlots || fit.writableSlots !== config.pod.writableSlots) {
-    log.info(
-      { id: plan.id, nics, layer_slots: fit.layerSlots, writable_slots: fit.writableSlots },
-      `disk slots reduced to fit ${hypervisor.name}'s ${hypervisor.maxDevices} virtio devices`,
-    );
-  }
-  return new PodDisks(fit.layerSlots, fit.writableSlots, config, deps.diskMakers, deps.containerd);
+/**
+ * The pod VM's virtio devices: the guest image, the two disks of extents (every container's rootfs,
+ * however many), vsock and one per NIC. RESOURCE_EXHAUSTED when the backend has fewer.
+ */
+function checkDevices(plan: PodBootPlan, nics: number, log: Logger): void {
+  const max = plan.hypervisor.maxDevices;
+  const need = 1 + PodDisks.vmDisks().length + 1 + nics;
+  if (max === undefined || need <= max) return;
+  const msg = `the pod VM needs ${need} virtio devices (guest image, 2 container disks, vsock, ${nics} NIC(s)); ${plan.hypervisor.name} has ${max}`;
+  log.error({ id: plan.id, nics, max_devices: max }, msg);
+  throw new TtrpcError(Code.RESOURCE_EXHAUSTED, msg);
 }
 
 /** Boots the pod: on success the caller owns everything in the result; on failure nothing is held. */
@@ -172,7 +164,8 @@ export async function bootPod(
       undo.defer("pod network", () => attached.detach());
       net = attached;
     }
-    const disks = podDisks(plan, net?.interfaces.length ?? 0, deps, log);
+    checkDevices(plan, net?.interfaces.length ?? 0, log);
+    const disks = new PodDisks(plan.config, deps.diskMakers, deps.containerd);
     let firstDisks: PreparedDisks | undefined;
     if (first) {
       // Deferred first: prepare records each image and file in the container's disks as it makes it.
@@ -190,7 +183,6 @@ export async function bootPod(
       vcpus: plan.size.vcpus,
       memoryMib: plan.size.memoryMib,
       hypervisor,
-      slots: disks.slots,
       ...(net ? { nets: nicsOf(net), netRecord: net.record() } : {}),
       logger: log,
     });

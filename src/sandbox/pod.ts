@@ -1,5 +1,5 @@
 // One pod's microVM: booted on the chosen backend from the guest kernel + image, with the pod's
-// virtio-blk slots and a vsock device; ready when the agent answers on vsock port 1024.
+// disks (the guest image, and the two disks of extents for containers) and a vsock device; ready when the agent answers on vsock port 1024.
 import { createHash } from "node:crypto";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -7,11 +7,11 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { printable } from "../common/text.ts";
 import type { CoveConfig } from "../config/config.ts";
-import type { Hypervisor, NetConfig, RunningVm, VmExit } from "../hypervisor/types.ts";
+import type { ExtentPlace, Hypervisor, NetConfig, RunningVm, VmExit } from "../hypervisor/types.ts";
 import type { NetRecord } from "../network/pod-network.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { AGENT_PORT, AgentClient, type AgentClientOptions, vsockDialer } from "./agent/index.ts";
-import type { SlotTable } from "./slots.ts";
+import { PodDisks } from "./disks.ts";
 
 export const VM_RUN_DIR = "/run/cove/vm";
 /** Files in the VM's work dir that `delete` reads should the shim die (src/sandbox/cleanup.ts). */
@@ -43,7 +43,6 @@ export interface PodBoot {
   vcpus: number;
   memoryMib: number;
   hypervisor: Hypervisor;
-  slots: SlotTable;
   /** The pod's NICs (taps in its network namespace), if it has a network. */
   nets?: NetConfig[];
   /** What the pod network attach created, recorded for `delete` after a shim crash. */
@@ -87,10 +86,7 @@ export class PodVm {
         cmdline: guestCmdline(b.hostname),
         memoryMiB: b.memoryMib,
         vcpus: b.vcpus,
-        disks: [
-          { id: "root", path: b.config.guest.image, readOnly: true, serial: "cove-root" },
-          ...b.slots.slots.map((s) => ({ id: s.serial, serial: s.serial, path: s.image, readOnly: s.readOnly })),
-        ],
+        disks: [{ id: "root", path: b.config.guest.image, readOnly: true, serial: "cove-root" }, ...PodDisks.vmDisks()],
         vsock: { guestCid: GUEST_CID, hybridSocket: join(workDir, "hybrid.vsock") },
         ...(b.nets?.length ? { nets: b.nets } : {}),
         workDir,
@@ -102,7 +98,7 @@ export class PodVm {
         tail = (tail + d.toString()).slice(-CONSOLE_TAIL);
       });
       log.info(
-        { pid: vm.pid, hypervisor: b.hypervisor.name, disks: b.slots.slots.length + 1, nics: b.nets?.length ?? 0 },
+        { pid: vm.pid, hypervisor: b.hypervisor.name, disks: PodDisks.vmDisks().length + 1, nics: b.nets?.length ?? 0 },
         "pod VM started",
       );
       const agent = await waitForAgent(vm, b.config.pod.bootTimeoutMs, () => tail, b.agent);
@@ -124,8 +120,13 @@ export class PodVm {
     }
   }
 
-  async changeMedia(serial: string, path: string | undefined): Promise<void> {
-    await this.vm.changeMedia(serial, path);
+  /** Adds a file to one of the pod's disks of extents (see disks.ts). */
+  addExtent(diskId: string, path: string): Promise<ExtentPlace> {
+    return this.vm.addExtent(diskId, path);
+  }
+
+  removeExtent(diskId: string, index: number): Promise<void> {
+    return this.vm.removeExtent(diskId, index);
   }
 
   /** DestroySandbox (bounded), then the VM goes; files removed. */

@@ -2,40 +2,18 @@
 // for containerd's runc shim and for cove (cold: the layer image is converted; warm: cached);
 // host memory per running cove pod (PSS of every host process of the pod: shim + VMM; guest RAM
 // reported separately); N cove pods started concurrently. Writes bench-results/e2e.json.
-import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { COVE_RUNTIME_TYPE, Containerd } from "../harness/containerd.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage } from "../harness/image.ts";
 import { processesWithArg, processesWithCwdUnder } from "../harness/processes.ts";
+import { firstOutput, median } from "./first-output.ts";
 
 const ROUNDS = Number(process.env.COVE_BENCH_ROUNDS ?? 3);
 const N = Number(process.env.COVE_BENCH_PODS ?? 3);
 const GUEST_MIB = 256;
 const art = guestArtifacts();
-
-function firstOutput(cd: Containerd, args: string[]): Promise<{ firstMs: number; totalMs: number; out: string }> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    let first = 0;
-    let out = "";
-    const p = spawn(cd.ctrBin, ["-a", cd.address, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    const timer = setTimeout(() => p.kill("SIGKILL"), 300_000);
-    p.stdout.on("data", (d: Buffer) => {
-      if (!first) first = performance.now() - t0;
-      out += d.toString();
-    });
-    p.stderr.on("data", (d: Buffer) => {
-      out += d.toString();
-    });
-    p.on("exit", (code) => {
-      clearTimeout(timer);
-      if (code !== 0) reject(new Error(`ctr ${args.join(" ")} exited ${code}: ${out}`));
-      else resolve({ firstMs: first, totalMs: performance.now() - t0, out });
-    });
-  });
-}
 
 function pssKiB(pid: number): number {
   try {
@@ -45,8 +23,6 @@ function pssKiB(pid: number): number {
     return 0;
   }
 }
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;
 
 async function main() {
   const cd = await Containerd.start({});

@@ -46,7 +46,9 @@ export const DEBIAN_BIG: DebianSpec = {
     "less",
     "iputils-ping",
     "python3-pip",
+    "python3-dev",
     "file",
+    "xz-utils",
   ],
   packageLayers: 6,
 };

@@ -21,6 +21,21 @@ export const MTIME = new Date("2000-01-01T00:00:00Z");
 export interface Generated {
   size: number;
   data: { offset: number; text: string }[];
+  /** Pseudo-random bytes (deterministic, incompressible) instead of zeros under the data. */
+  random?: boolean;
+}
+
+/** Deterministic pseudo-random bytes for chunk `at` (xorshift32 seeded by the offset). */
+function randomChunk(at: number, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = (at / 4096 + 0x9e3779b9) >>> 0 || 1;
+  for (let i = 0; i + 4 <= n; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b.writeUInt32LE(x >>> 0, i);
+  }
+  return b;
 }
 
 export interface Entry {
@@ -59,11 +74,11 @@ function* generatedChunks(g: Generated): Generator<Buffer> {
   for (let at = 0; at < g.size; at += CHUNK) {
     const n = Math.min(CHUNK, g.size - at);
     const inside = data.filter((d) => d.offset < at + n && d.offset + Buffer.byteLength(d.text) > at);
-    if (inside.length === 0) {
+    if (inside.length === 0 && !g.random) {
       yield n === CHUNK ? zero : zero.subarray(0, n);
       continue;
     }
-    const b = Buffer.alloc(n);
+    const b = g.random ? randomChunk(at, n) : Buffer.alloc(n);
     for (const d of inside) {
       const bytes = Buffer.from(d.text);
       const s = Math.max(at, d.offset);

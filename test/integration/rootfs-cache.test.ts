@@ -75,7 +75,7 @@ describe("layer images are keyed by content across containerd roots", { skip, ti
         [],
         "containerd named every layer's snapshot (Containers.Get + Snapshots.Stat)",
       );
-      return { ready: shimLines(cd, "rootfs: block devices ready"), snapshotDir: cd.dir };
+      return { ready: shimLines(cd, "rootfs: layer images ready"), snapshotDir: cd.dir };
     } finally {
       await cd.stop();
     }

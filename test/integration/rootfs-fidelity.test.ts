@@ -69,7 +69,7 @@ describe("image fidelity: runc and cove see the same files", { skip, timeout: 1_
     // The layer cache lives with the test images: a warm CI run converts nothing (keys are chain IDs).
     writeFileSync(
       configPath,
-      `cache_dir = "${join(images, "cove-cache")}"\n\n[guest]\nkernel = "${art.kernel}"\nimage = "${art.rootfs}"\nmemory_mib = 512\n\n[pod]\nwritable_layer_mib = 64\nlayer_slots = 5\nwritable_slots = 1\n`,
+      `cache_dir = "${join(images, "cove-cache")}"\n\n[guest]\nkernel = "${art.kernel}"\nimage = "${art.rootfs}"\nmemory_mib = 512\n\n[pod]\nwritable_layer_mib = 64\n`,
     );
   });
 

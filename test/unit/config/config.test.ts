@@ -48,6 +48,16 @@ test("values override defaults; guest paths follow cache_dir unless set", () => 
   assert.throws(() => parseConfig("[qemu]\ntcg_tb_size_mib = -1\n", "x"), /"qemu.tcg_tb_size_mib" must be an integer/);
 });
 
+test("layer_slots / writable_slots (files cove install wrote) still load, with a deprecation each", () => {
+  const c = parseConfig("[pod]\nlayer_slots = 4\nwritable_slots = 2\nwritable_layer_mib = 64\n", "/etc/cove/cove.toml");
+  assert.equal(c.pod.writableLayerMib, 64);
+  assert.equal(c.deprecations.length, 2);
+  assert.match(c.deprecations[0]!, /\/etc\/cove\/cove\.toml: pod\.layer_slots is deprecated and ignored/);
+  assert.match(c.deprecations[1]!, /pod\.writable_slots is deprecated/);
+  assert.deepEqual(parseConfig("[pod]\nwritable_layer_mib = 64\n", "f").deprecations, []);
+  assert.throws(() => parseConfig('[pod]\nlayer_slots = "many"\n', "f"), /"pod.layer_slots" must be an integer/);
+});
+
 test("bad configs are rejected with the file and key named", () => {
   assert.throws(
     () => parseConfig('hypervisr = "qemu"', "/etc/cove/cove.toml"),

@@ -90,6 +90,19 @@ describe("layer tars", () => {
   });
 });
 
+test("a random generated file is deterministic and does not compress", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "cove-rand-"));
+  try {
+    const e: Entry[] = [{ name: "r", type: "file", mode: 0o644, content: { size: 3 << 20, data: [], random: true } }];
+    const a = await writeLayer(e, join(dir, "a.tar.gz"), true);
+    const b = await writeLayer(e, join(dir, "b.tar.gz"), true);
+    assert.equal(a.digest, b.digest);
+    assert.ok(a.size > 3 << 20, `gzip could not shrink it (${a.size} bytes)`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 describe("multi-layer images", { skip: existsSync(BUSYBOX_BIN) ? false : `needs ${BUSYBOX_BIN}` }, () => {
   const dir = mkdtempSync(join(tmpdir(), "cove-img-"));
   after(() => rmSync(dir, { recursive: true, force: true }));

@@ -46,6 +46,8 @@ export class FakeAgent {
   private nextPid = 100;
   private oomWaiter?: (id: string) => void;
   readonly pendingOoms: string[] = [];
+  /** Every CreateContainer request, in order. */
+  readonly creates: Req[] = [];
 
   private proc(req: Req): FakeProc {
     const c = this.containers.get(String(req.container_id));
@@ -84,6 +86,7 @@ export class FakeAgent {
         return {};
       },
       CreateContainer: async (req) => {
+        this.creates.push(req);
         const id = String(req.container_id);
         if (this.containers.has(id)) throw new TtrpcError(Code.ALREADY_EXISTS, `container ${id}`);
         const pid = this.nextPid++;
@@ -224,13 +227,22 @@ export class FakeVm implements RunningVm {
     this.media.set(diskId, path);
   }
 
-  // Disks of extents are not used by the sandbox yet.
-  async addExtent(): Promise<ExtentPlace> {
-    throw new Error("the fake VM has no disk of extents");
+  /** Files attached to each disk of extents, by partition number. */
+  readonly extents = new Map<string, Map<number, string>>();
+
+  async addExtent(diskId: string, path: string): Promise<ExtentPlace> {
+    if (this.exit) throw new Error("the VM has exited");
+    const d = this.extents.get(diskId) ?? new Map<number, string>();
+    this.extents.set(diskId, d);
+    let index = 1;
+    while (d.has(index)) index++;
+    d.set(index, path);
+    return { start: index * 2048, sectors: 8, index };
   }
 
-  async removeExtent(): Promise<void> {
-    throw new Error("the fake VM has no disk of extents");
+  async removeExtent(diskId: string, index: number): Promise<void> {
+    if (this.exit) throw new Error("the VM has exited");
+    this.extents.get(diskId)?.delete(index);
   }
 
   /** The VM goes away on its own (a guest panic, the VMM crashing). */

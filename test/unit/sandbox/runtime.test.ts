@@ -55,9 +55,16 @@ test("a CRI pod: sandbox container is the VM, a guest container runs create/star
   assert.equal(host.networks.held, 1);
   assert.equal(vm.config.nets?.length, 1, "one NIC per pod interface");
   assert.match(vm.config.cmdline, /cove\.hostname=pod-a/);
-  // root, then every slot empty: the sandbox container brings no disks.
-  assert.equal(vm.config.disks[0]!.id, "root");
-  assert.ok(vm.config.disks.slice(1).every((d) => d.path === undefined));
+  // root, then the two disks of extents, empty: the sandbox container brings no disks.
+  assert.deepEqual(
+    vm.config.disks.map((d) => [d.id, d.extents ?? false]),
+    [
+      ["root", false],
+      ["layers", true],
+      ["writable", true],
+    ],
+  );
+  assert.equal(vm.extents.size, 0);
   assert.deepEqual(
     vm.agent.calls.filter((c) => c !== "Check" && c !== "GetOOMEvent"),
     ["CreateSandbox", "ConfigureNetwork"],
@@ -69,8 +76,14 @@ test("a CRI pod: sandbox container is the VM, a guest container runs create/star
   const { pid } = await rt.create(createSpec(ctr));
   assert.ok(vm.agent.containers.has("c1"));
   assert.equal(pid, vm.agent.containers.get("c1")!.get("")!.pid);
-  const inserted = [...vm.media].filter(([id, p]) => id !== "root" && p !== undefined);
-  assert.equal(inserted.length, 3, "two layer images and the writable layer inserted as media");
+  assert.equal(vm.extents.get("layers")?.size, 2, "two layer images added as extents");
+  assert.equal(vm.extents.get("writable")?.size, 1, "and the writable layer");
+  const storages = (vm.agent.creates.at(-1)?.storages ?? []) as { source: string }[];
+  assert.deepEqual(
+    storages.map((s) => s.source.replace(/:\d+:\d+$/, "")),
+    ["extent:cove-layers:1", "extent:cove-layers:2", "extent:cove-writable:1"],
+    "the agent is told where each extent is",
+  );
   const upper = join(ctr.bundle, "work", "cove-upper.ext4");
   assert.ok(existsSync(upper));
 
@@ -101,7 +114,7 @@ test("a CRI pod: sandbox container is the VM, a guest container runs create/star
   await rt.delete("c1", "");
   assert.ok(!vm.agent.containers.has("c1"), "RemoveContainer reached the agent");
   assert.ok(!existsSync(upper), "the writable layer is removed");
-  assert.equal([...vm.media].filter(([id, p]) => id !== "root" && p !== undefined).length, 0, "media ejected");
+  assert.deepEqual([vm.extents.get("layers")?.size, vm.extents.get("writable")?.size], [0, 0], "extents removed");
   await assert.rejects(rt.start("c1", ""), isCode(Code.NOT_FOUND));
 
   // The sandbox container: no execs, nothing on the agent for pause/stats, a synthesised exit.
@@ -133,18 +146,21 @@ test("a CRI pod: sandbox container is the VM, a guest container runs create/star
   await rt.shutdown();
 });
 
-test("ctr run: the first container's disks are in the VM at boot; a fresh netns gets no network", async () => {
+test("ctr run: the first container's files are extents of the pod's two disks; a fresh netns gets no network", async () => {
   const { rt } = runtime();
   const b = writeBundle(host.dir, "t1");
   const { pid } = await rt.create(createSpec(b));
   const vm = hv.vms[0]!;
   assert.equal(host.networks.attached, 0);
   assert.equal(vm.config.nets, undefined);
-  const atBoot = vm.config.disks.filter((d) => d.id !== "root" && d.path !== undefined);
-  assert.equal(atBoot.length, 3, "two layers and the writable layer are disks from the start");
+  assert.equal(vm.config.disks.length, 3, "the guest image and the two disks of extents, whatever the container");
+  assert.equal(vm.extents.get("layers")?.size, 2, "two layer images on the layer disk");
+  assert.equal(vm.extents.get("writable")?.size, 1, "the writable layer on the writable disk");
   assert.equal(pid, vm.agent.containers.get("t1")!.get("")!.pid);
   await rt.start("t1", "");
   await rt.delete("t1", "");
+  assert.equal(vm.extents.get("layers")?.size, 0, "extents nobody uses are removed");
+  assert.equal(vm.extents.get("writable")?.size, 0);
   assert.ok(!existsSync(join(b.bundle, "work", "cove-upper.ext4")));
   assert.ok(vm.running, "only the sandbox container's delete or shutdown stops the VM");
   await rt.shutdown();
@@ -318,9 +334,9 @@ const faults: Fault[] = [
     got: {},
   },
   {
-    step: "disk slots do not fit beside the NICs",
+    step: "the pod's devices do not fit beside the NICs",
     inject: () => {
-      hv.maxDevices = 3; // root + vsock + one NIC: no place left for a disk slot
+      hv.maxDevices = 4; // root, the two disks and vsock: no place left for the NIC
     },
     code: Code.RESOURCE_EXHAUSTED,
     got: { network: true },
@@ -430,9 +446,10 @@ test("a second task arriving during the boot waits for it and gets its own disks
   assert.equal(hv.vms.length, 1, "one VM for the pod");
   assert.notEqual(ra.pid, rb.pid);
   const vm = hv.vms[0]!;
-  // a's disks were there at boot; b's came as media afterwards.
-  const uppers = [...vm.media.values()].filter((p) => p?.endsWith("cove-upper.ext4"));
+  // Both writable layers are extents of the one writable disk; the shared layers are there once.
+  const uppers = [...(vm.extents.get("writable")?.values() ?? [])].filter((p) => p.endsWith("cove-upper.ext4"));
   assert.equal(uppers.length, 2);
+  assert.equal(vm.config.disks.length, 3);
   await rt.shutdown();
 });
 
