@@ -170,7 +170,7 @@ describe("the agent configures the pod network in the microVM (qemu, virtio-net 
     const w = await withTimeout(c!.waitProcess("n1"), 120_000, "wait n1");
     const text = (await out).toString();
     assert.equal(w.exit_status, 0, `${text}\n${(await err).toString()}`);
-    assert.match(text, /^nameserver 10\.250\.17\.53\nsearch pod\.cluster\.local\noptions ndots:2\n/);
+    assert.match(text, /^search pod\.cluster\.local\nnameserver 10\.250\.17\.53\noptions ndots:2\n/);
     assert.match(text, /2 packets received/);
     assert.match(text, /1 packets received/);
     assert.match(text, new RegExp(`inet ${cni!.ip.replaceAll(".", "\\.")}/24`));

@@ -133,7 +133,7 @@ describe("agent network configuration (private namespaces)", { skip }, () => {
     assert.ok(routes(POD, "-6").includes("default via fd31::1 dev eth0"), routes(POD, "-6").join(", "));
     assert.equal(
       readFileSync(resolv, "utf8"),
-      "nameserver 10.231.0.53\nsearch ns.svc.cluster.local\noptions ndots:5\n",
+      "search ns.svc.cluster.local\nnameserver 10.231.0.53\noptions ndots:5\n",
     );
     ping(NODE, "10.231.0.2");
     ping(POD, "10.231.0.1");
@@ -273,7 +273,7 @@ describe("agent network configuration (private namespaces)", { skip }, () => {
       assert.ok(net0.flags.includes("UP"));
       assert.ok(link(POD, "lo").flags.includes("UP"), "lo brought up by ConfigureNetwork");
       assert.ok(routes(POD, "-4").includes("10.241.0.0/16 via 10.233.0.1 dev net0"));
-      assert.equal(readFileSync(resolv, "utf8"), "nameserver 10.233.0.53\nnameserver fd33::53\nsearch cluster.local\n");
+      assert.equal(readFileSync(resolv, "utf8"), "search cluster.local\nnameserver 10.233.0.53\nnameserver fd33::53\n");
       ping(NODE, "10.233.0.2");
       await assert.rejects(
         client.configureNetwork({ interfaces: [{ mac: "02:de:ad:be:ef:01", name: "x0" }] }),

@@ -159,10 +159,10 @@ export function parseNetworkConfig(req: any): NetworkConfig {
   return { interfaces, routes, dns };
 }
 
-/** resolv.conf text for containers (resolv.conf(5)). */
+/** resolv.conf text for containers (resolv.conf(5)), in the order containerd's CRI writes a pod's. */
 export function renderResolvConf(d: DnsConfig): string {
-  const lines = d.nameservers.map((n) => `nameserver ${n}`);
-  if (d.searches.length) lines.push(`search ${d.searches.join(" ")}`);
+  const lines = d.searches.length ? [`search ${d.searches.join(" ")}`] : [];
+  lines.push(...d.nameservers.map((n) => `nameserver ${n}`));
   if (d.options.length) lines.push(`options ${d.options.join(" ")}`);
   return `${lines.join("\n")}\n`;
 }

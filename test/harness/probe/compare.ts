@@ -102,12 +102,6 @@ export const EXPLAINED: readonly Explained[] = [
     via: "cri",
     why: "containerd copies the host's /etc/hosts into a pod without kubelet's hosts file; cove writes the pod's own (localhost, the pod's hostname)",
   },
-  {
-    id: "etc-resolv",
-    section: "etc_resolv",
-    via: "cri",
-    why: "the shim hands the pod's DNS to the guest as nameservers, searches and options, and the guest writes them back in that order",
-  },
   { id: "vm-size", section: /^(nproc|meminfo)$/, why: "the VM's vCPUs and RAM (sized from the pod), not the host's" },
 ];
 

@@ -245,7 +245,7 @@ test("request validation: a well-formed config, then each kind of bad field is I
   );
   assert.equal(
     renderResolvConf(cfg.dns!),
-    "nameserver 10.96.0.10\nsearch default.svc.cluster.local cluster.local\noptions ndots:5\n",
+    "search default.svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n",
   );
   const iface = ok.interfaces[0]!;
   const withIface = (i: object) => ({ interfaces: [{ ...iface, ...i }] });
