@@ -5,14 +5,18 @@ import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
+import { type CoveConfig, defaultConfig } from "../config/config.ts";
 import { imageRecipe } from "../guest/build.ts";
 import { builtCrun } from "../guest/crun.ts";
 import { which } from "../guest/exec.ts";
 import { kernelKeys, LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
 import { pinnedNode } from "../guest/node-pin.ts";
-import { cacheDir, guestArtifacts, guestInputs, repoRoot } from "../guest/paths.ts";
+import { guestArtifacts, guestInputs, repoRoot } from "../guest/paths.ts";
+import { probeHost } from "../sandbox/backend.ts";
 import type { Command } from "./command.ts";
 import { containerdVersion, coveRuntimeConfig, DEFAULT_CONTAINERD_CONFIG } from "./containerd-runtime.ts";
+import { type ConfigSources, effectiveConfig } from "./effective-config.ts";
+import { hostChecks } from "./host-checks.ts";
 
 export interface CheckResult {
   name: string;
@@ -187,20 +191,49 @@ export function containerdRuntimeCheck(configPath = DEFAULT_CONTAINERD_CONFIG): 
   }
 }
 
-export function runChecks(cache = cacheDir()): CheckResult[] {
-  const a = guestArtifacts(cache);
+/** The cove config the shim would read, as a check (a config the shim would refuse is missing). */
+function configCheck(sources: ConfigSources): { result: CheckResult; config: CoveConfig } {
+  try {
+    const e = effectiveConfig(sources);
+    return {
+      result: { name: "cove config", ok: true, required: true, detail: `${e.config.source} (${e.how})` },
+      config: e.config,
+    };
+  } catch (err) {
+    return {
+      result: {
+        name: "cove config",
+        ok: false,
+        required: true,
+        detail: (err as Error).message,
+        fix: "fix the file named (config/cove.toml in the checkout lists every key)",
+      },
+      config: { ...defaultConfig(), source: "built-in defaults (the file could not be read)" },
+    };
+  }
+}
+
+export function runChecks(sources: ConfigSources = {}): CheckResult[] {
+  // What the shim reads: its config's guest artifacts and cache_dir, not $COVE_CACHE_DIR.
+  const cfg = configCheck(sources);
+  const config = cfg.config;
+  const a = { ...guestArtifacts(config.cacheDir), kernel: config.guest.kernel, rootfs: config.guest.image };
   let root: string | undefined;
   try {
     root = repoRoot();
   } catch {
     root = undefined;
   }
-  const buildGuest = "npm run guest   # or: cove guest build";
+  // An installed prefix (cove install) has the runtime's files but no sources to build from.
+  const checkout = root !== undefined && existsSync(join(root, "src"));
+  const buildGuest = checkout
+    ? "npm run guest   # or: cove guest build"
+    : "cove install from a checkout with a built guest";
   const r: CheckResult[] = [
+    cfg.result,
     artifact("guest kernel", a.kernel, true, buildGuest),
-    artifact("guest vmlinux", a.vmlinux, false, buildGuest),
     artifact("guest image", a.rootfs, true, buildGuest),
-    program("qemu", "qemu-system-x86_64", "qemu-system-x86", true),
+    ...hostChecks(config, probeHost()),
     program("containerd", "containerd", "containerd", true),
     containerdRuntimeCheck(process.env.COVE_CONTAINERD_CONFIG || DEFAULT_CONTAINERD_CONFIG),
   ];
@@ -218,7 +251,7 @@ export function runChecks(cache = cacheDir()): CheckResult[] {
           fix: "apt-get install -y linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev",
         },
   );
-  if (root) r.push(pinnedNodeCheck(root), freshness(a, root));
+  if (root && checkout) r.push(pinnedNodeCheck(root), freshness(a, root));
   r.push(kvm());
   if (root) {
     r.push(
@@ -229,7 +262,7 @@ export function runChecks(cache = cacheDir()): CheckResult[] {
         `cd ${root} && npx node-gyp rebuild`,
       ),
     );
-    r.push(artifact("bundles", join(root, "dist/agent.cjs"), true, `cd ${root} && npm run build`));
+    if (checkout) r.push(artifact("bundles", join(root, "dist/agent.cjs"), true, `cd ${root} && npm run build`));
   }
   const shim = which("containerd-shim-cove-v2");
   r.push(
@@ -240,7 +273,7 @@ export function runChecks(cache = cacheDir()): CheckResult[] {
           ok: false,
           required: true,
           detail: "containerd-shim-cove-v2 not on PATH (containerd looks it up there)",
-          fix: `ln -sf ${root ? join(root, "bin/containerd-shim-cove-v2") : "<checkout>/bin/containerd-shim-cove-v2"} /usr/local/bin/containerd-shim-cove-v2`,
+          fix: "cove install   # from a checkout: bin/cove install",
         },
   );
   return r;
@@ -262,17 +295,23 @@ export function formatChecks(results: CheckResult[]): string {
 export const checkCommand: Command = {
   path: ["check"],
   summary: "report what cove needs that is present or missing, with the command that fixes each",
-  usage: `cove check [--json]
+  usage: `cove check [--json] [--config FILE]
 
-Checks the pinned Node, the guest kernel and image in $COVE_CACHE_DIR (default /var/cache/cove),
-QEMU, containerd, whether containerd's config (/etc/containerd/config.toml, or $COVE_CONTAINERD_CONFIG)
-has a CRI handler running cove and its name, crun/runc, erofs-utils, the kernel source, /dev/kvm
-(hardware or PVM), the native addon, the bundles
-and the shim on PATH. Prints the command that fixes each missing item. Exit 1 if a required item is
-missing.`,
+Checks the pinned Node (in a checkout). Reads the cove config the shim would read (the ConfigPath of containerd's cove runtime, else
+$COVE_CONFIG, else /etc/cove/cove.toml, else the defaults; or --config FILE) and checks what it
+names — the guest kernel and image, cache_dir's guest build — and what the runtime needs on this
+host: the backend the \`hypervisor\` setting picks (KVM with hardware virtualization, or QEMU), /dev/net/tun,
+tc and nsenter (ingress qdisc, u32, mirred), cgroups; containerd and whether its config
+(/etc/containerd/config.toml, or $COVE_CONTAINERD_CONFIG) has a CRI handler running cove, crun/runc,
+erofs-utils, the kernel source, /dev/kvm (hardware or PVM), the native addon, the bundles and the
+shim on PATH. Prints the command that fixes each missing item. Exit 1 if a required item is missing.`,
   async run(args) {
-    const { values } = parseArgs({ args, options: { json: { type: "boolean" } }, strict: true });
-    const results = runChecks();
+    const { values } = parseArgs({
+      args,
+      options: { json: { type: "boolean" }, config: { type: "string" } },
+      strict: true,
+    });
+    const results = runChecks(values.config ? { configPath: values.config } : {});
     process.stdout.write(values.json ? `${JSON.stringify(results, null, 2)}\n` : formatChecks(results));
     return results.some((c) => !c.ok && c.required) ? 1 : 0;
   },

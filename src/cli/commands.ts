@@ -1,9 +1,11 @@
 // Every `cove` command. To add one: write src/cli/<name>.ts exporting a Command, list it here.
 import { checkCommand } from "./check.ts";
 import type { Command } from "./command.ts";
+import { envCommand } from "./env.ts";
 import { guestBuild } from "./guest.ts";
 import { helpCommand } from "./help.ts";
 import { installCommand } from "./install.ts";
+import { psCommand } from "./ps.ts";
 import { uninstallCommand } from "./uninstall.ts";
 
 export const COMMANDS: readonly Command[] = [
@@ -11,5 +13,7 @@ export const COMMANDS: readonly Command[] = [
   checkCommand,
   installCommand,
   uninstallCommand,
+  psCommand,
+  envCommand,
   helpCommand(() => COMMANDS),
 ];

@@ -52,9 +52,12 @@ export interface ContainerOps {
 
 export class ContainerTable {
   private readonly byId = new Map<string, PodContainer>();
+  /** Called after every add or delete (the pod's run state for `cove ps`). */
+  onChange?: () => void;
 
   add(c: PodContainer): void {
     this.byId.set(c.id, c);
+    this.onChange?.();
   }
 
   get(id: string): PodContainer | undefined {
@@ -73,7 +76,11 @@ export class ContainerTable {
   }
 
   delete(id: string): void {
-    this.byId.delete(id);
+    if (this.byId.delete(id)) this.onChange?.();
+  }
+
+  ids(): string[] {
+    return [...this.byId.keys()];
   }
 
   values(): IterableIterator<PodContainer> {

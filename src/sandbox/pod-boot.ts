@@ -15,7 +15,7 @@ import type { ContainerdAddress } from "../rootfs/containerd.ts";
 import type { CreateSpec, MountSpec } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { AgentClientOptions } from "./agent/index.ts";
-import { backendFactory, chooseBackend, type HostKvm, probeHost } from "./backend.ts";
+import { type BackendChoice, backendFactory, chooseBackend, type HostKvm, probeHost } from "./backend.ts";
 import {
   type ContainerDisks,
   type DiskMakers,
@@ -66,6 +66,8 @@ export const realPodBootDeps: PodBootDeps = {
 export interface Preflight {
   config: CoveConfig;
   hypervisor: Hypervisor;
+  /** The backend choice and its reason (absent when a test hands in a hypervisor). */
+  choice?: BackendChoice;
 }
 
 function loadPodConfig(spec: CreateSpec, configPath: string | undefined): CoveConfig {
@@ -93,7 +95,7 @@ export function preflight(
     { id: spec.id, backend: choice.kind, accel: choice.accel, reason: choice.reason },
     "hypervisor backend chosen",
   );
-  return { config, hypervisor: backendFactory(choice)(config, choice) };
+  return { config, hypervisor: backendFactory(choice)(config, choice), choice };
 }
 
 /** What the pod boot checked before it acquires anything (it throws, holding nothing, when a check fails). */

@@ -12,8 +12,9 @@ import type { NetRecord } from "../network/pod-network.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { AGENT_PORT, AgentClient, type AgentClientOptions, vsockDialer } from "./agent/index.ts";
 import { PodDisks } from "./disks.ts";
+import { VM_RUN_DIR } from "./run-state.ts";
 
-export const VM_RUN_DIR = "/run/cove/vm";
+export { VM_RUN_DIR };
 /** Files in the VM's work dir that `delete` reads should the shim die (src/sandbox/cleanup.ts). */
 export const VMM_PID_FILE = "vmm.pid";
 export const NET_STATE_FILE = "net.json";

@@ -25,12 +25,14 @@ import {
   bootPod,
   type FirstContainer,
   type PodBootDeps,
+  type PodBootPlan,
   type Preflight,
   planPodBoot,
   preflight,
   realPodBootDeps,
 } from "./pod-boot.ts";
 import { containerMemoryLimit } from "./pod-resources.ts";
+import { namespaceOfBundle, PodRunStateFile } from "./run-state.ts";
 import { isSandboxContainer, SandboxContainerOps } from "./sandbox-container.ts";
 import { memoryFitWarning } from "./vm-size.ts";
 import { VolumeSync } from "./volume-sync.ts";
@@ -124,11 +126,31 @@ export class SandboxRuntime implements TaskRuntime {
       this.disks = b.disks;
       this.net = b.net;
       this.dnsFrom = b.dnsFrom;
+      this.recordRunState(plan, b.pod);
       this.watch(b.pod);
       return { pod: b.pod, firstDisks: b.firstDisks };
     } finally {
       this.booting = undefined;
     }
+  }
+
+  /** pod.json in the VM's work dir for `cove ps`, kept in step with the container table. */
+  private recordRunState(plan: PodBootPlan, pod: PodVm): void {
+    const file = new PodRunStateFile(pod.workDir, {
+      id: plan.id,
+      namespace: namespaceOfBundle(plan.bundle),
+      bundle: plan.bundle,
+      shimPid: process.pid,
+      vmmPid: pod.vm.pid,
+      backend: plan.hypervisor.name,
+      ...(plan.choice ? { accel: plan.choice.accel } : {}),
+      vcpus: plan.size.vcpus,
+      memoryMib: plan.size.memoryMib,
+      startedAt: new Date().toISOString(),
+      bootMs: Math.round(pod.bootMs),
+      containers: this.containers.ids(),
+    });
+    this.containers.onChange = () => file.setContainers(this.containers.ids());
   }
 
   /** Reports the end of every process when the VM goes away without being asked to (a fault). */

@@ -2,11 +2,14 @@
 // against a scratch containerd of each supported version: the install goes into a prefix, its bin
 // dir is first on containerd's PATH, the runtime block goes into containerd's own config; after a
 // restart a CRI pod with handler "cove" runs on the installed shim; a second install changes
-// nothing; uninstall gives back containerd's config byte for byte. One pod per version.
+// nothing; the installed `cove ps` lists the pod and `cove env` the config and guest it uses;
+// uninstall gives back containerd's config byte for byte. One pod per version.
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { after, describe, test } from "node:test";
+import type { CoveEnv } from "../../src/cli/env.ts";
+import type { PodRow } from "../../src/cli/ps.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { CNI_BIN_DIR, removeBridge, writeBridgeConflist } from "../harness/cni.ts";
 import { Containerd, REPO_ROOT } from "../harness/containerd.ts";
@@ -26,8 +29,8 @@ const skip = requireIntegration([
 ]);
 const BRIDGE = "cove-inst0";
 
-async function cove(args: string[]): Promise<string> {
-  const r = await run(join(REPO_ROOT, "bin", "cove"), args, { timeoutMs: 120_000 });
+async function cove(args: string[], bin = join(REPO_ROOT, "bin", "cove")): Promise<string> {
+  const r = await run(bin, args, { timeoutMs: 120_000 });
   assert.equal(r.code, 0, `cove ${args.join(" ")}: ${r.stdout}${r.stderr}`);
   return r.stdout;
 }
@@ -81,10 +84,33 @@ describe("cove install / uninstall on each containerd version", { skip, timeout:
         assert.equal(st.status.state, "SANDBOX_READY");
         assert.equal(st.status.runtime_handler, "cove");
         // The pod's shim is the installed one: the prefix's Node running the prefix's bundle.
-        const shims = processesWithArg(cd.address).map((p) => p.argv);
-        assert.equal(shims.length, 1, `one shim: ${shims.join("\n")}`);
-        assert.equal(shims[0]![0], join(prefix, "bin", "node"));
-        assert.equal(resolve(shims[0]![1]!), join(prefix, "dist", "containerd-shim-cove-v2.cjs"));
+        const shims = processesWithArg(cd.address);
+        assert.equal(shims.length, 1, `one shim: ${shims.map((p) => p.argv.join(" ")).join("\n")}`);
+        assert.equal(shims[0]!.argv[0], join(prefix, "bin", "node"));
+        assert.equal(resolve(shims[0]!.argv[1]!), join(prefix, "dist", "containerd-shim-cove-v2.cjs"));
+        // The installed cove: `cove ps` finds the pod from the shim's run state; `cove env` reads the
+        // config containerd's runtime names and the guest in the prefix.
+        const installedCove = join(cd.binDir, "cove");
+        const rows = JSON.parse(await cove(["ps", "--json"], installedCove)) as PodRow[];
+        const row = rows.find((r) => r.id === id);
+        assert.ok(row, `cove ps lists the pod: ${JSON.stringify(rows)}`);
+        assert.equal(row.namespace, "k8s.io");
+        assert.equal(row.shimPid, shims[0]!.pid);
+        assert.equal(row.alive, true);
+        assert.ok(existsSync(`/proc/${row.vmmPid}`), "the VMM pid is a live process");
+        assert.deepEqual(row.containers, [id], "the sandbox container");
+        assert.ok((row.hostPssKib ?? 0) > 10 * 1024, `host PSS ${row.hostPssKib} KiB`);
+        const env = JSON.parse(
+          await cove(["env", "--json", "--containerd-config", cd.configPath], installedCove),
+        ) as CoveEnv;
+        assert.equal(env.config.file, coveToml);
+        assert.equal(env.guest.image.path, join(prefix, "share", "guest", "rootfs.erofs"));
+        assert.equal(
+          "kind" in env.backend && `${env.backend.kind}/${env.backend.accel}`,
+          `${row.backend}/${row.accel}`,
+        );
+        const table = await cove(["ps"], installedCove);
+        assert.match(table, new RegExp(`^${id.slice(0, 12)} +k8s\\.io +${row.vmmPid} `, "m"));
         await cri.stopPodSandbox(id);
         await cri.removePodSandbox(id);
         await waitFor("the pod's shim to go", () => processesWithArg(cd.address).length === 0, 30_000);

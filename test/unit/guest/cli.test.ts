@@ -1,7 +1,7 @@
 // The cove CLI: command lookup, help, and `cove check` on an empty cache.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -48,11 +48,14 @@ test("cove help lists the commands; unknown commands exit 2", () => {
 test("cove check on an empty cache reports the guest missing, with the fix, and exits 1", () => {
   const cache = mkdtempSync(join(tmpdir(), "cove-check-"));
   try {
-    const r = cove(["check"], { COVE_CACHE_DIR: cache });
+    // cove check reads the config the shim reads: its cache_dir, not $COVE_CACHE_DIR.
+    writeFileSync(join(cache, "cove.toml"), `cache_dir = "${cache}"\n`);
+    const env = { COVE_CONFIG: join(cache, "cove.toml"), COVE_CONTAINERD_CONFIG: join(cache, "none.toml") };
+    const r = cove(["check"], env);
     assert.equal(r.status, 1, r.stdout + r.stderr);
     assert.match(r.stdout, new RegExp(`MISSING\\s+guest kernel\\s+${join(cache, "guest/kernel")} missing`));
     assert.match(r.stdout, /fix: npm run guest/);
-    const j = cove(["check", "--json"], { COVE_CACHE_DIR: cache });
+    const j = cove(["check", "--json"], env);
     const results = JSON.parse(j.stdout) as { name: string; ok: boolean; required: boolean; fix?: string }[];
     const image = results.find((c) => c.name === "guest image");
     assert.equal(image?.ok, false);
