@@ -48,7 +48,7 @@ function program(name: string, bin: string, pkg: string, required: boolean, vers
   return { name, ok: true, required, detail: `${path} (${version([path, ...versionArgs])})` };
 }
 
-/** KVM, and whether it is backed by hardware virtualization or by PVM (see notes/host-kvm.md). */
+/** KVM, and whether it is backed by hardware virtualization or by PVM (see docs/hosts.md). */
 export function kvmKind(cpuinfo: string, pvmModule: boolean): "hardware" | "pvm" | "unknown" {
   if (pvmModule) return "pvm";
   return /^flags\s*:.*\b(vmx|svm)\b/m.test(cpuinfo) ? "hardware" : "unknown";

@@ -1,6 +1,6 @@
 // Which hypervisor backend runs a pod VM on this host. `auto` takes the embedded VMM where /dev/kvm
 // is backed by hardware virtualization (vmx/svm), and QEMU under TCG where it is not (e.g. PVM hosts,
-// whose /dev/kvm cannot run a stock Linux guest; see notes/host-kvm.md). Backends register here.
+// whose /dev/kvm cannot run a stock Linux guest; see docs/hosts.md). Backends register here.
 import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import type { CoveConfig, HypervisorChoice } from "../config/config.ts";
 import type { Hypervisor } from "../hypervisor/types.ts";

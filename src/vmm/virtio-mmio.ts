@@ -1,5 +1,5 @@
 // The virtio-mmio transport, version 2 (virtio 1.2 §4.2.2), hosting one src/virtio device, with
-// the Dragonball vendor extension (DESIGN decision 3, notes/virtio-mmio-msi.md §2c): VendorID
+// the Dragonball vendor extension (docs/decisions.md decision 3, docs/virtio-mmio-msi.md §2c): VendorID
 // 0xdbfcdb00 | feature byte, an MSI CSR/command/address/data block at 0x0c0..0x0cf (vector 0 =
 // config, queue i = vector i+1) and per-queue doorbells at +0x1000 + 4·i. A guest that does not
 // enable MSI gets the legacy interrupt with InterruptStatus/ACK.

@@ -1,7 +1,7 @@
 // The nested test host: runs a shell command inside a QEMU TCG VM (`-cpu max`, emulated SVM) whose
 // kernel has KVM built in and whose root is this machine's own root over virtio-9p, read-only —
 // so the command sees the same Node, checkout and build, and a genuine /dev/kvm (this machine's
-// own is PVM, which cannot run a stock Linux guest; see /work/shared/notes/host-kvm.md).
+// own is PVM, which cannot run a stock Linux guest; see docs/hosts.md).
 // Returns the command's output and exit code.
 //
 //   node --import tsx test/harness/nested.ts [--timeout S] [--mem MiB] [--smp N] [--cwd DIR] -- CMD...

@@ -29,7 +29,7 @@ export const NESTED_FRAGMENT = join(here, "nested.config");
 export const NESTED_BASE = join(here, "base.config");
 export const NESTED_INIT = join(here, "init.sh");
 /** Bump when the recipe changes in a way the key does not see. */
-const RECIPE = { version: 1, arch: "x86_64", base: "allnoconfig", target: "bzImage" };
+const RECIPE = { version: 2, arch: "x86_64", base: "allnoconfig", target: "bzImage" };
 const BUILD_ENV = { KBUILD_BUILD_USER: "cove", KBUILD_BUILD_HOST: "cove", KBUILD_BUILD_TIMESTAMP: "1970-01-01" };
 
 export function nestedPaths(cache = cacheDir()) {
@@ -44,10 +44,18 @@ export function nestedPaths(cache = cacheDir()) {
  * nested.config.
  */
 export function nestedFragment(): string {
-  // The label below and nested.config's own comments still say deploy/nested/ (where these files
-  // lived): the fragment's text is part of the cache key, and rewording it would rebuild the kernel.
   const base = readFileSync(NESTED_BASE, "utf8");
-  return `${base}\n# ---- deploy/nested/nested.config ----\n${readFileSync(NESTED_FRAGMENT, "utf8")}`;
+  return `${base}\n# ---- tools/nested/nested.config ----\n${readFileSync(NESTED_FRAGMENT, "utf8")}`;
+}
+
+/** What the kernel build sees of a fragment: its option lines, without comments or blank lines, so
+ * that rewording a comment does not rebuild the kernel. */
+export function effectiveOptions(fragment: string): string {
+  return fragment
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => (l !== "" && !l.startsWith("#")) || /^# CONFIG_\w+ is not set$/.test(l))
+    .join("\n");
 }
 
 export function nestedKey(): string {
@@ -55,7 +63,7 @@ export function nestedKey(): string {
   if (!linuxSource || !existsSync(LINUX_SOURCE_TARBALL))
     throw new Error(`${LINUX_SOURCE_TARBALL} missing: apt-get install ${LINUX_SOURCE_PACKAGE}`);
   const gcc = run(["gcc", "--version"]).split("\n")[0] ?? "?";
-  return keyOf({ recipe: RECIPE, linuxSource, fragment: sha256(nestedFragment()), gcc });
+  return keyOf({ recipe: RECIPE, linuxSource, fragment: sha256(effectiveOptions(nestedFragment())), gcc });
 }
 
 /** The cached kernel, if built. */
