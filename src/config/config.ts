@@ -52,7 +52,7 @@ export const DEFAULT_CONFIG_PATH = "/etc/cove/cove.toml";
 export const DEFAULT_CACHE_DIR = "/var/cache/cove";
 /** TCG's translation cache per pod VM, in MiB: see [qemu] tcg_tb_size_mib in config/cove.toml for
  * what it costs and saves (measured by `npm run bench -- tcg`). */
-export const DEFAULT_TCG_TB_SIZE_MIB = 32;
+export const DEFAULT_TCG_TB_SIZE_MIB = 64;
 const LOG_LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "error", "fatal"];
 const HYPERVISORS: readonly HypervisorChoice[] = ["auto", "embedded", "qemu"];
 
