@@ -7,6 +7,7 @@ import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { type CoveConfig, defaultConfig } from "../config/config.ts";
 import { imageRecipe } from "../guest/build.ts";
+import { builtBusybox } from "../guest/busybox.ts";
 import { builtCrun } from "../guest/crun.ts";
 import { which } from "../guest/exec.ts";
 import { kernelKeys, LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
@@ -118,10 +119,14 @@ function freshness(a: ReturnType<typeof guestArtifacts>, root: string): CheckRes
     const imageKeyNow = basename(dirname(realpathSync(a.rootfs)));
     // The guest's crun is built into the cache; without a build for today's inputs the image is stale.
     const crun = builtCrun(dirname(a.dir));
+    const busybox = builtBusybox(dirname(a.dir));
     if (!crun) stale.push("crun");
-    else if (
-      imageKeyNow !== imageRecipe(root, undefined, crun).key &&
-      imageKeyNow !== imageRecipe(root, "lz4hc", crun).key
+    if (!busybox) stale.push("busybox");
+    if (
+      crun &&
+      busybox &&
+      imageKeyNow !== imageRecipe(root, undefined, crun, busybox).key &&
+      imageKeyNow !== imageRecipe(root, "lz4hc", crun, busybox).key
     )
       stale.push("image");
     return stale.length

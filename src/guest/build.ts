@@ -2,6 +2,7 @@
 // published under the stable names in <cache>/guest/.
 import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { type BusyboxBuild, ensureBusybox } from "./busybox.ts";
 import { type CrunBuild, ensureCrun, RUNTIME_FEATURES_FILE } from "./crun.ts";
 import { findImageInputs, imageKey, imagePlan } from "./image.ts";
 import { buildKernel, type KernelBuild } from "./kernel.ts";
@@ -28,10 +29,15 @@ export interface GuestBuildOptions {
 }
 
 /** The image's inputs, layout and cache key as the checkout stands now. */
-export function imageRecipe(root: string, compress?: "lz4" | "lz4hc", crun?: CrunBuild) {
+export function imageRecipe(
+  root: string,
+  compress: "lz4" | "lz4hc" | undefined,
+  crun: CrunBuild | undefined,
+  busybox: BusyboxBuild,
+) {
   const gi = guestInputs(root);
   const runtime = crun && { name: "crun" as const, path: crun.binary, version: `${crun.version} (built, ${crun.key})` };
-  const inputs = findImageInputs(gi.agentBundle, gi.addon, gi.nodePin, runtime);
+  const inputs = findImageInputs(gi.agentBundle, gi.addon, gi.nodePin, runtime, busybox.binary);
   const plan = imagePlan(inputs);
   const key = imageKey(
     [...plan, { kind: "content", path: "/.cove-erofs", content: compress ?? "none", mode: 0o644 }],
@@ -49,14 +55,15 @@ export async function buildImage(
   // The guest's crun understands OCI runtime spec 1.2 (containerd 2.x writes it); its features go
   // beside the image for the shim's -info.
   const crun = await ensureCrun(cache, progress, opts.jobs);
-  const { inputs, plan, key } = imageRecipe(root, opts.compress, crun);
+  const busybox = await ensureBusybox(cache, progress);
+  const { inputs, plan, key } = imageRecipe(root, opts.compress, crun, busybox);
   const dir = join(cache, "image", key);
   const rootfs = join(dir, "rootfs.erofs");
   if (!opts.force && existsSync(join(dir, "manifest.json"))) {
     progress.stage(`image: up to date (${key})`);
     return { key, dir, rootfs, cached: true };
   }
-  progress.stage(`image: assembling root (node, ${inputs.runtime.name}, agent) `);
+  progress.stage(`image: assembling root (node, ${inputs.runtime.name}, busybox, agent) `);
   const tmp = `${dir}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   const tree = join(tmp, "root");

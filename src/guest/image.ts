@@ -2,6 +2,7 @@
 // The layout is data (a RootPlan); its key (every entry plus the bytes of every copied file) names
 // the cached image, so a changed agent bundle, Node, runtime or layout makes a new image.
 import { existsSync } from "node:fs";
+import { GUEST_BUSYBOX } from "./busybox.ts";
 import { dpkgVersion, which } from "./exec.ts";
 import { pinnedNode } from "./node-pin.ts";
 import { binaryWithLibraries, dedupe, planKey, type RootPlan, usrMergedSkeleton } from "./rootfs.ts";
@@ -23,6 +24,8 @@ export interface ImageInputs {
   runtime: { name: "crun" | "runc"; path: string; version?: string };
   agentBundle: string;
   addon: string;
+  /** The static busybox (busybox.ts), copied to GUEST_BUSYBOX. */
+  busybox: string;
 }
 
 /** Finds the host binaries the image needs; throws naming the package to install. */
@@ -30,7 +33,8 @@ export function findImageInputs(
   agentBundle: string,
   addon: string,
   nodePin: string,
-  built?: ImageInputs["runtime"],
+  built: ImageInputs["runtime"] | undefined,
+  busybox: string,
 ): ImageInputs {
   const node = pinnedNode(nodePin).path;
   const crun = which("crun", "/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin");
@@ -45,7 +49,8 @@ export function findImageInputs(
   if (!runtime) throw new Error("no OCI runtime for the guest: apt-get install crun (or runc)");
   if (!existsSync(agentBundle)) throw new Error(`agent bundle ${agentBundle} missing: run \`npm run build\``);
   if (!existsSync(addon)) throw new Error(`native addon ${addon} missing: run \`npx node-gyp rebuild\``);
-  return { node, runtime, agentBundle, addon };
+  if (!existsSync(busybox)) throw new Error(`static busybox ${busybox} missing: run \`npm run guest\``);
+  return { node, runtime, agentBundle, addon, busybox };
 }
 
 const ETC: Record<string, string> = {
@@ -72,6 +77,7 @@ export function imagePlan(inp: ImageInputs): RootPlan {
   plan.push({ kind: "symlink", path: "/etc/mtab", target: "../proc/self/mounts" });
   plan.push(...binaryWithLibraries(inp.node, GUEST_NODE));
   plan.push(...binaryWithLibraries(inp.runtime.path, `/usr/bin/${inp.runtime.name}`));
+  plan.push({ kind: "file", path: GUEST_BUSYBOX, from: inp.busybox, mode: 0o755 });
   plan.push({ kind: "dir", path: GUEST_AGENT_DIR, mode: 0o755 });
   plan.push({ kind: "file", path: GUEST_AGENT, from: inp.agentBundle, mode: 0o644 });
   plan.push(...binaryWithLibraries(inp.addon, `${GUEST_AGENT_DIR}/cove_native.node`));
