@@ -13,6 +13,7 @@ import { COVE_RUNTIME_TYPE, Containerd } from "../harness/containerd.ts";
 import { CriClient, type PodSandboxConfig } from "../harness/cri.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage, pauseImage } from "../harness/image.ts";
 import { waitFor } from "../harness/processes.ts";
+import { withTimeout } from "../harness/timeout.ts";
 
 const BRIDGE = "cove-nb0";
 const PREFIX = "10.231.43";
@@ -20,16 +21,6 @@ const HOST_IP = `${PREFIX}.1`;
 const RTT_SECONDS = Number(process.env.COVE_BENCH_RTT_SECONDS ?? 5);
 const BULK_MIB = Number(process.env.COVE_BENCH_BULK_MIB ?? 64);
 const art = guestArtifacts();
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, j) => {
-      t = setTimeout(() => j(new Error(`${what} timed out after ${ms} ms`)), ms);
-    }),
-  ]);
-}
 
 function open(host: string, port: number): Promise<Socket> {
   return withTimeout(

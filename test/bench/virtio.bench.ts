@@ -25,6 +25,7 @@ import { guestArtifacts } from "../../src/guest/paths.ts";
 import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
 import { QemuHypervisor, type QemuVm } from "../../src/hypervisor/qemu/qemu.ts";
 import { load as loadAddon } from "../../src/native/load.ts";
+import { withTimeout } from "../harness/timeout.ts";
 import { type BlkBenchResult, buildBlkBench, parseBlkBench } from "../integration/virtio-blkbench.ts";
 import { buildTestRoot, CMD_PORT, ECHO_PORT } from "../integration/virtio-guest-root.ts";
 
@@ -59,16 +60,6 @@ const kernel = process.env.COVE_TEST_KERNEL ?? guestArtifacts().kernel;
 if (!existsSync(kernel)) {
   console.error(`${kernel} missing: build the guest first with \`npm run guest\` (or set COVE_TEST_KERNEL)`);
   process.exit(1);
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, rej) => {
-      t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms);
-    }),
-  ]);
 }
 
 /** Sends `input`, half-closes, collects everything until the guest closes. */

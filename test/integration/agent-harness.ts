@@ -177,13 +177,3 @@ export function readAll(s: NodeJS.ReadableStream): Promise<Buffer> {
     s.on("error", reject);
   });
 }
-
-export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, rej) => {
-      t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms);
-    }),
-  ]);
-}

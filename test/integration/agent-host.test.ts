@@ -11,15 +11,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { AgentClient } from "../../src/sandbox/agent/index.ts";
 import { Code, TtrpcError } from "../../src/ttrpc/index.ts";
-import {
-  busyboxErofs,
-  type HostAgent,
-  hostAgentSkip,
-  ociSpec,
-  readAll,
-  startHostAgent,
-  withTimeout,
-} from "./agent-harness.ts";
+import { withTimeout } from "../harness/timeout.ts";
+import { busyboxErofs, type HostAgent, hostAgentSkip, ociSpec, readAll, startHostAgent } from "./agent-harness.ts";
 
 const skip = hostAgentSkip();
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");

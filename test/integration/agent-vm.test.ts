@@ -13,7 +13,8 @@ import type { RunningVm } from "../../src/hypervisor/types.ts";
 import { AgentClient, vsockDialer } from "../../src/sandbox/agent/index.ts";
 import { Code, TtrpcError } from "../../src/ttrpc/index.ts";
 import { waitForConsole } from "../harness/qemu-guest.ts";
-import { busyboxErofs, hostAgentSkip, ociSpec, readAll, withTimeout } from "./agent-harness.ts";
+import { withTimeout } from "../harness/timeout.ts";
+import { busyboxErofs, hostAgentSkip, ociSpec, readAll } from "./agent-harness.ts";
 
 const art = guestArtifacts();
 const skip =

@@ -14,7 +14,7 @@ import { guestArtifacts } from "../../src/guest/paths.ts";
 import { QemuHypervisor } from "../../src/hypervisor/qemu/qemu.ts";
 import type { RunningVm } from "../../src/hypervisor/types.ts";
 import { retryUntil, waitForConsole } from "../harness/qemu-guest.ts";
-import { withTimeout } from "./agent-harness.ts";
+import { withTimeout } from "../harness/timeout.ts";
 import { buildTestRoot, CMD_PORT, ECHO_PORT } from "./virtio-guest-root.ts";
 
 const kernel = process.env.COVE_TEST_KERNEL ?? guestArtifacts().kernel;

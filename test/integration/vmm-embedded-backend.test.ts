@@ -15,21 +15,12 @@ import { guestArtifacts } from "../../src/guest/paths.ts";
 import { EmbeddedHypervisor, type EmbeddedVm } from "../../src/hypervisor/embedded/embedded.ts";
 import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
 import { nestedUnavailable, runNested } from "../harness/nested.ts";
+import { withTimeout } from "../harness/timeout.ts";
 import { buildTestRoot, CMD_PORT, ECHO_PORT } from "./virtio-guest-root.ts";
 
 const kernel = process.env.COVE_TEST_KERNEL ?? guestArtifacts().kernel;
 const direct = chooseAccel().accel === "kvm";
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, rej) => {
-      t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms);
-    }),
-  ]);
-}
 
 function exchange(s: Duplex, input: Buffer | string): Promise<Buffer> {
   return new Promise((resolve, reject) => {

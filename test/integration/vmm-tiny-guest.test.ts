@@ -8,6 +8,7 @@ import { addressOf, eventfd, mapAnonymous, unmap, unwatchFd, watchFd } from "../
 import { Bus, type BusDevice } from "../../src/vmm/bus.ts";
 import { Exit, Kvm, type Vm } from "../../src/vmm/kvm.ts";
 import { type StopReason, VcpuLoop } from "../../src/vmm/vcpu.ts";
+import { withTimeout } from "../harness/timeout.ts";
 
 const skip = existsSync("/dev/kvm") ? false : "no /dev/kvm on this machine: the tiny-guest KVM tests cannot run";
 const CODE = 0x1000;
@@ -62,14 +63,6 @@ function tiny(code: number[]): Tiny {
   };
 }
 
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, rej) => {
-    t = setTimeout(() => rej(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
-}
-
 // x86 16-bit encodings used below.
 const movDx = (port: number) => [0xba, port & 0xff, port >> 8];
 const movAl = (v: number) => [0xb0, v];
@@ -109,7 +102,7 @@ describe("tiny guests on /dev/kvm", { skip }, () => {
     // before the leak checks count threads and fds.
     const t = tiny([HLT]);
     t.loop.start();
-    await within(t.stopped, 10_000, "warm-up hlt");
+    await withTimeout(t.stopped, 10_000, "warm-up hlt");
     t.close();
   });
 
@@ -127,7 +120,7 @@ describe("tiny guests on /dev/kvm", { skip }, () => {
       t.loop.start();
       // (KVM may add its own per-VM thread, e.g. kvm-nx-lpage-recovery, so count ours by name.)
       assert.equal(threadNames().filter((n) => n === "cove-vcpu0").length, 1, "one native thread per running vCPU");
-      const reason = await within(t.stopped, 10_000, "the guest to halt");
+      const reason = await withTimeout(t.stopped, 10_000, "the guest to halt");
       assert.deepEqual(reason, { kind: "hlt" });
       assert.equal(Buffer.from(serial.writes.flatMap((w) => w.bytes)).toString(), msg);
       assert.ok(serial.writes.every((w) => w.offset === 0));
@@ -165,7 +158,7 @@ describe("tiny guests on /dev/kvm", { skip }, () => {
     t.mmio.register(0xd0000, 0x1000, dev, "test-mmio");
     try {
       t.loop.start();
-      assert.deepEqual(await within(t.stopped, 10_000, "the guest to halt"), { kind: "hlt" });
+      assert.deepEqual(await withTimeout(t.stopped, 10_000, "the guest to halt"), { kind: "hlt" });
       assert.deepEqual(dev.reads, [{ offset: 0, len: 4 }]);
       assert.deepEqual(dev.writes, [{ offset: 4, bytes: [0x79, 0x56, 0x34, 0x12] }]);
     } finally {
@@ -186,7 +179,7 @@ describe("tiny guests on /dev/kvm", { skip }, () => {
     t.pio.register(0x3f8, 8, serial, "serial");
     try {
       t.loop.start();
-      assert.deepEqual(await within(t.stopped, 10_000, "the guest to halt"), { kind: "hlt" });
+      assert.deepEqual(await withTimeout(t.stopped, 10_000, "the guest to halt"), { kind: "hlt" });
       assert.deepEqual(serial.writes, [{ offset: 0, bytes: [0xff] }]);
     } finally {
       t.close();
@@ -217,8 +210,8 @@ describe("tiny guests on /dev/kvm", { skip }, () => {
     try {
       t.vm.ioeventfd({ addr: 0x500, len: 1, fd: efd, datamatch: 7n, pio: true });
       t.loop.start();
-      assert.deepEqual(await within(t.stopped, 10_000, "the guest to halt"), { kind: "hlt" });
-      await within(kicked, 5_000, "the eventfd");
+      assert.deepEqual(await withTimeout(t.stopped, 10_000, "the guest to halt"), { kind: "hlt" });
+      await withTimeout(kicked, 5_000, "the eventfd");
       assert.equal(kicks, 1);
       assert.deepEqual(dev.writes, [{ offset: 0, bytes: [8] }]);
       t.vm.ioeventfd({ addr: 0x500, len: 1, fd: efd, datamatch: 7n, pio: true }, true);
@@ -252,13 +245,13 @@ describe("tiny guests on /dev/kvm", { skip }, () => {
     try {
       t.loop.start();
       await new Promise((r) => setTimeout(r, 20));
-      await within(t.loop.pause(), 5_000, "the vCPU to park");
+      await withTimeout(t.loop.pause(), 5_000, "the vCPU to park");
       const rip = Number(t.loop.vcpu.getRegs().rip);
       assert.ok(rip >= CODE && rip < CODE + 3, `rip 0x${rip.toString(16)} inside the loop`);
       const intr = t.loop.exits.get(Exit.INTR) ?? 0;
       t.loop.resume();
       // Running again: a second pause needs a second kick, which shows up as another INTR exit.
-      await within(t.loop.pause(), 5_000, "the vCPU to park again");
+      await withTimeout(t.loop.pause(), 5_000, "the vCPU to park again");
       assert.ok((t.loop.exits.get(Exit.INTR) ?? 0) > intr);
     } finally {
       t.close();

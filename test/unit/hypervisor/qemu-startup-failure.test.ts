@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { QemuHypervisor } from "../../../src/hypervisor/qemu/qemu.ts";
+import { withTimeout } from "../../harness/timeout.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "cove-qemu-fail-"));
 const uncaught: Error[] = [];
@@ -33,16 +34,6 @@ function fakeQemu(delayS: number): string {
   );
   chmodSync(p, 0o755);
   return p;
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      t = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(t));
 }
 
 describe("qemu backend: QEMU exits at startup", () => {

@@ -9,7 +9,8 @@ import { afterEach, describe, it } from "node:test";
 import { encodeRequestFrame } from "../../../src/ttrpc/envelope.ts";
 import { encodeFrame } from "../../../src/ttrpc/frame.ts";
 import { Code, connectUnix, TtrpcClient, TtrpcError, TtrpcServer } from "../../../src/ttrpc/index.ts";
-import { duplexPair, RawPeer, withTimeout } from "./pair.ts";
+import { withTimeout } from "../../harness/timeout.ts";
+import { duplexPair, RawPeer } from "./pair.ts";
 
 const enc = (s: string) => Buffer.from(s);
 const dec = (b: Uint8Array) => Buffer.from(b).toString();

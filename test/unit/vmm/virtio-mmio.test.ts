@@ -1,5 +1,5 @@
 // The virtio-mmio transport's register protocol, legacy and MSI interrupts, doorbells, and every
-// hostile-guest case the issue names: each is logged, marks the device failed (or is ignored),
+// hostile-guest case we know of (docs/security.md): each is logged, marks the device failed (or is ignored),
 // and never throws. No KVM: interrupts and notifiers are test doubles.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
