@@ -3,6 +3,7 @@
 // src/hypervisor and attaches our own device backends instead.
 import { spawn } from "node:child_process";
 import { parseReady, READY_PREFIX, type Readiness } from "../../agent/src/ready.ts";
+import { guestCmdline, kernelCmdline } from "./cmdline.ts";
 
 export interface BootOptions {
   kernel: string;
@@ -35,11 +36,8 @@ export interface BootResult {
   serial: string[];
 }
 
-export const BASE_CMDLINE =
-  "console=ttyS0 8250.nr_uarts=1 root=/dev/vda rootfstype=erofs ro init=/init reboot=t panic=-1 pci=off printk.time=1";
-
 export function qemuArgv(o: BootOptions): string[] {
-  const cmdline = [BASE_CMDLINE, o.quiet ? "quiet" : "", o.cmdline ?? ""].filter(Boolean).join(" ");
+  const cmdline = guestCmdline({ quiet: o.quiet, extra: kernelCmdline("printk.time=1", o.cmdline) });
   return [
     "qemu-system-x86_64",
     // acpi=off: our kernel has no ACPI, and only then does microvm put virtio_mmio.device= on the command line.

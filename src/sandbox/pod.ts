@@ -7,6 +7,7 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { printable } from "../common/text.ts";
 import type { CoveConfig } from "../config/config.ts";
+import { guestCmdline } from "../guest/cmdline.ts";
 import type { ExtentPlace, Hypervisor, NetConfig, RunningVm, VmExit } from "../hypervisor/types.ts";
 import type { NetRecord } from "../network/pod-network.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
@@ -26,12 +27,6 @@ const CONSOLE_IN_ERROR = 2000;
 /** Where a pod's VM keeps its sockets: short (Unix socket paths), derived from the pod's first bundle. */
 export function vmWorkDir(bundle: string, runDir = VM_RUN_DIR): string {
   return join(runDir, createHash("sha256").update(bundle).digest("hex").slice(0, 16));
-}
-
-export function guestCmdline(hostname: string): string {
-  // panic=-1 + reboot=t + QEMU -no-reboot: a guest panic ends the VM at once, which the shim sees.
-  const safe = hostname.replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 63) || "cove";
-  return `console=ttyS0 8250.nr_uarts=1 root=/dev/vda rootfstype=erofs ro init=/init reboot=t panic=-1 pci=off quiet cove.hostname=${safe}`;
 }
 
 export interface PodBoot {
@@ -84,7 +79,7 @@ export class PodVm {
       vm = await b.hypervisor.start({
         id: b.id,
         kernel: b.config.guest.kernel,
-        cmdline: guestCmdline(b.hostname),
+        cmdline: guestCmdline({ hostname: b.hostname, quiet: true }),
         memoryMiB: b.memoryMib,
         vcpus: b.vcpus,
         disks: [{ id: "root", path: b.config.guest.image, readOnly: true, serial: "cove-root" }, ...PodDisks.vmDisks()],

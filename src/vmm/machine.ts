@@ -3,6 +3,7 @@
 // thread per vCPU. The guest ends the run by rebooting (reboot=t: triple fault → SHUTDOWN).
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
+import { GUEST_BASE_PARAMS, kernelCmdline } from "../guest/cmdline.ts";
 import type { VirtioDevice } from "../virtio/device.ts";
 import type { GuestMemory } from "../virtio/memory.ts";
 import { BootError, parseBzImage } from "./boot/bzimage.ts";
@@ -39,13 +40,16 @@ import { type StopReason, VcpuLoop } from "./vcpu.ts";
 import { MmioTransport, WINDOW_SIZE } from "./virtio-mmio.ts";
 import { KvmMmioInterrupts, KvmMmioNotifiers } from "./virtio-mmio-kvm.ts";
 
-/** Arguments every guest gets: console on COM1, triple-fault reboot, no PCI/ACPI probing. */
-export const BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 pci=off acpi=off io_delay=none nomodule";
+/**
+ * What this machine adds to every guest's command line: the guest base (console on COM1, triple-fault
+ * reboot, no PCI), and no ACPI (it has none), no port-0x80 delays, no module loading.
+ */
+export const MACHINE_CMDLINE = kernelCmdline(GUEST_BASE_PARAMS, "acpi=off io_delay=none nomodule");
 
 export interface MachineConfig {
   /** bzImage path or bytes. */
   kernel: string | Uint8Array;
-  /** Appended to BASE_CMDLINE. */
+  /** Appended to MACHINE_CMDLINE (parameters already there are dropped). */
   cmdline?: string;
   memoryBytes: number;
   vcpus: number;
@@ -184,7 +188,7 @@ export class Machine {
     this.started = true;
     const { cfg, mem } = this;
     const { image, entry } = loadKernel(mem, typeof cfg.kernel === "string" ? readFileSync(cfg.kernel) : cfg.kernel);
-    const cmdline = [BASE_CMDLINE, cfg.cmdline ?? "", ...this.extraCmdline].filter(Boolean).join(" ");
+    const cmdline = kernelCmdline(MACHINE_CMDLINE, cfg.cmdline, this.extraCmdline);
     const cmd = Buffer.from(`${cmdline}\0`);
     if (cmd.length > CMDLINE_MAX) throw new Error("kernel command line too long");
     mem.write(CMDLINE_ADDR, cmd);

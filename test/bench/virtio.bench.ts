@@ -21,6 +21,7 @@ import { Session } from "node:inspector/promises";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
+import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
 import { QemuHypervisor, type QemuVm } from "../../src/hypervisor/qemu/qemu.ts";
@@ -126,7 +127,7 @@ async function main(): Promise<void> {
     vm = (await hv.start({
       id: "virtio-bench",
       kernel,
-      cmdline: "console=ttyS0 quiet reboot=t panic=-1 root=/dev/vda rootfstype=erofs ro init=/init",
+      cmdline: guestCmdline({ quiet: true }),
       memoryMiB: 512,
       vcpus: 1,
       disks: [

@@ -19,6 +19,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from "node:path";
 import { build } from "esbuild";
 import { parseReady } from "../../agent/src/ready.ts";
+import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { cacheDir, guestArtifacts, repoRoot } from "../../src/guest/paths.ts";
 import { bootGuest } from "../../src/guest/qemu-boot.ts";
 import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
@@ -27,7 +28,7 @@ import { nestedUnavailable, runNested } from "../harness/nested.ts";
 
 const ROUNDS = Number(process.env.VMM_BENCH_ROUNDS ?? 3);
 const MEM_MIB = 512;
-const GUEST_CMDLINE = "8250.nr_uarts=1 root=/dev/vda rootfstype=erofs ro init=/init printk.time=1 quiet";
+const GUEST_CMDLINE = guestCmdline({ quiet: true, extra: "printk.time=1" });
 const root = repoRoot();
 const bundleDir = join(cacheDir(), "nested", "bench");
 const bundle = join(bundleDir, "vmm-run.cjs");

@@ -10,6 +10,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
 import { QemuHypervisor } from "../../src/hypervisor/qemu/qemu.ts";
@@ -83,8 +84,7 @@ describe("the agent configures the pod network in the microVM (qemu, virtio-net 
     }).start({
       id: "agent-net-vm",
       kernel: art.kernel,
-      cmdline:
-        "console=ttyS0 8250.nr_uarts=1 root=/dev/vda rootfstype=erofs ro init=/init reboot=t panic=-1 pci=off quiet",
+      cmdline: guestCmdline({ quiet: true }),
       memoryMiB: 512,
       vcpus: 1,
       disks: [

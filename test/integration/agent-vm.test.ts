@@ -7,6 +7,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { QemuHypervisor } from "../../src/hypervisor/qemu/qemu.ts";
 import type { RunningVm } from "../../src/hypervisor/types.ts";
@@ -53,8 +54,7 @@ describe("agent inside the microVM (qemu, vsock)", { skip, timeout: 600_000 }, (
     vm = await new QemuHypervisor().start({
       id: "agent-vm",
       kernel: art.kernel,
-      cmdline:
-        "console=ttyS0 8250.nr_uarts=1 root=/dev/vda rootfstype=erofs ro init=/init reboot=t panic=-1 pci=off quiet cove.hostname=agent-vm",
+      cmdline: guestCmdline({ quiet: true, hostname: "agent-vm" }),
       memoryMiB: 512,
       vcpus: 1,
       disks: [

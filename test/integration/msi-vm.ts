@@ -14,6 +14,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { pino } from "pino";
+import { GUEST_ROOT_PARAMS, kernelCmdline } from "../../src/guest/cmdline.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { BlkDevice } from "../../src/virtio/blk/device.ts";
 import type { VirtioDevice } from "../../src/virtio/device.ts";
@@ -197,13 +198,7 @@ async function main(): Promise<number> {
   let onReady: () => void = () => {};
   const machine = Machine.create({
     kernel: values.kernel ?? guestArtifacts().kernel,
-    cmdline: [
-      "8250.nr_uarts=1 printk.time=1",
-      values.root ? "root=/dev/vda rootfstype=erofs ro init=/init" : "",
-      values.cmdline,
-    ]
-      .filter(Boolean)
-      .join(" "),
+    cmdline: kernelCmdline("printk.time=1", values.root && GUEST_ROOT_PARAMS, values.cmdline),
     memoryBytes: Number(values.mem) * MiB,
     vcpus: Number(values.vcpus),
     log,

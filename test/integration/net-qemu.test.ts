@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { after, before, describe, it } from "node:test";
+import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
 import { QemuHypervisor } from "../../src/hypervisor/qemu/qemu.ts";
@@ -132,7 +133,7 @@ describe("a guest on qemu with our virtio-net over vhost-user, on a CNI pod netw
     }).start({
       id: "net-test",
       kernel,
-      cmdline: "console=ttyS0 reboot=t panic=-1 root=/dev/vda rootfstype=erofs ro init=/init",
+      cmdline: guestCmdline(),
       memoryMiB: 512,
       vcpus: 1,
       disks: [{ id: "root", path: root.image, readOnly: true }],

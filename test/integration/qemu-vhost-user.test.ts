@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { after, before, describe, it } from "node:test";
+import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { QemuHypervisor } from "../../src/hypervisor/qemu/qemu.ts";
 import type { RunningVm } from "../../src/hypervisor/types.ts";
@@ -56,7 +57,7 @@ describe("guest on qemu + our vhost-user blk and vsock", { skip, timeout: 300_00
     vm = await new QemuHypervisor().start({
       id: "vu-test",
       kernel,
-      cmdline: "console=ttyS0 reboot=t panic=-1 root=/dev/vda rootfstype=erofs ro init=/init",
+      cmdline: guestCmdline(),
       memoryMiB: 512,
       vcpus: 1,
       disks: [

@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { after, before, describe, it, test } from "node:test";
+import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { EmbeddedHypervisor, type EmbeddedVm } from "../../src/hypervisor/embedded/embedded.ts";
 import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
@@ -78,7 +79,7 @@ if (!direct) {
       vm = (await new EmbeddedHypervisor().start({
         id: "embedded-test",
         kernel,
-        cmdline: "root=/dev/vda rootfstype=erofs ro init=/init",
+        cmdline: guestCmdline(),
         memoryMiB: 256,
         vcpus: 1,
         disks: [

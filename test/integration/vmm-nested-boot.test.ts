@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { describe, test } from "node:test";
+import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
 import { nestedUnavailable, runNested } from "../harness/nested.ts";
 
@@ -17,7 +18,7 @@ const skip =
     : false);
 if (skip) console.error(`SKIPPING embedded VMM nested tests: ${skip}`);
 
-const GUEST_CMDLINE = "8250.nr_uarts=1 root=/dev/vda rootfstype=erofs ro init=/init printk.time=1";
+const GUEST_CMDLINE = guestCmdline({ extra: "printk.time=1" });
 
 function runResult(output: string): { result: string; ms: number; exits: Record<string, number> } {
   const line = output.split("\n").find((l) => l.startsWith('{"result":'));
