@@ -6,6 +6,8 @@ import { mkdirSync, rmSync, watch, writeFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import { join } from "node:path";
 import { type ChildExit, sethostname } from "../../src/native/mount.ts";
+import type { SyncFilesRequest } from "../../src/proto/agent.ts";
+import type { cove } from "../../src/proto/services.ts";
 import { Code, TtrpcError } from "../../src/ttrpc/index.ts";
 import {
   alreadyExists,
@@ -30,8 +32,8 @@ import { isIpcSysctl, type PodNamespaces, startPodNamespaces } from "./sandbox/p
 import { homeInBundle, homeInRootfs } from "./spec/home.ts";
 import { checkProcess, rewriteSpec } from "./spec/rewrite.ts";
 import { listenConsole } from "./stdio/console.ts";
-import { buildRootfs, type RootfsSpec, type StorageSpec, Storages } from "./storage/storage.ts";
-import { type SyncFilesRequest, syncFiles } from "./storage/sync-files.ts";
+import { buildRootfs, Storages } from "./storage/storage.ts";
+import { syncFiles } from "./storage/sync-files.ts";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -217,14 +219,7 @@ export class Agent {
     };
   }
 
-  async createSandbox(req: {
-    hostname: string;
-    dns: string[];
-    sysctls: Record<string, string>;
-    cgroup_root: string;
-    storages: StorageSpec[];
-    hosts: string[];
-  }): Promise<void> {
+  async createSandbox(req: cove.agent.v1.CreateSandboxRequest): Promise<void> {
     if (this.sandbox) throw alreadyExists("sandbox");
     const cgroupRoot = req.cgroup_root || "cove";
     if (!ID_RE.test(cgroupRoot))
@@ -346,14 +341,7 @@ export class Agent {
     return p;
   }
 
-  async createContainer(req: {
-    container_id: string;
-    oci_spec: Uint8Array;
-    storages: StorageSpec[];
-    rootfs: RootfsSpec | null;
-    stdio: Partial<StdioWanted> | null;
-    files?: SyncFilesRequest[];
-  }): Promise<number> {
+  async createContainer(req: cove.agent.v1.CreateContainerRequest): Promise<number> {
     const id = checkId(req.container_id, "container_id");
     if (!this.sandbox) throw precondition("CreateSandbox first");
     if (this.containers.has(id) || this.creating.has(id)) throw alreadyExists(`container ${id}`);
@@ -446,12 +434,7 @@ export class Agent {
     return c.init.pid;
   }
 
-  async execProcess(req: {
-    container_id: string;
-    exec_id: string;
-    process: Uint8Array;
-    stdio: Partial<StdioWanted> | null;
-  }): Promise<number> {
+  async execProcess(req: cove.agent.v1.ExecProcessRequest): Promise<number> {
     const c = this.container(req.container_id);
     const execId = checkId(req.exec_id, "exec_id");
     if (c.execs.has(execId)) throw alreadyExists(`exec ${c.id}/${execId}`);
@@ -520,7 +503,7 @@ export class Agent {
     c.parked.set(key, { conn, timer });
   }
 
-  async signalProcess(req: { container_id: string; exec_id: string; signal: number; all: boolean }): Promise<void> {
+  async signalProcess(req: cove.agent.v1.SignalProcessRequest): Promise<void> {
     const c = this.container(req.container_id);
     const sig = req.signal;
     if (!Number.isInteger(sig) || sig < 0 || sig > 64) throw invalid(`signal ${sig} is out of range`);
@@ -545,7 +528,7 @@ export class Agent {
     }
   }
 
-  async waitProcess(req: { container_id: string; exec_id: string }, signal: AbortSignal): Promise<ProcessExit> {
+  async waitProcess(req: cove.agent.v1.ProcessRequest, signal: AbortSignal): Promise<ProcessExit> {
     const c = this.container(req.container_id);
     const p = this.proc(c, req.exec_id);
     await new Promise<void>((resolve, reject) => {
@@ -560,7 +543,7 @@ export class Agent {
     return { pid: p.pid, exit_status: p.exitStatus, exited_at: timestamp(p.exitedAt) };
   }
 
-  deleteProcess(req: { container_id: string; exec_id: string }): ProcessExit {
+  deleteProcess(req: cove.agent.v1.ProcessRequest): ProcessExit {
     const c = this.container(req.container_id);
     if (!req.exec_id) throw precondition("the init process goes with RemoveContainer");
     const p = this.proc(c, req.exec_id);
@@ -617,7 +600,7 @@ export class Agent {
     c.paused = pause;
   }
 
-  async update(req: { container_id: string; resources: Uint8Array }): Promise<void> {
+  async update(req: cove.agent.v1.UpdateContainerRequest): Promise<void> {
     const c = this.container(req.container_id);
     if (c.status === "stopped") throw precondition(`container ${c.id} is stopped`);
     const res = parseJsonObject(req.resources, "resources");
@@ -664,14 +647,14 @@ export class Agent {
     return this.cgroups.stats(c.cgroupPath);
   }
 
-  resizeTty(req: { container_id: string; exec_id: string; rows: number; cols: number }): void {
+  resizeTty(req: cove.agent.v1.ResizeTtyRequest): void {
     const c = this.container(req.container_id);
     const p = this.proc(c, req.exec_id);
     if (p.status === "exited") throw notFound(`process ${p.describe()}: process already finished`);
     p.resize(req.rows, req.cols);
   }
 
-  closeStdin(req: { container_id: string; exec_id: string }): void {
+  closeStdin(req: cove.agent.v1.ProcessRequest): void {
     const c = this.container(req.container_id);
     this.proc(c, req.exec_id).closeStdin();
   }

@@ -3,14 +3,12 @@
 import { rmSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { listenVsock } from "../../src/native/vsock.ts";
+import { AGENT_SERVICE, AGENT_VSOCK_PORT, STDIO_VSOCK_PORT } from "../../src/proto/agent.ts";
 import { TtrpcServer } from "../../src/ttrpc/index.ts";
 import type { Agent } from "./agent.ts";
-import { AGENT_SERVICE, agentService } from "./api/service.ts";
+import { agentService } from "./api/service.ts";
 import type { Logger } from "./log.ts";
 import { serveStdio } from "./stdio/server.ts";
-
-export const AGENT_VSOCK_PORT = 1024;
-export const STDIO_VSOCK_PORT = 1025;
 
 export type ListenSpec = { kind: "vsock"; port: number; stdioPort: number } | { kind: "unix"; path: string };
 

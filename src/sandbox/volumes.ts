@@ -24,6 +24,7 @@ import {
   statSync,
 } from "node:fs";
 import { join } from "node:path";
+import { type FileEntry, FileKind } from "../proto/agent.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { Storage } from "./agent/index.ts";
 
@@ -45,18 +46,6 @@ export const POD_SHM: Storage = {
   sandbox_lifetime: true,
 };
 const EMPTY_DIR = /\/volumes\/kubernetes\.io~empty-dir\/[^/]+\/?$/;
-
-export const FileKind = { FILE: 0, DIR: 1, SYMLINK: 2 } as const;
-
-export interface FileEntry {
-  path: string;
-  kind: number;
-  mode: number;
-  uid: number;
-  gid: number;
-  data?: Buffer;
-  target?: string;
-}
 
 /** A host directory or file copied into the guest storage `storageId`. */
 export interface CopiedVolume {

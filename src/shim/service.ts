@@ -3,10 +3,11 @@
 // order (create → start → exit → delete; exec-added → exec-started → exit); the TaskRuntime does the
 // actual work.
 import type { Logger } from "pino";
-import { type CallContext, Code, type Handler, TtrpcError } from "../ttrpc/index.ts";
+import type { ServiceHandlers } from "../proto/services.ts";
+import { type CallContext, Code, TtrpcError } from "../ttrpc/index.ts";
 import type { EventSink } from "./events.ts";
 import { type ExitInfo, Proc, STATUS_ENUM } from "./process.ts";
-import type { AnyValue, ExitEvent, MountSpec, TaskRuntime } from "./runtime.ts";
+import type { ExitEvent, MountSpec, TaskRuntime } from "./runtime.ts";
 import { VERSION } from "./version.ts";
 
 export const TASK_SERVICE = "containerd.task.v2.Task";
@@ -36,6 +37,11 @@ class Container {
     readonly init: Proc,
   ) {}
 }
+
+/** The request and response messages of the task API (v3 uses v2's). */
+type TaskHandlers = ServiceHandlers<typeof TASK_SERVICE>;
+type Req<M extends keyof TaskHandlers> = Parameters<TaskHandlers[M]>[0];
+type Res<M extends keyof TaskHandlers> = Awaited<ReturnType<TaskHandlers[M]>>;
 
 interface IdReq {
   id: string;
@@ -124,30 +130,29 @@ export class TaskService {
   }
 
   /** The handlers, keyed by the proto method names, for TtrpcServer.registerService. */
-  // biome-ignore lint/suspicious/noExplicitAny: each handler narrows its own request/response shape.
-  handlers(): Record<string, Handler<any, any>> {
+  handlers(): TaskHandlers {
     return {
-      State: (r: IdReq) => this.state(r),
-      Create: (r: CreateReq) => this.create(r),
-      Start: (r: IdReq) => this.start(r),
-      Delete: (r: IdReq) => this.delete(r),
-      Pids: (r: IdReq) => this.pids(r),
-      Pause: (r: IdReq) => this.pause(r),
-      Resume: (r: IdReq) => this.resume(r),
-      Checkpoint: (r: IdReq) => this.checkpoint(r),
-      Kill: (r: KillReq) => this.kill(r),
-      Exec: (r: ExecReq) => this.exec(r),
-      ResizePty: (r: ResizeReq) => this.resizePty(r),
-      CloseIO: (r: CloseIOReq) => this.closeIO(r),
-      Update: (r: UpdateReq) => this.update(r),
-      Wait: (r: IdReq, ctx: CallContext) => this.wait(r, ctx),
-      Stats: (r: IdReq) => this.stats(r),
-      Connect: (r: IdReq) => this.connect(r),
-      Shutdown: (r: ShutdownReq) => this.shutdown(r),
+      State: (r) => this.state(r),
+      Create: (r) => this.create(r),
+      Start: (r) => this.start(r),
+      Delete: (r) => this.delete(r),
+      Pids: (r) => this.pids(r),
+      Pause: (r) => this.pause(r),
+      Resume: (r) => this.resume(r),
+      Checkpoint: (r) => this.checkpoint(r),
+      Kill: (r) => this.kill(r),
+      Exec: (r) => this.exec(r),
+      ResizePty: (r) => this.resizePty(r),
+      CloseIO: (r) => this.closeIO(r),
+      Update: (r) => this.update(r),
+      Wait: (r, ctx) => this.wait(r, ctx),
+      Stats: (r) => this.stats(r),
+      Connect: (r) => this.connect(r),
+      Shutdown: (r) => this.shutdown(r),
     };
   }
 
-  async create(r: CreateReq): Promise<{ pid: number }> {
+  async create(r: Req<"Create">): Promise<Res<"Create">> {
     this.log("Create", r, { bundle: r.bundle, terminal: r.terminal, rootfs: r.rootfs.length });
     if (!r.id) throw new TtrpcError(Code.INVALID_ARGUMENT, "create: id is required");
     if (this.containers.has(r.id)) throw new TtrpcError(Code.ALREADY_EXISTS, `container ${r.id}: already exists`);
@@ -184,7 +189,7 @@ export class TaskService {
     return { pid };
   }
 
-  async start(r: IdReq): Promise<{ pid: number }> {
+  async start(r: Req<"Start">): Promise<Res<"Start">> {
     this.log("Start", r);
     const { c, p } = this.proc(r.id, r.exec_id);
     p.checkStart();
@@ -212,7 +217,7 @@ export class TaskService {
     return { pid };
   }
 
-  async delete(r: IdReq): Promise<{ pid: number; exit_status: number; exited_at: Timestamp | null }> {
+  async delete(r: Req<"Delete">): Promise<Res<"Delete">> {
     this.log("Delete", r);
     const { c, p } = this.proc(r.id, r.exec_id);
     p.checkDelete();
@@ -235,7 +240,7 @@ export class TaskService {
     return { pid: p.pid, exit_status: exit.status, exited_at: ts(exit.at) };
   }
 
-  async state(r: IdReq): Promise<Record<string, unknown>> {
+  async state(r: Req<"State">): Promise<Res<"State">> {
     this.log("State", r);
     const { c, p } = this.proc(r.id, r.exec_id);
     return {
@@ -253,13 +258,13 @@ export class TaskService {
     };
   }
 
-  async pids(r: IdReq): Promise<{ processes: { pid: number }[] }> {
+  async pids(r: Req<"Pids">): Promise<Res<"Pids">> {
     this.log("Pids", r);
     this.container(r.id);
     return { processes: await this.opts.runtime.pids(r.id) };
   }
 
-  async pause(r: IdReq): Promise<Record<string, never>> {
+  async pause(r: Req<"Pause">): Promise<Res<"Pause">> {
     this.log("Pause", r);
     const c = this.container(r.id);
     c.init.checkPause();
@@ -269,7 +274,7 @@ export class TaskService {
     return {};
   }
 
-  async resume(r: IdReq): Promise<Record<string, never>> {
+  async resume(r: Req<"Resume">): Promise<Res<"Resume">> {
     this.log("Resume", r);
     const c = this.container(r.id);
     c.init.checkResume();
@@ -279,13 +284,13 @@ export class TaskService {
     return {};
   }
 
-  async checkpoint(r: IdReq): Promise<Record<string, never>> {
+  async checkpoint(r: Req<"Checkpoint">): Promise<Res<"Checkpoint">> {
     this.log("Checkpoint", r);
     this.container(r.id);
     throw new TtrpcError(Code.UNIMPLEMENTED, "checkpoint is not supported by cove");
   }
 
-  async kill(r: KillReq): Promise<Record<string, never>> {
+  async kill(r: Req<"Kill">): Promise<Res<"Kill">> {
     this.log("Kill", r, { signal: r.signal, all: r.all });
     const { p } = this.proc(r.id, r.exec_id);
     p.checkKill();
@@ -293,7 +298,7 @@ export class TaskService {
     return {};
   }
 
-  async exec(r: ExecReq): Promise<Record<string, never>> {
+  async exec(r: Req<"Exec">): Promise<Res<"Exec">> {
     this.log("Exec", r, { terminal: r.terminal });
     const c = this.container(r.id);
     if (!r.exec_id) throw new TtrpcError(Code.INVALID_ARGUMENT, "exec: exec_id is required");
@@ -323,7 +328,7 @@ export class TaskService {
     return {};
   }
 
-  async resizePty(r: ResizeReq): Promise<Record<string, never>> {
+  async resizePty(r: Req<"ResizePty">): Promise<Res<"ResizePty">> {
     this.log("ResizePty", r, { width: r.width, height: r.height });
     const { p } = this.proc(r.id, r.exec_id);
     if (!p.stdio.terminal) throw new TtrpcError(Code.FAILED_PRECONDITION, `process ${p.name} has no terminal`);
@@ -331,14 +336,14 @@ export class TaskService {
     return {};
   }
 
-  async closeIO(r: CloseIOReq): Promise<Record<string, never>> {
+  async closeIO(r: Req<"CloseIO">): Promise<Res<"CloseIO">> {
     this.log("CloseIO", r, { stdin: r.stdin });
     const { p } = this.proc(r.id, r.exec_id);
     await this.opts.runtime.closeIO(r.id, p.execId, r.stdin);
     return {};
   }
 
-  async update(r: UpdateReq): Promise<Record<string, never>> {
+  async update(r: Req<"Update">): Promise<Res<"Update">> {
     this.log("Update", r);
     this.container(r.id);
     let resources: unknown;
@@ -354,27 +359,27 @@ export class TaskService {
     return {};
   }
 
-  async wait(r: IdReq, ctx: CallContext): Promise<{ exit_status: number; exited_at: Timestamp | null }> {
+  async wait(r: Req<"Wait">, ctx: CallContext): Promise<Res<"Wait">> {
     this.log("Wait", r);
     const { p } = this.proc(r.id, r.exec_id);
     const e = await p.wait(ctx.signal);
     return { exit_status: e.status, exited_at: ts(e.at) };
   }
 
-  async stats(r: IdReq): Promise<{ stats: AnyValue }> {
+  async stats(r: Req<"Stats">): Promise<Res<"Stats">> {
     this.log("Stats", r);
     this.container(r.id);
     return { stats: await this.opts.runtime.stats(r.id) };
   }
 
-  async connect(r: IdReq): Promise<{ shim_pid: number; task_pid: number; version: string }> {
+  async connect(r: Req<"Connect">): Promise<Res<"Connect">> {
     this.log("Connect", r);
     // As runc: an unknown id is not an error, the task pid is just 0.
     const c = this.containers.get(r.id);
     return { shim_pid: process.pid, task_pid: c?.init.pid ?? 0, version: VERSION };
   }
 
-  async shutdown(r: ShutdownReq): Promise<Record<string, never>> {
+  async shutdown(r: Req<"Shutdown">): Promise<Res<"Shutdown">> {
     this.log("Shutdown", r, { now: r.now, remaining: this.containers.size });
     // containerd 1.x (and 2.x for a shim that answered version 2) sends Shutdown after every task's
     // Delete; 2.x skips it for a v3 pod's containers and sends it after the sandbox's. Either way the
@@ -387,57 +392,4 @@ export class TaskService {
     }
     return {};
   }
-}
-
-interface MountReq {
-  type: string;
-  source: string;
-  target: string;
-  options: string[];
-}
-
-interface CreateReq {
-  id: string;
-  bundle: string;
-  rootfs: MountReq[];
-  terminal: boolean;
-  stdin: string;
-  stdout: string;
-  stderr: string;
-  checkpoint: string;
-  parent_checkpoint: string;
-  options?: AnyValue | null;
-}
-
-interface KillReq extends IdReq {
-  signal: number;
-  all: boolean;
-}
-
-interface ExecReq extends IdReq {
-  exec_id: string;
-  terminal: boolean;
-  stdin: string;
-  stdout: string;
-  stderr: string;
-  spec?: AnyValue | null;
-}
-
-interface ResizeReq extends IdReq {
-  width: number;
-  height: number;
-}
-
-interface CloseIOReq extends IdReq {
-  stdin: boolean;
-}
-
-interface UpdateReq extends IdReq {
-  resources?: AnyValue | null;
-  annotations?: Record<string, string>;
-}
-
-interface ShutdownReq {
-  id: string;
-  now: boolean;
 }

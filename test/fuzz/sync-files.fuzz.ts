@@ -21,7 +21,8 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
-import { FileKind, SYNC_MAX_ENTRIES, type SyncFilesRequest, syncFiles } from "../../agent/src/storage/sync-files.ts";
+import { SYNC_MAX_ENTRIES, syncFiles } from "../../agent/src/storage/sync-files.ts";
+import { FileKind, type SyncFilesRequest } from "../../src/proto/agent.ts";
 import { root } from "../../src/proto/root.ts";
 import { messageCodec } from "../../src/ttrpc/codec.ts";
 import { TtrpcError } from "../../src/ttrpc/index.ts";

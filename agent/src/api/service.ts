@@ -1,17 +1,13 @@
-// cove.agent.v1.Agent on a ttrpc server: request shapes in, Agent calls, response shapes out.
-import type { Handler } from "../../../src/ttrpc/index.ts";
+// cove.agent.v1.Agent on a ttrpc server: decoded requests in, Agent calls, responses out. The
+// request and response types are the .proto's (src/proto/agent.ts).
+import type { AgentHandlers } from "../../../src/proto/agent.ts";
 import type { Agent } from "../agent.ts";
 
-export const AGENT_SERVICE = "cove.agent.v1.Agent";
-
-// biome-ignore lint/suspicious/noExplicitAny: request shapes are the proto's, decoded by the server.
-type Req = any;
-
-export function agentService(agent: Agent): Record<string, Handler<Req, Record<string, unknown>>> {
+export function agentService(agent: Agent): AgentHandlers {
   const empty = {};
   return {
     Check: async () => agent.check(),
-    CreateSandbox: async (r: Req) => {
+    CreateSandbox: async (r) => {
       await agent.createSandbox(r);
       return empty;
     },
@@ -19,47 +15,47 @@ export function agentService(agent: Agent): Record<string, Handler<Req, Record<s
       await agent.destroySandbox();
       return empty;
     },
-    CreateContainer: async (r: Req) => ({ pid: await agent.createContainer(r) }),
-    StartContainer: async (r: Req) => ({ pid: await agent.startContainer(r.container_id) }),
-    RemoveContainer: async (r: Req) => {
+    CreateContainer: async (r) => ({ pid: await agent.createContainer(r) }),
+    StartContainer: async (r) => ({ pid: await agent.startContainer(r.container_id) }),
+    RemoveContainer: async (r) => {
       await agent.removeContainer(r.container_id, r.force);
       return empty;
     },
-    PauseContainer: async (r: Req) => {
+    PauseContainer: async (r) => {
       await agent.pause(r.container_id, true);
       return empty;
     },
-    ResumeContainer: async (r: Req) => {
+    ResumeContainer: async (r) => {
       await agent.pause(r.container_id, false);
       return empty;
     },
-    UpdateContainer: async (r: Req) => {
+    UpdateContainer: async (r) => {
       await agent.update(r);
       return empty;
     },
-    StateContainer: async (r: Req) => agent.state(r.container_id),
-    ListPids: async (r: Req) => ({ pids: agent.listPids(r.container_id) }),
-    StatsContainer: async (r: Req) => ({ metrics: agent.stats(r.container_id) }),
-    ExecProcess: async (r: Req) => ({ pid: await agent.execProcess(r) }),
-    SignalProcess: async (r: Req) => {
+    StateContainer: async (r) => agent.state(r.container_id),
+    ListPids: async (r) => ({ pids: agent.listPids(r.container_id) }),
+    StatsContainer: async (r) => ({ metrics: agent.stats(r.container_id) }),
+    ExecProcess: async (r) => ({ pid: await agent.execProcess(r) }),
+    SignalProcess: async (r) => {
       await agent.signalProcess(r);
       return empty;
     },
-    WaitProcess: async (r: Req, ctx) => ({ ...(await agent.waitProcess(r, ctx.signal)) }),
-    DeleteProcess: async (r: Req) => ({ ...agent.deleteProcess(r) }),
-    ResizeTty: async (r: Req) => {
+    WaitProcess: async (r, ctx) => ({ ...(await agent.waitProcess(r, ctx.signal)) }),
+    DeleteProcess: async (r) => ({ ...agent.deleteProcess(r) }),
+    ResizeTty: async (r) => {
       agent.resizeTty(r);
       return empty;
     },
-    CloseStdin: async (r: Req) => {
+    CloseStdin: async (r) => {
       agent.closeStdin(r);
       return empty;
     },
-    ConfigureNetwork: async (r: Req) => ({ interfaces: agent.configureNetwork(r) }),
-    SyncFiles: async (r: Req) => {
+    ConfigureNetwork: async (r) => ({ interfaces: agent.configureNetwork(r) }),
+    SyncFiles: async (r) => {
       agent.syncFiles(r);
       return empty;
     },
-    GetOOMEvent: async (_r: Req, ctx) => ({ container_id: await agent.getOomEvent(ctx.signal) }),
+    GetOOMEvent: async (_r, ctx) => ({ container_id: await agent.getOomEvent(ctx.signal) }),
   };
 }

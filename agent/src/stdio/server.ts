@@ -1,39 +1,21 @@
-// The stdio port: one connection per stream. The host writes one header line
-//   cove-stdio 1 <container_id> <exec_id|-> <stdin|stdout|stderr>\n
-// and gets `ok\n` (then raw bytes) or `error <code> <message>\n` (then the connection closes).
+// The stdio port: one connection per stream, opened with a header line (src/proto/agent.ts); the
+// agent answers `ok\n` (then raw bytes) or `error <code> <message>\n` (then the connection closes).
 import type { Socket } from "node:net";
+import { parseStdioHeader as parseHeader, type StdioHeader } from "../../../src/proto/agent.ts";
 import { toStatus } from "../../../src/ttrpc/codes.ts";
 import type { Agent } from "../agent.ts";
 import { checkId } from "../api/errors.ts";
-import type { StreamName } from "../container/process.ts";
 import type { Logger } from "../log.ts";
 
-export const STDIO_MAGIC = "cove-stdio";
-export const STDIO_VERSION = "1";
 const MAX_HEADER = 512;
 const HEADER_TIMEOUT_MS = 10_000;
 
-export interface StdioHeader {
-  containerId: string;
-  execId: string;
-  stream: StreamName;
-}
+export type { StdioHeader };
 
 /** Parses a header line (without the newline); throws with a reason. */
 export function parseStdioHeader(line: string): StdioHeader {
-  const parts = line.split(" ");
-  if (parts.length !== 5 || parts[0] !== STDIO_MAGIC) throw new Error("not a cove-stdio header");
-  if (parts[1] !== STDIO_VERSION) throw new Error(`unsupported cove-stdio version ${parts[1]}`);
-  const stream = parts[4];
-  if (stream !== "stdin" && stream !== "stdout" && stream !== "stderr") throw new Error(`unknown stream ${stream}`);
-  // The ids name a container and a process; as in every request, they must be valid ids ("" is none).
-  const containerId = checkId(parts[2], "container_id");
-  const execId = parts[3] === "-" ? "" : checkId(parts[3], "exec_id");
-  return { containerId, execId, stream };
-}
-
-export function formatStdioHeader(h: StdioHeader): string {
-  return `${STDIO_MAGIC} ${STDIO_VERSION} ${h.containerId} ${h.execId || "-"} ${h.stream}\n`;
+  // The ids name a container and a process; as in every request, they must be valid ids.
+  return parseHeader(line, (id, kind) => checkId(id, kind));
 }
 
 /** Handles one connection on the stdio port. */

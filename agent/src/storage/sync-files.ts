@@ -19,6 +19,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
+import { type FileEntry, FileKind, type SyncFilesRequest } from "../../../src/proto/agent.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
 import { checkId, invalid, notFound } from "../api/errors.ts";
 
@@ -35,18 +36,6 @@ export const SYNC_MAX_DEPTH = 128;
 const TMP_PREFIX = ".cove-sync-";
 /** Room a temporary name beside an entry needs (TMP_PREFIX, pid, sequence number). */
 const TMP_NAME_ROOM = 48;
-
-export const FileKind = { FILE: 0, DIR: 1, SYMLINK: 2 } as const;
-
-export interface FileEntry {
-  path: string;
-  kind: number;
-  mode: number;
-  uid: number;
-  gid: number;
-  data?: Uint8Array | null;
-  target?: string;
-}
 
 /**
  * Checks a relative path the shim sent: "/"-separated, no empty/"."/".." component, no NUL, and
@@ -184,13 +173,6 @@ function removeUnwanted(root: string, rel: string, wanted: Set<string>): void {
     }
     if (kindAt(join(root, r)) === "dir") removeUnwanted(root, r, wanted);
   }
-}
-
-export interface SyncFilesRequest {
-  storage_id: string;
-  subdir?: string;
-  entries: FileEntry[];
-  in_place?: boolean;
 }
 
 /**

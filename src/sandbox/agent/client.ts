@@ -8,12 +8,19 @@
 import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
 import { printable } from "../../common/text.ts";
+import {
+  AGENT_SERVICE,
+  AGENT_VSOCK_PORT,
+  STDIO_VSOCK_PORT,
+  type StdioStream,
+  type SyncFilesRequest,
+} from "../../proto/agent.ts";
+import type { cove, io, RequestInit, Response } from "../../proto/services.ts";
 import { type CallOptions, Code, TtrpcClient, TtrpcError } from "../../ttrpc/index.ts";
-import { handshake, type StdioStream } from "./stdio.ts";
+import { handshake } from "./stdio.ts";
 
-export const AGENT_SERVICE = "cove.agent.v1.Agent";
-export const AGENT_PORT = 1024;
-export const STDIO_PORT = 1025;
+/** The agent's ports in the guest (src/proto/agent.ts). */
+export { AGENT_SERVICE, AGENT_VSOCK_PORT as AGENT_PORT, STDIO_VSOCK_PORT as STDIO_PORT };
 
 export type Dial = (channel: "rpc" | "stdio") => Promise<Duplex>;
 
@@ -33,88 +40,29 @@ export function unixDialer(path: string): Dial {
 /** Through a VM's vsock (e.g. RunningVm.connectVsock). */
 export function vsockDialer(
   connect: (port: number) => Promise<Duplex>,
-  port = AGENT_PORT,
-  stdioPort = STDIO_PORT,
+  port = AGENT_VSOCK_PORT,
+  stdioPort = STDIO_VSOCK_PORT,
 ): Dial {
   return (channel) => connect(channel === "rpc" ? port : stdioPort);
 }
 
+type V1 = typeof AGENT_SERVICE;
+type Sent<M extends AgentMethod> = RequestInit<V1, M>;
+type Answer<M extends AgentMethod> = Response<V1, M>;
+
 /** SyncFilesRequest: a directory tree for a storage (src/sandbox/volumes.ts builds the entries). */
-export interface SyncFiles {
-  storage_id: string;
-  subdir?: string;
-  entries: {
-    path: string;
-    kind: number;
-    mode: number;
-    uid: number;
-    gid: number;
-    data?: Uint8Array;
-    target?: string;
-  }[];
-  in_place?: boolean;
-}
-
-export interface Storage {
-  id: string;
-  source: string;
-  fstype: string;
-  options?: string[];
-  wait_ms?: number;
-  /** Mounted until DestroySandbox, whoever still uses it (emptyDir, the pod's /dev/shm). */
-  sandbox_lifetime?: boolean;
-}
-
-export interface Rootfs {
-  lower?: string[];
-  upper?: string;
-  path?: string;
-}
-
-export interface Stdio {
-  stdin?: boolean;
-  stdout?: boolean;
-  stderr?: boolean;
-}
-
-export interface ProcessExit {
-  pid: number;
-  exit_status: number;
-  exited_at: { seconds: number; nanos: number } | null;
-}
-
-export interface ProcessState {
-  exec_id: string;
-  pid: number;
-  status: "created" | "running" | "exited";
-  exit_status: number;
-  exited_at: { seconds: number; nanos: number } | null;
-  terminal: boolean;
-}
-
+export type SyncFiles = SyncFilesRequest;
+/** A storage as the shim builds one: it always names the storage, its source and its fstype. */
+export type Storage = cove.agent.v1.Storage.$Properties & { id: string; source: string; fstype: string };
+export type Rootfs = cove.agent.v1.Rootfs.$Properties;
+export type Stdio = cove.agent.v1.StdioConfig.$Properties;
+export type ProcessExit = cove.agent.v1.WaitProcessResponse;
+export type ProcessState = cove.agent.v1.ProcessState;
 /** cove.agent.v1.ConfigureNetworkRequest (PodNetwork.guestConfig() has this shape). */
-export interface NetworkConfigRequest {
-  interfaces: { mac: string; name: string; mtu?: number; addresses?: string[] }[];
-  routes?: {
-    dst: string;
-    gateway?: string;
-    dev: string;
-    src?: string;
-    scope?: string;
-    family?: "inet" | "inet6";
-    metric?: number;
-  }[];
-  dns?: { nameservers?: string[]; searches?: string[]; options?: string[] };
-}
-
-export interface ConfiguredInterface {
-  mac: string;
-  name: string;
-  index: number;
-}
-
-/** io.containerd.cgroups.v2.Metrics as a plain object (uint64s as numbers). */
-export type Metrics = Record<string, Record<string, unknown> | unknown>;
+export type NetworkConfigRequest = Sent<"ConfigureNetwork">;
+export type ConfiguredInterface = cove.agent.v1.ConfigureNetworkResponse.Configured;
+/** io.containerd.cgroups.v2.Metrics as decoded (uint64s as numbers). */
+export type Metrics = io.containerd.cgroups.v2.Metrics.$Properties;
 
 const OUTPUT_END_WAIT_MS = 10_000;
 
@@ -211,31 +159,20 @@ export class AgentClient {
     return Object.hasOwn(this.deadlines, method) ? this.deadlines[method as DeadlineMethod] : undefined;
   }
 
-  private async call<T>(method: AgentMethod, req: object, opts?: CallOptions): Promise<T> {
+  private async call<M extends AgentMethod>(method: M, req: Sent<M>, opts?: CallOptions): Promise<Answer<M>> {
     const timeoutMs = opts?.timeoutMs ?? this.deadlineOf(method);
     try {
-      return await this.rpc.call<T>(AGENT_SERVICE, method, req, { ...opts, timeoutMs });
+      return await this.rpc.call<Answer<M>>(AGENT_SERVICE, method, req as object, { ...opts, timeoutMs });
     } catch (e) {
       throw agentError(e, method, timeoutMs);
     }
   }
 
   check(opts?: CallOptions) {
-    return this.call<{ version: string; runtime: string; uptime_ms: number; sandbox: boolean; containers: number }>(
-      "Check",
-      {},
-      opts,
-    );
+    return this.call("Check", {}, opts);
   }
 
-  async createSandbox(req: {
-    hostname?: string;
-    dns?: string[];
-    sysctls?: Record<string, string>;
-    cgroup_root?: string;
-    storages?: Storage[];
-    hosts?: string[];
-  }): Promise<void> {
+  async createSandbox(req: Sent<"CreateSandbox">): Promise<void> {
     await this.call("CreateSandbox", req);
   }
 
@@ -253,7 +190,7 @@ export class AgentClient {
     /** Copied volumes, written into their (tmpfs) storages before the runtime runs. */
     files?: SyncFiles[];
   }): Promise<number> {
-    const r = await this.call<{ pid: number }>("CreateContainer", {
+    const r = await this.call("CreateContainer", {
       container_id: req.container_id,
       oci_spec: toJsonBytes(req.spec),
       storages: req.storages ?? [],
@@ -270,11 +207,11 @@ export class AgentClient {
   }
 
   async startContainer(containerId: string): Promise<number> {
-    return (await this.call<{ pid: number }>("StartContainer", { container_id: containerId })).pid;
+    return (await this.call("StartContainer", { container_id: containerId })).pid;
   }
 
   async execProcess(req: { container_id: string; exec_id: string; process: object | Uint8Array; stdio?: Stdio }) {
-    const r = await this.call<{ pid: number }>("ExecProcess", {
+    const r = await this.call("ExecProcess", {
       container_id: req.container_id,
       exec_id: req.exec_id,
       process: toJsonBytes(req.process),
@@ -292,7 +229,7 @@ export class AgentClient {
    * output stream, and this side saw the end of the ones it opened (so read them).
    */
   async waitProcess(containerId: string, execId = "", opts?: CallOptions): Promise<ProcessExit> {
-    const r = await this.call<ProcessExit>("WaitProcess", { container_id: containerId, exec_id: execId }, opts);
+    const r = await this.call("WaitProcess", { container_id: containerId, exec_id: execId }, opts);
     const outs = this.outputs.get(key(containerId, execId));
     if (outs?.size) {
       let t: NodeJS.Timeout | undefined;
@@ -304,7 +241,7 @@ export class AgentClient {
 
   async deleteProcess(containerId: string, execId: string): Promise<ProcessExit> {
     this.outputs.delete(key(containerId, execId));
-    return this.call<ProcessExit>("DeleteProcess", { container_id: containerId, exec_id: execId });
+    return this.call("DeleteProcess", { container_id: containerId, exec_id: execId });
   }
 
   async removeContainer(containerId: string, force = false): Promise<void> {
@@ -326,14 +263,14 @@ export class AgentClient {
   }
 
   stateContainer(containerId: string) {
-    return this.call<{ container_id: string; status: string; processes: ProcessState[] }>("StateContainer", {
+    return this.call("StateContainer", {
       container_id: containerId,
     });
   }
 
   async listPids(containerId: string): Promise<Array<{ pid: number; exec_id: string; known: boolean }>> {
     return (
-      await this.call<{ pids: Array<{ pid: number; exec_id: string; known: boolean }> }>("ListPids", {
+      await this.call("ListPids", {
         container_id: containerId,
       })
     ).pids;
@@ -341,9 +278,7 @@ export class AgentClient {
 
   async statsContainer(containerId: string): Promise<Metrics> {
     // An agent that leaves the field out (protobuf: null) gets empty metrics, not a TypeError later.
-    return (
-      (await this.call<{ metrics: Metrics | null }>("StatsContainer", { container_id: containerId })).metrics ?? {}
-    );
+    return (await this.call("StatsContainer", { container_id: containerId })).metrics ?? {};
   }
 
   async resizeTty(containerId: string, execId: string, rows: number, cols: number): Promise<void> {
@@ -356,7 +291,7 @@ export class AgentClient {
 
   /** Long poll for the next OOM kill; returns the container id. */
   async getOomEvent(opts?: CallOptions): Promise<string> {
-    return (await this.call<{ container_id: string }>("GetOOMEvent", {}, opts)).container_id;
+    return (await this.call("GetOOMEvent", {}, opts)).container_id;
   }
 
   /**
@@ -364,7 +299,7 @@ export class AgentClient {
    * PodNetwork.guestConfig() as it is; call it after createSandbox (its DNS then wins).
    */
   async configureNetwork(req: NetworkConfigRequest, opts?: CallOptions): Promise<ConfiguredInterface[]> {
-    const res = await this.call<{ interfaces?: ConfiguredInterface[] }>("ConfigureNetwork", req, opts);
+    const res = await this.call("ConfigureNetwork", req, opts);
     return res.interfaces ?? [];
   }
 

@@ -3,15 +3,16 @@
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { printable } from "../../common/text.ts";
+import { formatStdioHeader, type StdioStream } from "../../proto/agent.ts";
 import { Code, TtrpcError } from "../../ttrpc/index.ts";
 
 /** The longest answer line accepted from the agent. */
 const MAX_ANSWER = 1024;
 
-export type StdioStream = "stdin" | "stdout" | "stderr";
+export type { StdioStream };
 
 export function stdioHeader(containerId: string, execId: string, stream: StdioStream): string {
-  return `cove-stdio 1 ${containerId} ${execId || "-"} ${stream}\n`;
+  return formatStdioHeader({ containerId, execId, stream });
 }
 
 /** Sends the header on `conn` and resolves once the agent accepted it (bytes after `ok\n` stay readable). */

@@ -4,8 +4,9 @@ import { test } from "node:test";
 import { checkId } from "../../../agent/src/api/errors.ts";
 import { parseIoStat, parseKeyValues } from "../../../agent/src/cgroups/cgroups.ts";
 import { parseListen } from "../../../agent/src/serve.ts";
-import { formatStdioHeader, parseStdioHeader } from "../../../agent/src/stdio/server.ts";
+import { parseStdioHeader } from "../../../agent/src/stdio/server.ts";
 import { mountOptions } from "../../../agent/src/storage/storage.ts";
+import { formatStdioHeader } from "../../../src/proto/agent.ts";
 import { stdioHeader } from "../../../src/sandbox/agent/stdio.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
 

@@ -13,7 +13,8 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
-import { type FileEntry, FileKind, SYNC_MAX_BYTES, syncFiles } from "../../../agent/src/storage/sync-files.ts";
+import { SYNC_MAX_BYTES, syncFiles } from "../../../agent/src/storage/sync-files.ts";
+import { type FileEntry, FileKind } from "../../../src/proto/agent.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
 
 const dir = (path: string, mode = 0o755): FileEntry => ({ path, kind: FileKind.DIR, mode, uid: 0, gid: 0 });

@@ -4,9 +4,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
 import { pino } from "pino";
+import { FileKind } from "../../../src/proto/agent.ts";
 import type { SyncFiles } from "../../../src/sandbox/agent/index.ts";
 import { VolumeSync } from "../../../src/sandbox/volume-sync.ts";
-import { COPY_MAX_BYTES, copyTree, FileKind, planVolumes } from "../../../src/sandbox/volumes.ts";
+import { COPY_MAX_BYTES, copyTree, planVolumes } from "../../../src/sandbox/volumes.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
 
 type Mount = { destination: string; type?: string; source: string; options?: string[] };
