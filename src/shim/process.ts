@@ -1,6 +1,6 @@
 // One process the shim tracks (a container's init, or an exec in it) and its state machine, with
 // the errors containerd expects for each illegal transition (as runc's shim returns them).
-import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { CancelledError, type CoveError, NotFoundError, WrongStateError } from "../common/errors.ts";
 
 export type ProcStatus = "created" | "running" | "paused" | "stopped" | "deleted";
 
@@ -52,9 +52,9 @@ export class Proc {
     return this.execId || this.containerId;
   }
 
-  private illegal(what: string): TtrpcError {
-    if (this.status === "deleted") return new TtrpcError(Code.NOT_FOUND, `process ${this.name} was deleted: not found`);
-    return new TtrpcError(Code.FAILED_PRECONDITION, `cannot ${what} a ${this.status} process`);
+  private illegal(what: string): CoveError {
+    if (this.status === "deleted") return new NotFoundError(`process ${this.name} was deleted: not found`);
+    return new WrongStateError(`cannot ${what} a ${this.status} process`);
   }
 
   checkStart(): void {
@@ -69,7 +69,7 @@ export class Proc {
 
   checkKill(): void {
     if (this.status === "stopped" || this.status === "deleted") {
-      throw new TtrpcError(Code.NOT_FOUND, "process already finished: not found");
+      throw new NotFoundError("process already finished: not found");
     }
   }
 
@@ -104,7 +104,7 @@ export class Proc {
     if (this.exit) return Promise.resolve(this.exit);
     if (!signal) return this.exited;
     return new Promise((resolve, reject) => {
-      const onAbort = () => reject(new TtrpcError(Code.CANCELLED, `wait for ${this.name} cancelled`));
+      const onAbort = () => reject(new CancelledError(`wait for ${this.name} cancelled`));
       if (signal.aborted) return onAbort();
       signal.addEventListener("abort", onAbort, { once: true });
       this.exited.then((e) => {

@@ -2,9 +2,19 @@
 // the per-process state machines (process.ts), the error codes containerd expects and the event
 // order (create → start → exit → delete; exec-added → exec-started → exit); the TaskRuntime does the
 // actual work.
+
 import type { Logger } from "pino";
+import {
+  AlreadyExistsError,
+  errorMessage,
+  InvalidArgumentError,
+  NotFoundError,
+  NotSupportedError,
+  WrongStateError,
+} from "../common/errors.ts";
+import { withGrpcStatus } from "../common/grpc-status.ts";
 import type { ServiceHandlers } from "../proto/services.ts";
-import { type CallContext, Code, TtrpcError } from "../ttrpc/index.ts";
+import type { CallContext } from "../ttrpc/index.ts";
 import type { EventSink } from "./events.ts";
 import { type ExitInfo, Proc, STATUS_ENUM } from "./process.ts";
 import type { ExitEvent, MountSpec, TaskRuntime } from "./runtime.ts";
@@ -88,7 +98,7 @@ export class TaskService {
 
   private container(id: string): Container {
     const c = this.containers.get(id);
-    if (!c) throw new TtrpcError(Code.NOT_FOUND, `container ${id}: container not created: not found`);
+    if (!c) throw new NotFoundError(`container ${id}: container not created: not found`);
     return c;
   }
 
@@ -96,7 +106,7 @@ export class TaskService {
     const c = this.container(id);
     if (!execId) return { c, p: c.init };
     const p = c.execs.get(execId);
-    if (!p) throw new TtrpcError(Code.NOT_FOUND, `process ${execId} does not exist in ${id}: not found`);
+    if (!p) throw new NotFoundError(`process ${execId} does not exist in ${id}: not found`);
     return { c, p };
   }
 
@@ -129,9 +139,12 @@ export class TaskService {
     });
   }
 
-  /** The handlers, keyed by the proto method names, for TtrpcServer.registerService. */
+  /**
+   * The handlers, keyed by the proto method names, for TtrpcServer.registerService. This is the
+   * shim's service edge: what they throw leaves with its gRPC code (src/common/grpc-status.ts).
+   */
   handlers(): TaskHandlers {
-    return {
+    return withGrpcStatus<TaskHandlers>({
       State: (r) => this.state(r),
       Create: (r) => this.create(r),
       Start: (r) => this.start(r),
@@ -149,14 +162,14 @@ export class TaskService {
       Stats: (r) => this.stats(r),
       Connect: (r) => this.connect(r),
       Shutdown: (r) => this.shutdown(r),
-    };
+    });
   }
 
   async create(r: Req<"Create">): Promise<Res<"Create">> {
     this.log("Create", r, { bundle: r.bundle, terminal: r.terminal, rootfs: r.rootfs.length });
-    if (!r.id) throw new TtrpcError(Code.INVALID_ARGUMENT, "create: id is required");
-    if (this.containers.has(r.id)) throw new TtrpcError(Code.ALREADY_EXISTS, `container ${r.id}: already exists`);
-    if (r.checkpoint) throw new TtrpcError(Code.UNIMPLEMENTED, "restoring from a checkpoint is not supported by cove");
+    if (!r.id) throw new InvalidArgumentError("create: id is required");
+    if (this.containers.has(r.id)) throw new AlreadyExistsError(`container ${r.id}: already exists`);
+    if (r.checkpoint) throw new NotSupportedError("restoring from a checkpoint is not supported by cove");
     const stdio = { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal };
     const rootfs = r.rootfs.map((m) => ({ type: m.type, source: m.source, target: m.target, options: [...m.options] }));
     const c = new Container(r.id, r.bundle, rootfs, new Proc(r.id, "", stdio));
@@ -174,7 +187,7 @@ export class TaskService {
       }));
     } catch (e) {
       this.containers.delete(r.id);
-      this.opts.logger.error({ id: r.id, err: (e as Error).message }, "create failed");
+      this.opts.logger.error({ id: r.id, err: errorMessage(e) }, "create failed");
       throw e;
     }
     c.init.pid = pid;
@@ -287,7 +300,7 @@ export class TaskService {
   async checkpoint(r: Req<"Checkpoint">): Promise<Res<"Checkpoint">> {
     this.log("Checkpoint", r);
     this.container(r.id);
-    throw new TtrpcError(Code.UNIMPLEMENTED, "checkpoint is not supported by cove");
+    throw new NotSupportedError("checkpoint is not supported by cove");
   }
 
   async kill(r: Req<"Kill">): Promise<Res<"Kill">> {
@@ -301,19 +314,19 @@ export class TaskService {
   async exec(r: Req<"Exec">): Promise<Res<"Exec">> {
     this.log("Exec", r, { terminal: r.terminal });
     const c = this.container(r.id);
-    if (!r.exec_id) throw new TtrpcError(Code.INVALID_ARGUMENT, "exec: exec_id is required");
-    if (c.execs.has(r.exec_id)) throw new TtrpcError(Code.ALREADY_EXISTS, `id ${r.exec_id}: already exists`);
+    if (!r.exec_id) throw new InvalidArgumentError("exec: exec_id is required");
+    if (c.execs.has(r.exec_id)) throw new AlreadyExistsError(`id ${r.exec_id}: already exists`);
     if (c.init.status !== "running" && c.init.status !== "paused" && c.init.status !== "created") {
-      throw new TtrpcError(Code.FAILED_PRECONDITION, `container ${r.id} is not running`);
+      throw new WrongStateError(`container ${r.id} is not running`);
     }
     let process: unknown;
     try {
       process = r.spec?.value?.length ? JSON.parse(Buffer.from(r.spec.value).toString("utf8")) : undefined;
     } catch (e) {
-      throw new TtrpcError(Code.INVALID_ARGUMENT, `exec ${r.exec_id}: spec is not valid JSON: ${(e as Error).message}`);
+      throw new InvalidArgumentError(`exec ${r.exec_id}: spec is not valid JSON: ${errorMessage(e)}`);
     }
     if (!process || typeof process !== "object") {
-      throw new TtrpcError(Code.INVALID_ARGUMENT, `exec ${r.exec_id}: a process spec is required`);
+      throw new InvalidArgumentError(`exec ${r.exec_id}: a process spec is required`);
     }
     const stdio = { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal };
     const p = new Proc(r.id, r.exec_id, stdio);
@@ -331,7 +344,7 @@ export class TaskService {
   async resizePty(r: Req<"ResizePty">): Promise<Res<"ResizePty">> {
     this.log("ResizePty", r, { width: r.width, height: r.height });
     const { p } = this.proc(r.id, r.exec_id);
-    if (!p.stdio.terminal) throw new TtrpcError(Code.FAILED_PRECONDITION, `process ${p.name} has no terminal`);
+    if (!p.stdio.terminal) throw new WrongStateError(`process ${p.name} has no terminal`);
     await this.opts.runtime.resizePty(r.id, p.execId, r.width, r.height);
     return {};
   }
@@ -350,10 +363,7 @@ export class TaskService {
     try {
       resources = r.resources?.value?.length ? JSON.parse(Buffer.from(r.resources.value).toString("utf8")) : {};
     } catch (e) {
-      throw new TtrpcError(
-        Code.INVALID_ARGUMENT,
-        `update ${r.id}: resources are not valid JSON: ${(e as Error).message}`,
-      );
+      throw new InvalidArgumentError(`update ${r.id}: resources are not valid JSON: ${errorMessage(e)}`);
     }
     await this.opts.runtime.update(r.id, resources, r.annotations ?? {});
     return {};

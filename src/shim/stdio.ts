@@ -4,7 +4,7 @@
 // O_RDONLY|O_NONBLOCK. Everything is non-blocking: wrap fds in net.Socket to stream them.
 import { closeSync, constants, mkdirSync, openSync } from "node:fs";
 import { dirname } from "node:path";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { errorMessage, InvalidArgumentError, NotSupportedError, WrongStateError } from "../common/errors.ts";
 
 export interface StdioPaths {
   stdin: string;
@@ -33,14 +33,14 @@ export function parseStdioUri(uri: string): Target {
   if (scheme === "fifo") return { kind: "fifo", path: rest };
   if (scheme === "file") return { kind: "file", path: rest };
   if (scheme === "binary") {
-    throw new TtrpcError(Code.UNIMPLEMENTED, `stdio ${uri}: logging binaries (binary://) are not supported by cove`);
+    throw new NotSupportedError(`stdio ${uri}: logging binaries (binary://) are not supported by cove`);
   }
-  throw new TtrpcError(Code.INVALID_ARGUMENT, `stdio ${uri}: unknown scheme ${scheme}`);
+  throw new InvalidArgumentError(`stdio ${uri}: unknown scheme ${scheme}`);
 }
 
-function openFailed(what: string, path: string, e: unknown): TtrpcError {
-  const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
-  return new TtrpcError(Code.FAILED_PRECONDITION, `cannot open ${what} ${path}: ${code}`);
+function openFailed(what: string, path: string, e: unknown): WrongStateError {
+  const code = (e as NodeJS.ErrnoException).code ?? errorMessage(e);
+  return new WrongStateError(`cannot open ${what} ${path}: ${code}`);
 }
 
 export function openStdio(p: StdioPaths): OpenedStdio {

@@ -1,11 +1,13 @@
 // cove.agent.v1.Agent on a ttrpc server: decoded requests in, Agent calls, responses out. The
-// request and response types are the .proto's (src/proto/agent.ts).
+// request and response types are the .proto's (src/proto/agent.ts). This is the agent's service
+// edge: what the Agent throws leaves with its gRPC code (src/common/grpc-status.ts).
+import { withGrpcStatus } from "../../../src/common/grpc-status.ts";
 import type { AgentHandlers } from "../../../src/proto/agent.ts";
 import type { Agent } from "../agent.ts";
 
 export function agentService(agent: Agent): AgentHandlers {
   const empty = {};
-  return {
+  return withGrpcStatus<AgentHandlers>({
     Check: async () => agent.check(),
     CreateSandbox: async (r) => {
       await agent.createSandbox(r);
@@ -57,5 +59,5 @@ export function agentService(agent: Agent): AgentHandlers {
       return empty;
     },
     GetOOMEvent: async (_r, ctx) => ({ container_id: await agent.getOomEvent(ctx.signal) }),
-  };
+  });
 }

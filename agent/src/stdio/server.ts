@@ -1,8 +1,8 @@
 // The stdio port: one connection per stream, opened with a header line (src/proto/agent.ts); the
 // agent answers `ok\n` (then raw bytes) or `error <code> <message>\n` (then the connection closes).
 import type { Socket } from "node:net";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { parseStdioHeader as parseHeader, type StdioHeader } from "../../../src/proto/agent.ts";
-import { toStatus } from "../../../src/ttrpc/codes.ts";
 import type { Agent } from "../agent.ts";
 import { checkId } from "../api/errors.ts";
 import type { Logger } from "../log.ts";
@@ -48,7 +48,7 @@ export function serveStdio(agent: Agent, conn: Socket, log: Logger): void {
         conn.write("ok\n");
         log.debug(h, "stdio attached");
       } catch (e) {
-        const s = toStatus(e);
+        const s = grpcStatus(e); // the stdio port is a service edge too
         log.debug({ ...h, err: s.message }, "stdio refused");
         refuse(s.code, s.message);
       }

@@ -14,8 +14,10 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
+import { errorMessage } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { openStdio, parseStdioUri } from "../../../src/shim/stdio.ts";
-import { Code, type TtrpcError } from "../../../src/ttrpc/index.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 
 const openFds = () => readdirSync("/proc/self/fd").length;
 
@@ -83,12 +85,12 @@ test("file:// appends; binary:// and a missing FIFO are clear errors", () => {
     assert.equal(readFileSync(f, "utf8"), "ab");
     assert.throws(
       () => parseStdioUri("binary:///usr/bin/logger?x=1"),
-      (e: TtrpcError) => e.code === Code.UNIMPLEMENTED,
+      (e: unknown) => grpcStatus(e).code === Code.UNIMPLEMENTED,
     );
     const before = openFds();
     assert.throws(
       () => openStdio({ stdin: join(d, "nope-in"), stdout: "", stderr: "", terminal: false }),
-      (e: TtrpcError) => e.code === Code.FAILED_PRECONDITION && /nope-in: ENOENT/.test(e.message),
+      (e: unknown) => grpcStatus(e).code === Code.FAILED_PRECONDITION && /nope-in: ENOENT/.test(errorMessage(e)),
     );
     assert.equal(openFds(), before);
   } finally {
