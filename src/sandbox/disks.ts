@@ -13,6 +13,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import type { CoveConfig } from "../config/config.ts";
 import type { DiskConfig, ExtentPlace } from "../hypervisor/types.ts";
+import { shimMetrics } from "../metrics/shim-metrics.ts";
 import { type ContainerdAddress, containerdLookup } from "../rootfs/containerd.ts";
 import { layerImage } from "../rootfs/layers.ts";
 import { planRootfs } from "../rootfs/plan.ts";
@@ -119,6 +120,7 @@ export class PodDisks {
     const upperFile = join(c.bundle, "work", "cove-upper.ext4");
     await this.makers.createWritableLayer(upperFile, this.config.pod.writableLayerMib);
     c.disks.files.push(upperFile);
+    shimMetrics.recordLayerImages(images);
     log.info(
       {
         layers: images.length,

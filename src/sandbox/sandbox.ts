@@ -8,6 +8,7 @@
 // It also watches the VM (an unexpected exit ends every process; OOM events) and tears the pod down.
 import type { Logger } from "pino";
 import type { CoveConfig } from "../config/config.ts";
+import { type PodMetricsHandle, startPodMetrics } from "../metrics/shim.ts";
 import type { PodNetwork } from "../network/pod-network.ts";
 import { messageType } from "../proto/root.ts";
 import type { ContainerdAddress } from "../rootfs/containerd.ts";
@@ -57,6 +58,7 @@ export interface SandboxOptions {
 export class SandboxRuntime implements TaskRuntime {
   protected events?: RuntimeEvents;
   private pod?: PodVm;
+  private metrics?: PodMetricsHandle;
   private booting?: Promise<BootedPod>;
   private disks?: PodDisks;
   /** The pod's network wiring (taps + redirects in its netns), if it has one; detached after the VM. */
@@ -136,7 +138,7 @@ export class SandboxRuntime implements TaskRuntime {
 
   /** pod.json in the VM's work dir for `cove ps`, kept in step with the container table. */
   private recordRunState(plan: PodBootPlan, pod: PodVm): void {
-    const file = new PodRunStateFile(pod.workDir, {
+    const state = {
       id: plan.id,
       namespace: namespaceOfBundle(plan.bundle),
       bundle: plan.bundle,
@@ -149,8 +151,16 @@ export class SandboxRuntime implements TaskRuntime {
       startedAt: new Date().toISOString(),
       bootMs: Math.round(pod.bootMs),
       containers: this.containers.ids(),
-    });
+    };
+    const file = new PodRunStateFile(pod.workDir, state);
     this.containers.onChange = () => file.setContainers(this.containers.ids());
+    this.metrics = startPodMetrics({
+      workDir: pod.workDir,
+      state,
+      vm: pod.vm,
+      containers: () => this.containers.ids().length,
+      log: this.log,
+    });
   }
 
   /** Reports the end of every process when the VM goes away without being asked to (a fault). */
@@ -342,6 +352,7 @@ export class SandboxRuntime implements TaskRuntime {
     if (!pod) return;
     this.volumes.stop();
     this.log.info({ reason }, "pod VM shutting down");
+    await this.metrics?.close();
     await pod.destroy(this.log);
     // The VM (and its virtio-net devices) are gone: now the taps and redirects can go.
     const net = this.net;

@@ -72,6 +72,8 @@ export class StatsReader {
     this.fd = kvmIoctl(vmOrVcpuFd, KVM_GET_STATS_FD);
   }
   read(): Map<string, bigint> {
+    // After close() the fd number may already belong to another file.
+    if (this.closed) throw new Error("KVM stats fd closed");
     return readStats(this.fd);
   }
   close(): void {

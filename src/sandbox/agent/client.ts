@@ -8,6 +8,7 @@
 import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
 import { printable } from "../../common/text.ts";
+import { shimMetrics } from "../../metrics/shim-metrics.ts";
 import {
   AGENT_SERVICE,
   AGENT_VSOCK_PORT,
@@ -161,10 +162,18 @@ export class AgentClient {
 
   private async call<M extends AgentMethod>(method: M, req: Sent<M>, opts?: CallOptions): Promise<Answer<M>> {
     const timeoutMs = opts?.timeoutMs ?? this.deadlineOf(method);
+    const t0 = performance.now();
+    let ok = false;
     try {
-      return await this.rpc.call<Answer<M>>(AGENT_SERVICE, method, req as object, { ...opts, timeoutMs });
+      const res = await this.rpc.call<Answer<M>>(AGENT_SERVICE, method, req as object, { ...opts, timeoutMs });
+      ok = true;
+      return res;
     } catch (e) {
       throw agentError(e, method, timeoutMs);
+    } finally {
+      // Round trips of requests, not of the long polls (they wait for the guest's events).
+      if (this.deadlineOf(method) !== undefined)
+        shimMetrics.observeAgentCall(method, (performance.now() - t0) / 1000, ok);
     }
   }
 
