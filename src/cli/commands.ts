@@ -1,4 +1,5 @@
 // Every `cove` command. To add one: write src/cli/<name>.ts exporting a Command, list it here.
+import { cacheGcCommand, cacheLsCommand, cachePruneCommand } from "./cache.ts";
 import { checkCommand } from "./check.ts";
 import type { Command } from "./command.ts";
 import { envCommand } from "./env.ts";
@@ -15,5 +16,8 @@ export const COMMANDS: readonly Command[] = [
   uninstallCommand,
   psCommand,
   envCommand,
+  cacheLsCommand,
+  cachePruneCommand,
+  cacheGcCommand,
   helpCommand(() => COMMANDS),
 ];

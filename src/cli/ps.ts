@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { type PodRunState, readPodStates, VM_RUN_DIR } from "../sandbox/run-state.ts";
 import { type Command, UsageError } from "./command.ts";
+import { formatTable } from "./table.ts";
 
 export interface PodRow extends PodRunState {
   /** The shim still runs (its pid is alive). */
@@ -67,13 +68,7 @@ export function formatRows(rows: PodRow[]): string {
     formatUptime(r.uptimeSec),
     r.containers.length ? `${r.containers.length}: ${r.containers.map(short).join(",")}` : "0",
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...table.map((row) => row[i]!.length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
-      .join("  ")
-      .trimEnd();
-  return `${[line(head), ...table.map(line)].join("\n")}\n`;
+  return formatTable(head, table);
 }
 
 export const psCommand: Command = {

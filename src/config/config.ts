@@ -17,6 +17,8 @@ export interface CoveConfig {
     tcgTbSizeMib: number;
   };
   pod: PodConfig;
+  /** The layer image cache (src/rootfs/cache-gc.ts): unused images go, oldest use first, above this size. */
+  cache: { maxLayersGib: number };
   log: { level: LogLevel };
   /** Where the values came from: a file path, or "built-in defaults". */
   source: string;
@@ -81,6 +83,7 @@ export function defaultConfig(): CoveConfig {
     },
     qemu: { binary: "qemu-system-x86_64", tcgTbSizeMib: DEFAULT_TCG_TB_SIZE_MIB },
     pod: { writableLayerMib: 1024, bootTimeoutMs: 120_000, allowedAnnotations: [] },
+    cache: { maxLayersGib: 20 },
     log: { level: "info" },
     source: "built-in defaults",
     deprecations: [],
@@ -135,7 +138,7 @@ export function parseConfig(text: string, file: string): CoveConfig {
     throw new ConfigError(`${file}: not valid TOML: ${(e as Error).message}`);
   }
   const d = defaultConfig();
-  onlyKeys(doc, "", ["hypervisor", "cache_dir", "guest", "qemu", "pod", "log"], file);
+  onlyKeys(doc, "", ["hypervisor", "cache_dir", "guest", "qemu", "pod", "cache", "log"], file);
   const hypervisor = str(doc, "hypervisor", "", file, d.hypervisor);
   if (!HYPERVISORS.includes(hypervisor as HypervisorChoice)) {
     throw new ConfigError(`${file}: "hypervisor" must be one of ${HYPERVISORS.join(", ")} (got "${hypervisor}")`);
@@ -167,6 +170,8 @@ export function parseConfig(text: string, file: string): CoveConfig {
   if (!Array.isArray(allowed) || !allowed.every((a) => typeof a === "string")) {
     throw new ConfigError(`${file}: "pod.allowed_annotations" must be a list of strings`);
   }
+  const cache = subTable(doc, "cache", file);
+  onlyKeys(cache, "cache.", ["max_layers_gib"], file);
   const log = subTable(doc, "log", file);
   onlyKeys(log, "log.", ["level"], file);
   const level = str(log, "level", "log.", file, d.log.level);
@@ -195,6 +200,7 @@ export function parseConfig(text: string, file: string): CoveConfig {
       bootTimeoutMs: int(pod, "boot_timeout_ms", "pod.", file, d.pod.bootTimeoutMs, 1000, 3_600_000),
       allowedAnnotations: allowed as string[],
     },
+    cache: { maxLayersGib: int(cache, "max_layers_gib", "cache.", file, d.cache.maxLayersGib, 0, 1 << 20) },
     log: { level: level as LogLevel },
     source: file,
     deprecations,

@@ -25,6 +25,20 @@ export interface ContainerdLookup {
 
 type Obj = Record<string, unknown>;
 
+/** gRPC status NOT_FOUND: containerd does not have what was asked for. */
+export const GRPC_NOT_FOUND = 5;
+
+/** A failed call, with its gRPC status code (GRPC_NOT_FOUND: containerd has no such thing). */
+export class ContainerdError extends Error {
+  constructor(
+    method: string,
+    readonly code: number,
+    details: string,
+  ) {
+    super(`containerd ${method}: ${details}`);
+  }
+}
+
 /** Opens a client; every call has `deadlineMs` (containerd answers these from its metadata store). */
 export async function containerdLookup(at: ContainerdAddress, deadlineMs = 5_000): Promise<ContainerdLookup> {
   const grpc = await import("@grpc/grpc-js");
@@ -43,7 +57,7 @@ export async function containerdLookup(at: ContainerdAddress, deadlineMs = 5_000
         req,
         meta,
         { deadline: Date.now() + deadlineMs },
-        (err, res) => (err ? reject(new Error(`containerd ${method}: ${err.details || err.message}`)) : resolve(res!)),
+        (err, res) => (err ? reject(new ContainerdError(method, err.code, err.details || err.message)) : resolve(res!)),
       );
     });
   };

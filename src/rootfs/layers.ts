@@ -10,13 +10,21 @@
 // Conversion is once per key across processes: under a flock(2) lock in the cache (released by the
 // kernel if its holder crashes), into a temporary file renamed into place, so a reader sees the whole
 // image or none and a failed or interrupted conversion leaves nothing behind.
+//
+// The cache is bounded (cache-gc.ts): a pod lists the keys it uses (cache-users.ts) before it looks
+// at an image, and takes an image from the cache under the same lock as a conversion, so the
+// collector never removes an image between a pod finding it and attaching it.
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { acquireLock } from "../guest/lock.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { collectLayers, type GcOptions, scheduleCollect } from "./cache-gc.ts";
+import { recordSource } from "./cache-source.ts";
+import type { LayerUser } from "./cache-users.ts";
+import type { ContainerdAddress } from "./containerd.ts";
 
 export const MKFS_EROFS = "mkfs.erofs";
 /**
@@ -63,6 +71,16 @@ export function layerKey(src: LayerSource): string {
   return hashKey(["dir", src.dir, String(st.dev), String(st.ino), String(st.ctimeMs), ...MKFS_EROFS_ARGS]);
 }
 
+/** How a pod takes an image: who it is, where containerd named the snapshot, how the cache is bounded. */
+export interface LayerUse {
+  /** The pod's hold: the key is listed before the image is looked at, unlisted if this fails. */
+  user?: LayerUser;
+  /** containerd's socket and namespace that named `src.snapshot` (recorded beside the image). */
+  containerd?: ContainerdAddress;
+  /** Collect in the background after a conversion (and make room on ENOSPC) with these options. */
+  collect?: GcOptions;
+}
+
 /** Builds in flight in this process: two containers of one pod wait for one conversion. */
 const inFlight = new Map<string, Promise<LayerImage>>();
 
@@ -71,21 +89,41 @@ export function layersDir(cacheDir: string): string {
 }
 
 /** The erofs image of a layer: from the cache, or built now (progress and time logged). */
-export function layerImage(cacheDir: string, src: LayerSource, log: Logger): Promise<LayerImage> {
+export async function layerImage(
+  cacheDir: string,
+  src: LayerSource,
+  log: Logger,
+  use: LayerUse = {},
+): Promise<LayerImage> {
   const key = layerKey(src);
   const path = join(layersDir(cacheDir), `${key}.erofs`);
-  const t0 = performance.now();
-  if (existsSync(path)) return Promise.resolve({ key, path, built: false, ms: performance.now() - t0 });
-  let p = inFlight.get(key);
-  if (!p) {
-    p = convertOnce(src, path, key, log).finally(() => inFlight.delete(key));
-    inFlight.set(key, p);
+  use.user?.add(key); // throws, holding nothing, when the list cannot be written
+  try {
+    let p = inFlight.get(key);
+    if (!p) {
+      p = takeOrConvert(src, path, key, log, use).finally(() => inFlight.delete(key));
+      inFlight.set(key, p);
+    }
+    const img = await p;
+    if (img.built && use.collect) scheduleCollect(layersDir(cacheDir), use.collect, log);
+    return img;
+  } catch (e) {
+    use.user?.drop(key);
+    throw e;
   }
-  return p;
 }
 
-/** Converts under the cache's lock for this key, unless another process did it meanwhile. */
-async function convertOnce(src: LayerSource, path: string, key: string, log: Logger): Promise<LayerImage> {
+/**
+ * Under the cache's lock for this key: the image if it is there (its last use noted), else converted
+ * now. The lock also keeps the collector away while the image is taken.
+ */
+async function takeOrConvert(
+  src: LayerSource,
+  path: string,
+  key: string,
+  log: Logger,
+  use: LayerUse,
+): Promise<LayerImage> {
   const t0 = performance.now();
   mkdirSync(join(path, ".."), { recursive: true });
   const release = await acquireLock(
@@ -93,18 +131,47 @@ async function convertOnce(src: LayerSource, path: string, key: string, log: Log
     (pid) => log.info({ layer: layerName(src), pid }, "layer image: waiting for another process converting it"),
     { pollMs: 100, timeoutMs: 30 * 60_000 },
   );
+  let built = false;
   try {
-    if (existsSync(path)) return { key, path, built: false, ms: performance.now() - t0 };
-    await convert(src, path, log);
+    if (existsSync(path)) {
+      const now = new Date();
+      utimesSync(path, now, now); // its last use, for the size limit's least-recently-used order
+    } else {
+      await convertMakingRoom(src, path, log, use.collect);
+      built = true;
+    }
+    recordSource(path, src, use.containerd);
   } finally {
     release();
   }
   const ms = performance.now() - t0;
-  log.info(
-    { layer: layerName(src), image: path, bytes: statSync(path).size, ms: Math.round(ms) },
-    "layer image: converted",
-  );
-  return { key, path, built: true, ms };
+  if (built) {
+    log.info(
+      { layer: layerName(src), image: path, bytes: statSync(path).size, ms: Math.round(ms) },
+      "layer image: converted",
+    );
+  }
+  return { key, path, built, ms };
+}
+
+/**
+ * A conversion that fails for a full disk is tried once more after every unused image is removed
+ * (images in use are never touched; this key's own image does not exist yet).
+ */
+async function convertMakingRoom(src: LayerSource, path: string, log: Logger, collect?: GcOptions): Promise<void> {
+  try {
+    await convert(src, path, log);
+  } catch (e) {
+    if (!collect || !(e instanceof TtrpcError) || e.code !== Code.RESOURCE_EXHAUSTED) throw e;
+    const r = await collectLayers(join(path, ".."), { ...collect, allUnused: true });
+    const freed = r.removed.reduce((s, x) => s + x.bytes, 0);
+    log.warn(
+      { layer: layerName(src), removed: r.removed.length, freed, in_use: r.inUse },
+      "layer image: the cache disk is full; removed every unused image",
+    );
+    if (r.removed.length === 0) throw e;
+    await convert(src, path, log);
+  }
 }
 
 function run(cmd: string, args: string[], timeoutMs: number): Promise<void> {

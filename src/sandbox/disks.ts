@@ -14,8 +14,10 @@ import type { Logger } from "pino";
 import type { CoveConfig } from "../config/config.ts";
 import type { DiskConfig, ExtentPlace } from "../hypervisor/types.ts";
 import { shimMetrics } from "../metrics/shim-metrics.ts";
+import { GIB } from "../rootfs/cache-gc.ts";
+import { LayerUser } from "../rootfs/cache-users.ts";
 import { type ContainerdAddress, containerdLookup } from "../rootfs/containerd.ts";
-import { layerImage } from "../rootfs/layers.ts";
+import { layerImage, layersDir } from "../rootfs/layers.ts";
 import { planRootfs } from "../rootfs/plan.ts";
 import { committedChain } from "../rootfs/snapshots.ts";
 import { createWritableLayer } from "../rootfs/writable.ts";
@@ -35,10 +37,12 @@ export interface ContainerDisks {
   images: { disk: DiskId; path: string }[];
   /** Files made for it (the writable layer), removed on delete. */
   files: string[];
+  /** Keys of the layer images it holds in the cache (given back on delete). */
+  layers: string[];
 }
 
 export function noDisks(): ContainerDisks {
-  return { images: [], files: [] };
+  return { images: [], files: [], layers: [] };
 }
 
 /** A file a container's rootfs needs on a disk, and how the guest mounts it. */
@@ -77,13 +81,40 @@ interface Held {
 
 export class PodDisks {
   private readonly held: Record<DiskId, Map<string, Held>> = { layers: new Map(), writable: new Map() };
+  /** The pod's hold on the layer images it uses (the cache never removes them meanwhile). */
+  private user?: Promise<LayerUser>;
 
   constructor(
     private readonly config: CoveConfig,
     private readonly makers: DiskMakers = realDiskMakers,
     /** Where to ask which snapshots the layers are (their images are keyed by it); none: by directory. */
     private readonly containerd?: ContainerdAddress,
+    /** The pod's id, as the layer cache shows its users. */
+    private readonly podId = "",
   ) {}
+
+  private cacheUser(): Promise<LayerUser> {
+    this.user ??= LayerUser.open(layersDir(this.config.cacheDir), {
+      pod: this.podId,
+      ...(this.containerd ? { namespace: this.containerd.namespace } : {}),
+    });
+    return this.user;
+  }
+
+  /** Gives back the images a deleted container held in the cache. */
+  dropLayers(keys: string[]): void {
+    if (!this.user || keys.length === 0) return;
+    void this.user.then((u) => {
+      for (const k of keys) u.drop(k);
+    });
+  }
+
+  /** Ends the pod's hold on the layer cache (its shim's exit would end it too). */
+  async close(): Promise<void> {
+    const u = this.user;
+    this.user = undefined;
+    (await u?.catch(() => undefined))?.close();
+  }
 
   /** The disks the VM boots with (after the guest image). */
   static vmDisks(): DiskConfig[] {
@@ -114,8 +145,17 @@ export class PodDisks {
       plan.committed && at
         ? await committedChain(() => containerdLookup(at), c.id, plan.lowers.length, log)
         : undefined;
+    const use = {
+      user: await this.cacheUser(),
+      ...(at ? { containerd: at } : {}),
+      collect: { maxBytes: this.config.cache.maxLayersGib * GIB },
+    };
     const images = await Promise.all(
-      plan.lowers.map((dir, i) => this.makers.layerImage(this.config.cacheDir, { dir, snapshot: chain?.[i] }, log)),
+      plan.lowers.map(async (dir, i) => {
+        const img = await this.makers.layerImage(this.config.cacheDir, { dir, snapshot: chain?.[i] }, log, use);
+        c.disks.layers.push(img.key);
+        return img;
+      }),
     );
     const upperFile = join(c.bundle, "work", "cove-upper.ext4");
     await this.makers.createWritableLayer(upperFile, this.config.pod.writableLayerMib);
@@ -210,5 +250,6 @@ export async function releaseDisks(
   log: Logger,
 ): Promise<void> {
   await disks?.release(held.images.splice(0), pod, log);
+  disks?.dropLayers(held.layers.splice(0));
   for (const f of held.files.splice(0)) rmSync(f, { force: true });
 }

@@ -167,7 +167,8 @@ export async function bootPod(
       net = attached;
     }
     checkDevices(plan, net?.interfaces.length ?? 0, log);
-    const disks = new PodDisks(plan.config, deps.diskMakers, deps.containerd);
+    const disks = new PodDisks(plan.config, deps.diskMakers, deps.containerd, id);
+    undo.defer("layer cache hold", () => disks.close());
     let firstDisks: PreparedDisks | undefined;
     if (first) {
       // Deferred first: prepare records each image and file in the container's disks as it makes it.

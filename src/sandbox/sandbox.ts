@@ -362,6 +362,7 @@ export class SandboxRuntime implements TaskRuntime {
       this.log.info({ netns: net.netns }, "pod network detached");
     }
     for (const c of this.containers.values()) await this.release(c);
+    await this.disks?.close();
   }
 
   async shutdown(): Promise<void> {

@@ -3,34 +3,16 @@
 // across processes, and a failed conversion names the layer and leaves nothing behind.
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { test } from "node:test";
 import { pino } from "pino";
 import { layerImage, layerKey, layersDir } from "../../../src/rootfs/layers.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { MKFS, withTmp } from "./tmp.ts";
 
 const log = pino({ level: "silent" });
-const MKFS = (() => {
-  try {
-    return execFileSync("sh", ["-c", "command -v mkfs.erofs"], { encoding: "utf8" }).trim();
-  } catch {
-    return "";
-  }
-})();
 const skip = MKFS ? false : "mkfs.erofs is not installed (erofs-utils)";
-
-function withTmp(f: (dir: string) => Promise<void>) {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), "cove-layers-"));
-    try {
-      await f(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
 
 function layerDir(root: string, name: string, content = "hello\n"): string {
   const d = join(root, name);
@@ -83,7 +65,11 @@ test(
     assert.notEqual(k1, layerKey({ dir: join(dir, "root2-snap-3") }));
     assert.notEqual(k1, a.key);
     assert.notEqual(layerKey({ dir, snapshot: "native/sha256:0123456789abcdef" }), a.key, "snapshotter is part of it");
-    assert.deepEqual(readdirSync(layersDir(cache)), [`${a.key}.erofs`], "no lock or temporary file is left");
+    assert.deepEqual(
+      readdirSync(layersDir(cache)).sort(),
+      [`${a.key}.erofs`, `${a.key}.erofs.json`],
+      "the image and its source record; no lock or temporary file is left",
+    );
     const dump = execFileSync("dump.erofs", ["--path=/etc/motd", a.path], { encoding: "utf8" });
     assert.match(dump, /Size: 6/);
   }),
