@@ -26,9 +26,9 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
+import { LimitError } from "../common/errors.ts";
 import { acquireLock } from "../guest/lock.ts";
 import { tryLock } from "../native/flock.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 
 export const USERS_DIR = ".users";
 
@@ -116,8 +116,7 @@ export class LayerUser {
       this.write();
     } catch (e) {
       this.uses.delete(key);
-      throw new TtrpcError(
-        Code.RESOURCE_EXHAUSTED,
+      throw new LimitError(
         `cannot list layer image ${key} as used in ${this.dir}: ${(e as NodeJS.ErrnoException).code ?? e}`,
       );
     }

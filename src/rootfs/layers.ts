@@ -19,6 +19,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { LimitError } from "../common/errors.ts";
 import { acquireLock } from "../guest/lock.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { collectLayers, type GcOptions, scheduleCollect } from "./cache-gc.ts";
@@ -154,6 +155,11 @@ async function takeOrConvert(
   return { key, path, built, ms };
 }
 
+/** A conversion's "the cache disk is full" (as a status now, as a domain error once this file throws those). */
+function isDiskFull(e: unknown): boolean {
+  return (e instanceof TtrpcError && e.code === Code.RESOURCE_EXHAUSTED) || e instanceof LimitError;
+}
+
 /**
  * A conversion that fails for a full disk is tried once more after every unused image is removed
  * (images in use are never touched; this key's own image does not exist yet).
@@ -162,7 +168,7 @@ async function convertMakingRoom(src: LayerSource, path: string, log: Logger, co
   try {
     await convert(src, path, log);
   } catch (e) {
-    if (!collect || !(e instanceof TtrpcError) || e.code !== Code.RESOURCE_EXHAUSTED) throw e;
+    if (!collect || !isDiskFull(e)) throw e;
     const r = await collectLayers(join(path, ".."), { ...collect, allUnused: true });
     const freed = r.removed.reduce((s, x) => s + x.bytes, 0);
     log.warn(
