@@ -15,6 +15,7 @@ PACKAGES=(
   socat tmux     # echo servers in test guests; `ctr run -t` driven through a terminal
   mmdebstrap     # the Debian 12 root without Node in which the Node bootstrap is tested; the rootfs bench's image
   gcc libc6-dev  # the static file probe built into the fidelity test image (test/harness/probe/fsprobe.c)
+  openssl        # the fake Kubernetes API server's certificate (the node installer's label tests)
 )
 bash scripts/apt-install.sh "${PACKAGES[@]}"
 
