@@ -37,6 +37,7 @@ import {
 import { hostnameOf, type Json, sysctlsOf } from "./oci.ts";
 import { configPathFromOptions } from "./options.ts";
 import { PodVm, VM_RUN_DIR } from "./pod.ts";
+import { joinPodCgroup } from "./pod-cgroup.ts";
 import { Rollback } from "./rollback.ts";
 import { podVmSize, type VmSize } from "./vm-size.ts";
 
@@ -155,6 +156,9 @@ export async function bootPod(
   const { id, oci, netns, hypervisor } = plan;
   const undo = new Rollback();
   try {
+    // First, so the VMM it starts inherits the pod's cgroup.
+    const cgroup = joinPodCgroup(oci, log);
+    if (cgroup) undo.defer("pod cgroup", () => cgroup.leave(log));
     let net: PodNetwork | undefined;
     if (netns.kind === "netns" && !hypervisor.nets) {
       log.warn(
