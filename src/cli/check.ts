@@ -2,7 +2,7 @@
 // each missing piece. Exit 1 when something required is missing.
 
 import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { existsSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { type CoveConfig, defaultConfig } from "../config/config.ts";
@@ -13,7 +13,7 @@ import { which } from "../guest/exec.ts";
 import { kernelKeys, LINUX_SOURCE_TARBALL } from "../guest/kernel.ts";
 import { pinnedNode } from "../guest/node-pin.ts";
 import { guestArtifacts, guestInputs, repoRoot } from "../guest/paths.ts";
-import { probeHost } from "../sandbox/backend.ts";
+import { describeHost, type HostKvm, probeHost } from "../hypervisor/host.ts";
 import type { Command } from "./command.ts";
 import { containerdVersion, coveRuntimeConfig, DEFAULT_CONTAINERD_CONFIG } from "./containerd-runtime.ts";
 import { type ConfigSources, effectiveConfig } from "./effective-config.ts";
@@ -50,28 +50,22 @@ function program(name: string, bin: string, pkg: string, required: boolean, vers
 }
 
 /** KVM, and whether it is backed by hardware virtualization or by PVM (see docs/hosts.md). */
-export function kvmKind(cpuinfo: string, pvmModule: boolean): "hardware" | "pvm" | "unknown" {
-  if (pvmModule) return "pvm";
-  return /^flags\s*:.*\b(vmx|svm)\b/m.test(cpuinfo) ? "hardware" : "unknown";
+export function kvmKind(host: HostKvm): "hardware" | "pvm" | "unknown" {
+  if (host.pvm) return "pvm";
+  return host.hwVirt !== null ? "hardware" : "unknown";
 }
 
-function kvm(): CheckResult {
+function kvm(host: HostKvm): CheckResult {
   const name = "/dev/kvm";
-  if (!existsSync("/dev/kvm"))
+  if (!host.kvm)
     return {
       name,
       ok: false,
       required: false,
-      detail: "no /dev/kvm: only the qemu backend under TCG (slow) can run",
+      detail: `${describeHost(host)}: only the qemu backend under TCG (slow) can run`,
       fix: "modprobe kvm_intel || modprobe kvm_amd  # and enable virtualization (or nested virtualization) for this machine",
     };
-  let cpuinfo = "";
-  try {
-    cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
-  } catch {
-    // keep going with what we have
-  }
-  const kind = kvmKind(cpuinfo, existsSync("/sys/module/kvm_pvm"));
+  const kind = kvmKind(host);
   const detail =
     kind === "hardware"
       ? "present, hardware virtualization: the embedded VMM can run"
@@ -234,11 +228,12 @@ export function runChecks(sources: ConfigSources = {}): CheckResult[] {
   const buildGuest = checkout
     ? "npm run guest   # or: cove guest build"
     : "cove install from a checkout with a built guest";
+  const host = probeHost();
   const r: CheckResult[] = [
     cfg.result,
     artifact("guest kernel", a.kernel, true, buildGuest),
     artifact("guest image", a.rootfs, true, buildGuest),
-    ...hostChecks(config, probeHost()),
+    ...hostChecks(config, host),
     program("containerd", "containerd", "containerd", true),
     containerdRuntimeCheck(process.env.COVE_CONTAINERD_CONFIG || DEFAULT_CONTAINERD_CONFIG),
   ];
@@ -257,7 +252,7 @@ export function runChecks(sources: ConfigSources = {}): CheckResult[] {
         },
   );
   if (root && checkout) r.push(pinnedNodeCheck(root), freshness(a, root));
-  r.push(kvm());
+  r.push(kvm(host));
   if (root) {
     r.push(
       artifact(

@@ -6,7 +6,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
 import type { CoveConfig } from "../config/config.ts";
 import { which } from "../guest/exec.ts";
-import { chooseBackend, type HostKvm } from "../sandbox/backend.ts";
+import type { HostKvm } from "../hypervisor/host.ts";
+import { chooseBackend } from "../hypervisor/select.ts";
 import type { CheckResult } from "./check.ts";
 
 export interface HostPaths {

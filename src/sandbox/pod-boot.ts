@@ -8,6 +8,8 @@
 // answers), so the undo list only ever holds steps that completed.
 import type { Logger } from "pino";
 import { ConfigError, type CoveConfig, loadConfig } from "../config/config.ts";
+import { type HostKvm, probeHost } from "../hypervisor/host.ts";
+import { type BackendChoice, backendFactory, chooseBackend } from "../hypervisor/select.ts";
 import type { Hypervisor } from "../hypervisor/types.ts";
 import type { PodNetns } from "../network/netns.ts";
 import type { PodNetwork } from "../network/pod-network.ts";
@@ -15,7 +17,6 @@ import type { ContainerdAddress } from "../rootfs/containerd.ts";
 import type { CreateSpec, MountSpec } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { AgentClientOptions } from "./agent/index.ts";
-import { type BackendChoice, backendFactory, chooseBackend, type HostKvm, probeHost } from "./backend.ts";
 import {
   type ContainerDisks,
   type DiskMakers,

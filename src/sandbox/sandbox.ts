@@ -8,13 +8,13 @@
 // It also watches the VM (an unexpected exit ends every process; OOM events) and tears the pod down.
 import type { Logger } from "pino";
 import type { CoveConfig } from "../config/config.ts";
+import type { HostKvm } from "../hypervisor/host.ts";
 import { type PodMetricsHandle, startPodMetrics } from "../metrics/shim.ts";
 import type { PodNetwork } from "../network/pod-network.ts";
 import { messageType } from "../proto/root.ts";
 import type { ContainerdAddress } from "../rootfs/containerd.ts";
 import type { AnyValue, CreateSpec, ExecSpec, RuntimeEvents, TaskRuntime } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
-import type { HostKvm } from "./backend.ts";
 import { ContainerTable, type PodContainer } from "./containers.ts";
 import { noDisks, type PodDisks, type PreparedDisks, releaseDisks } from "./disks.ts";
 import { GuestContainerOps, isNotFound, VM_GONE_STATUS } from "./guest-container.ts";

@@ -1,21 +1,15 @@
-// KVM when it is backed by hardware virtualization; TCG otherwise (no /dev/kvm, or PVM-backed
-// KVM, which cannot run a stock Linux guest: see docs/hosts.md).
-import { existsSync, readFileSync } from "node:fs";
+// QEMU's accelerator: KVM when /dev/kvm is backed by hardware virtualization, TCG otherwise (no
+// /dev/kvm, or PVM-backed KVM, which cannot run a stock Linux guest: see docs/hosts.md). The same
+// probe and rule as backend selection with hypervisor = "qemu".
+import { type HostKvm, probeHost } from "../host.ts";
+import { type Accel, chooseBackend } from "../select.ts";
 
 export interface AccelChoice {
-  accel: "kvm" | "tcg";
+  accel: Accel;
   reason: string;
 }
 
-export function chooseAccel(
-  probe: { kvm: boolean; cpuinfo: string } = {
-    kvm: existsSync("/dev/kvm"),
-    cpuinfo: existsSync("/proc/cpuinfo") ? readFileSync("/proc/cpuinfo", "utf8") : "",
-  },
-): AccelChoice {
-  if (!probe.kvm) return { accel: "tcg", reason: "/dev/kvm is absent" };
-  const flags = /^flags\s*:\s*(.*)$/m.exec(probe.cpuinfo)?.[1]?.split(/\s+/) ?? [];
-  if (flags.includes("vmx") || flags.includes("svm"))
-    return { accel: "kvm", reason: "hardware virtualization (vmx/svm)" };
-  return { accel: "tcg", reason: "/dev/kvm has no vmx/svm behind it (PVM or similar): using TCG" };
+export function chooseAccel(host: HostKvm = probeHost()): AccelChoice {
+  const { accel, reason } = chooseBackend("qemu", host);
+  return { accel, reason };
 }

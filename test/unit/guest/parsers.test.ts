@@ -8,6 +8,7 @@ import { memUsedKiB } from "../../../agent/src/pid1/stats.ts";
 import { formatReady, parseReady } from "../../../agent/src/ready.ts";
 import { kvmKind } from "../../../src/cli/check.ts";
 import { configMismatches, parseConfig } from "../../../src/guest/kernel.ts";
+import { hwVirtFlag } from "../../../src/hypervisor/host.ts";
 
 test("parseConfig reads =values and 'is not set' lines", () => {
   const m = parseConfig('CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=64\n# a comment\nCONFIG_D="x y"\n');
@@ -70,7 +71,8 @@ test("the readiness line round-trips and is found inside console noise", () => {
 });
 
 test("kvmKind: PVM module, hardware flags, or neither", () => {
-  assert.equal(kvmKind("flags\t\t: fpu vme svm sse\n", false), "hardware");
-  assert.equal(kvmKind("flags\t\t: fpu vmx\n", true), "pvm");
-  assert.equal(kvmKind("flags\t\t: fpu sse\n", false), "unknown");
+  const host = (cpuinfo: string, pvm: boolean) => ({ kvm: true, hwVirt: hwVirtFlag(cpuinfo), pvm });
+  assert.equal(kvmKind(host("flags\t\t: fpu vme svm sse\n", false)), "hardware");
+  assert.equal(kvmKind(host("flags\t\t: fpu vmx\n", true)), "pvm");
+  assert.equal(kvmKind(host("flags\t\t: fpu sse\n", false)), "unknown");
 });

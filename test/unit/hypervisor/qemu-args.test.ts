@@ -1,38 +1,38 @@
 // The qemu backend's pure parts: the accelerator choice from /dev/kvm + cpuinfo, and QEMU's argv.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { hwVirtFlag } from "../../../src/hypervisor/host.ts";
 import { chooseAccel } from "../../../src/hypervisor/qemu/accel.ts";
 import { qemuArgs } from "../../../src/hypervisor/qemu/args.ts";
 
 const cpuinfo = (flags: string) =>
   `processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU\nflags\t\t: ${flags}\nbugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: ${flags}\n`;
 
+const host = (kvm: boolean, cpuinfo: string) => ({ kvm, hwVirt: hwVirtFlag(cpuinfo), pvm: false });
+
 describe("chooseAccel", () => {
   it("uses KVM when /dev/kvm is backed by vmx or svm", () => {
-    assert.equal(chooseAccel({ kvm: true, cpuinfo: cpuinfo("fpu vme de pse vmx ept") }).accel, "kvm");
-    assert.equal(chooseAccel({ kvm: true, cpuinfo: cpuinfo("fpu svm npt lahf_lm") }).accel, "kvm");
+    assert.equal(chooseAccel(host(true, cpuinfo("fpu vme de pse vmx ept"))).accel, "kvm");
+    assert.equal(chooseAccel(host(true, cpuinfo("fpu svm npt lahf_lm"))).accel, "kvm");
   });
 
   it("uses TCG on a PVM host: /dev/kvm present but no vmx/svm in the guest-visible flags", () => {
     // A PVM guest kernel exposes /dev/kvm (kvm-pvm) while cpuinfo shows a VM without vmx.
-    const c = chooseAccel({ kvm: true, cpuinfo: cpuinfo("fpu vme de pse tsc msr hypervisor lahf_lm") });
+    const c = chooseAccel(host(true, cpuinfo("fpu vme de pse tsc msr hypervisor lahf_lm")));
     assert.equal(c.accel, "tcg");
     assert.match(c.reason, /PVM/);
   });
 
   it("uses TCG without /dev/kvm, whatever the CPU flags say", () => {
-    const c = chooseAccel({ kvm: false, cpuinfo: cpuinfo("vmx") });
+    const c = chooseAccel(host(false, cpuinfo("vmx")));
     assert.equal(c.accel, "tcg");
     assert.match(c.reason, /absent/);
   });
 
   it("does not take a flag name inside another word, or outside the flags line, for vmx", () => {
-    assert.equal(chooseAccel({ kvm: true, cpuinfo: cpuinfo("fpu vmxnotreally svmx") }).accel, "tcg");
-    assert.equal(
-      chooseAccel({ kvm: true, cpuinfo: "model name\t: vmx svm marketing name\nflags\t\t: fpu sse2\n" }).accel,
-      "tcg",
-    );
-    assert.equal(chooseAccel({ kvm: true, cpuinfo: "" }).accel, "tcg");
+    assert.equal(chooseAccel(host(true, cpuinfo("fpu vmxnotreally svmx"))).accel, "tcg");
+    assert.equal(chooseAccel(host(true, "model name\t: vmx svm marketing name\nflags\t\t: fpu sse2\n")).accel, "tcg");
+    assert.equal(chooseAccel(host(true, "")).accel, "tcg");
   });
 });
 

@@ -7,7 +7,7 @@ import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
 import { pino } from "pino";
-import { registerBackend, unregisterBackend } from "../../../src/sandbox/backend.ts";
+import { registerBackend, unregisterBackend } from "../../../src/hypervisor/select.ts";
 import { Rollback } from "../../../src/sandbox/rollback.ts";
 import { OOM_POLL_MIN_MS, SandboxRuntime, VM_GONE_STATUS } from "../../../src/sandbox/sandbox.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";

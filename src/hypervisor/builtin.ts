@@ -1,7 +1,7 @@
-// The hypervisor backends this build of cove carries, registered with the backend chooser.
-import { EmbeddedHypervisor } from "../hypervisor/embedded/embedded.ts";
-import { QemuHypervisor } from "../hypervisor/qemu/qemu.ts";
-import { registerBackend } from "./backend.ts";
+// The hypervisor backends this build of cove carries, registered with the backend selection (select.ts).
+import { EmbeddedHypervisor } from "./embedded/embedded.ts";
+import { QemuHypervisor } from "./qemu/qemu.ts";
+import { registerBackend } from "./select.ts";
 
 export function registerBuiltinBackends(): void {
   registerBackend(
