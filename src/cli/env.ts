@@ -2,8 +2,8 @@
 // `hypervisor` picks on this host and why, and the guest artifacts in use.
 import { existsSync, realpathSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { which } from "../common/exec.ts";
 import type { CoveConfig } from "../config/config.ts";
-import { which } from "../guest/exec.ts";
 import { type HostKvm, probeHost } from "../hypervisor/host.ts";
 import { type BackendChoice, chooseBackend } from "../hypervisor/select.ts";
 import { runtimeFeaturesPath } from "../shim/info.ts";

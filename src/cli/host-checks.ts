@@ -4,8 +4,8 @@
 // for the pod network (src/network/), and cgroups.
 import { existsSync, readFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
+import { which } from "../common/exec.ts";
 import type { CoveConfig } from "../config/config.ts";
-import { which } from "../guest/exec.ts";
 import type { HostKvm } from "../hypervisor/host.ts";
 import { chooseBackend } from "../hypervisor/select.ts";
 import type { CheckResult } from "./check.ts";

@@ -22,8 +22,8 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
+import { which } from "../common/exec.ts";
 import { DEFAULT_CONFIG_PATH } from "../config/config.ts";
-import { which } from "../guest/exec.ts";
 import { repoRoot } from "../guest/paths.ts";
 import { type Command, UsageError } from "./command.ts";
 import { addBlock, chooseVersion, configShape, runtimeBlock, snippetFile } from "./containerd-block.ts";

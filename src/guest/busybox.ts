@@ -6,7 +6,7 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { run } from "./exec.ts";
+import { run } from "../common/exec.ts";
 import { fileSha256 } from "./hash.ts";
 import { acquireLock } from "./lock.ts";
 import type { Progress } from "./progress.ts";

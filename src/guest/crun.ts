@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
-import { dpkgVersion, run, runStreaming } from "./exec.ts";
+import { dpkgVersion, run, runStreaming } from "../common/exec.ts";
 import { keyOf } from "./hash.ts";
 import { acquireLock } from "./lock.ts";
 import type { Progress } from "./progress.ts";

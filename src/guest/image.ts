@@ -2,8 +2,8 @@
 // The layout is data (a RootPlan); its key (every entry plus the bytes of every copied file) names
 // the cached image, so a changed agent bundle, Node, runtime or layout makes a new image.
 import { existsSync } from "node:fs";
+import { dpkgVersion, which } from "../common/exec.ts";
 import { GUEST_BUSYBOX } from "./busybox.ts";
-import { dpkgVersion, which } from "./exec.ts";
 import { pinnedNode } from "./node-pin.ts";
 import { binaryWithLibraries, dedupe, planKey, type RootPlan, usrMergedSkeleton } from "./rootfs.ts";
 

@@ -18,7 +18,7 @@ import {
 } from "node:fs";
 import { availableParallelism } from "node:os";
 import { basename, join } from "node:path";
-import { dpkgVersion, run, runStreaming } from "./exec.ts";
+import { dpkgVersion, run, runStreaming } from "../common/exec.ts";
 import { fileSha256, keyOf, sha256 } from "./hash.ts";
 import { acquireLock } from "./lock.ts";
 import type { Progress } from "./progress.ts";

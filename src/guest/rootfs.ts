@@ -3,7 +3,7 @@
 // then materialize it and call makeErofs.
 import { chmodSync, copyFileSync, lstatSync, mkdirSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, isAbsolute, join, normalize } from "node:path";
-import { run } from "./exec.ts";
+import { run } from "../common/exec.ts";
 import { fileSha256, keyOf } from "./hash.ts";
 
 /** One entry of a root directory; paths are absolute inside the root ("/usr/bin/node"). */

@@ -1,28 +1,12 @@
 // iproute2 (`ip`, `tc`) run inside a network namespace given by path (`ip -n` takes only names
 // under /var/run/netns, so nsenter --net enters any path, e.g. /proc/<pid>/ns/net). Runs as a
 // child process, never blocking the event loop; failures carry the command and its stderr.
-import { execFile } from "node:child_process";
+import { runAsync } from "../common/exec.ts";
 
 const TIMEOUT_MS = 10_000;
 
-export class CommandError extends Error {
-  override name = "CommandError";
-  constructor(
-    readonly argv: string[],
-    readonly stderr: string,
-    cause?: unknown,
-  ) {
-    super(`${argv.join(" ")}: ${stderr.trim() || (cause as Error | undefined)?.message || "failed"}`);
-  }
-}
-
 function run(argv: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(argv[0]!, argv.slice(1), { timeout: TIMEOUT_MS, encoding: "utf8" }, (err, stdout, stderr) => {
-      if (err) reject(new CommandError(argv, stderr, err));
-      else resolve(stdout);
-    });
-  });
+  return runAsync(argv, { timeoutMs: TIMEOUT_MS });
 }
 
 export class NetnsShell {

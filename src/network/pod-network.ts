@@ -3,11 +3,13 @@
 // by tc mirred redirects both ways, and the interface's MAC/MTU/addresses/routes read for the
 // guest. The taps become the backends of the VM's virtio-net devices. detach() removes exactly
 // what attach() created; the taps also vanish by themselves if the shim dies (their fds close).
+
+import { CommandError } from "../common/exec.ts";
 import { defaultLogger, type Logger } from "../virtio/log.ts";
 import { TapBackend } from "../virtio/net/tap.ts";
 import type { DnsConfig } from "./dns.ts";
 import { type PodInterface, readInterfaces } from "./interfaces.ts";
-import { CommandError, NetnsShell } from "./iproute.ts";
+import { NetnsShell } from "./iproute.ts";
 import { type Redirect, redirectBothWays, removeRedirect } from "./tc.ts";
 
 /** Tap names: "cove<N>"-style names no CNI plugin uses, numbered by the kernel. */

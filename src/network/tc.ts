@@ -4,7 +4,8 @@
 // never sees the frames, and the guest (with the interface's MAC and addresses) is what the
 // network talks to. (u32 rather than matchall: kernels built without CLS_MATCHALL exist, this
 // host's among them.)
-import { CommandError, type NetnsShell } from "./iproute.ts";
+import { CommandError } from "../common/exec.ts";
+import type { NetnsShell } from "./iproute.ts";
 
 const INGRESS = "ffff:";
 

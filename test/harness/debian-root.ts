@@ -6,7 +6,7 @@
 import { type SpawnSyncReturns, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { run } from "../../src/guest/exec.ts";
+import { run } from "../../src/common/exec.ts";
 import { keyOf } from "../../src/guest/hash.ts";
 import { acquireLock } from "../../src/guest/lock.ts";
 import { cacheDir } from "../../src/guest/paths.ts";

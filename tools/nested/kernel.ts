@@ -17,7 +17,7 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { dpkgVersion, run, runStreaming } from "../../src/guest/exec.ts";
+import { dpkgVersion, run, runStreaming } from "../../src/common/exec.ts";
 import { keyOf, sha256 } from "../../src/guest/hash.ts";
 import { configMismatches, kernelPaths, LINUX_SOURCE_PACKAGE, LINUX_SOURCE_TARBALL } from "../../src/guest/kernel.ts";
 import { acquireLock } from "../../src/guest/lock.ts";

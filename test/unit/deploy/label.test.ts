@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { which } from "../../../src/guest/exec.ts";
+import { which } from "../../../src/common/exec.ts";
 import { type ApiServer, inClusterApi, NODE_LABEL, setNodeLabel } from "../../../tools/node-installer/label.ts";
 import { type FakeApiServer, startFakeApiServer } from "./fake-apiserver.ts";
 

@@ -8,7 +8,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { which } from "../../../src/guest/exec.ts";
+import { which } from "../../../src/common/exec.ts";
 import { NODE_LABEL } from "../../../tools/node-installer/label.ts";
 import { coveArgs, DEFAULT_RESTART_COMMAND, run } from "../../../tools/node-installer/main.ts";
 import { type FakeApiServer, startFakeApiServer } from "./fake-apiserver.ts";

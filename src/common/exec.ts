@@ -1,21 +1,39 @@
-// Running host tools for the guest build: captured output, clear errors naming the command.
-import { spawn, spawnSync } from "node:child_process";
+// Running other programs: one CommandError that names the command, its exit status and what it
+// printed, and the few ways cove runs a program (to completion synchronously for build and check
+// tools, asynchronously with a timeout where the event loop must keep running, streaming lines for
+// long builds).
+import { execFile, spawn, spawnSync } from "node:child_process";
+
+/** How much of a failed command's output its error message carries. */
+const TAIL_LINES = 20;
 
 export class CommandError extends Error {
+  override name = "CommandError";
   constructor(
     readonly argv: string[],
+    /** The exit status; null when a signal or the timeout ended it. */
     readonly status: number | null,
-    readonly output: string,
+    /** What it printed on stderr (the tail of all its output, for streamed commands). */
+    readonly stderr: string,
+    cause?: unknown,
   ) {
-    const tail = output.trim().split("\n").slice(-20).join("\n");
+    const tail = stderr.trim().split("\n").slice(-TAIL_LINES).join("\n");
+    const why = status === null ? "killed" : `exit ${status}`;
+    const detail = tail || (cause instanceof Error ? cause.message : "");
     super(
-      `command failed (${status === null ? "killed" : `exit ${status}`}): ${argv.join(" ")}${tail ? `\n${tail}` : ""}`,
+      `${argv.join(" ")} failed (${why})${detail ? `: ${detail}` : ""}`,
+      cause === undefined ? undefined : { cause },
     );
   }
 }
 
-/** Runs a command to completion and returns its stdout; throws CommandError with stderr on failure. */
-export function run(argv: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): string {
+export interface RunOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Runs a command to completion (blocking) and returns its stdout; CommandError with its output on failure. */
+export function run(argv: string[], opts: RunOptions = {}): string {
   const [cmd, ...args] = argv;
   if (!cmd) throw new Error("run: empty command");
   const r = spawnSync(cmd, args, { cwd: opts.cwd, env: opts.env, encoding: "utf8", maxBuffer: 64 << 20 });
@@ -24,12 +42,26 @@ export function run(argv: string[], opts: { cwd?: string; env?: NodeJS.ProcessEn
   return r.stdout;
 }
 
+/** Runs a command without blocking the event loop; killed after timeoutMs. Resolves to its stdout. */
+export function runAsync(argv: string[], opts: RunOptions & { timeoutMs: number }): Promise<string> {
+  const [cmd, ...args] = argv;
+  if (!cmd) return Promise.reject(new Error("runAsync: empty command"));
+  return new Promise((resolve, reject) => {
+    execFile(
+      cmd,
+      args,
+      { cwd: opts.cwd, env: opts.env, timeout: opts.timeoutMs, encoding: "utf8" },
+      (err, stdout, stderr) => {
+        if (!err) return resolve(stdout);
+        const status = typeof err.code === "number" ? err.code : null;
+        reject(new CommandError(argv, status, stderr, err));
+      },
+    );
+  });
+}
+
 /** Runs a long command, calling onLine for each output line (stdout and stderr). */
-export function runStreaming(
-  argv: string[],
-  onLine: (line: string) => void,
-  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
-): Promise<void> {
+export function runStreaming(argv: string[], onLine: (line: string) => void, opts: RunOptions = {}): Promise<void> {
   const [cmd, ...args] = argv;
   if (!cmd) return Promise.reject(new Error("runStreaming: empty command"));
   return new Promise((resolvePromise, reject) => {
@@ -45,7 +77,7 @@ export function runStreaming(
           const line = buf.slice(0, i);
           buf = buf.slice(i + 1);
           tail.push(line);
-          if (tail.length > 40) tail.shift();
+          if (tail.length > 2 * TAIL_LINES) tail.shift();
           onLine(line);
           i = buf.indexOf("\n");
         }
