@@ -1,8 +1,8 @@
 // cove.toml: where it is found, its keys, their defaults and their validation. The defaults here
 // are the values in config/cove.toml (a unit test keeps the two in step).
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
 import { parse } from "smol-toml";
+import { DEFAULT_CACHE_DIR, guestArtifacts } from "../guest/paths.ts";
 
 export type HypervisorChoice = "auto" | "embedded" | "qemu";
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal";
@@ -51,21 +51,11 @@ export interface PodConfig {
 }
 
 export const DEFAULT_CONFIG_PATH = "/etc/cove/cove.toml";
-export const DEFAULT_CACHE_DIR = "/var/cache/cove";
 /** TCG's translation cache per pod VM, in MiB: see [qemu] tcg_tb_size_mib in config/cove.toml for
  * what it costs and saves (measured by `npm run bench -- tcg`). */
 export const DEFAULT_TCG_TB_SIZE_MIB = 64;
 const LOG_LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "error", "fatal"];
 const HYPERVISORS: readonly HypervisorChoice[] = ["auto", "embedded", "qemu"];
-
-/** The guest kernel the guest build writes under a cache dir. */
-export function builtKernelPath(cacheDir: string): string {
-  return join(cacheDir, "guest", "kernel");
-}
-/** The guest image the guest build writes under a cache dir. */
-export function builtImagePath(cacheDir: string): string {
-  return join(cacheDir, "guest", "rootfs.erofs");
-}
 
 export class ConfigError extends Error {}
 
@@ -74,8 +64,8 @@ export function defaultConfig(): CoveConfig {
     hypervisor: "auto",
     cacheDir: DEFAULT_CACHE_DIR,
     guest: {
-      kernel: builtKernelPath(DEFAULT_CACHE_DIR),
-      image: builtImagePath(DEFAULT_CACHE_DIR),
+      kernel: guestArtifacts(DEFAULT_CACHE_DIR).kernel,
+      image: guestArtifacts(DEFAULT_CACHE_DIR).rootfs,
       vcpus: 1,
       memoryMib: 256,
       maxVcpus: 0,
@@ -184,8 +174,8 @@ export function parseConfig(text: string, file: string): CoveConfig {
     cacheDir,
     guest: {
       // Empty means "what the guest build produced", which follows cache_dir.
-      kernel: str(guest, "kernel", "guest.", file, "") || builtKernelPath(cacheDir),
-      image: str(guest, "image", "guest.", file, "") || builtImagePath(cacheDir),
+      kernel: str(guest, "kernel", "guest.", file, "") || guestArtifacts(cacheDir).kernel,
+      image: str(guest, "image", "guest.", file, "") || guestArtifacts(cacheDir).rootfs,
       vcpus: int(guest, "vcpus", "guest.", file, d.guest.vcpus, 1, 255),
       memoryMib: int(guest, "memory_mib", "guest.", file, d.guest.memoryMib, 64, 1 << 20),
       maxVcpus: int(guest, "max_vcpus", "guest.", file, d.guest.maxVcpus, 0, 255),

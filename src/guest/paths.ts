@@ -1,4 +1,6 @@
-// Where guest artifacts live: a content-addressed cache plus stable names the rest of cove uses.
+// Where cove keeps what it builds and caches: the cache dir (default /var/cache/cove, $COVE_CACHE_DIR or
+// the config's cache_dir) and, in it, the stable names of the guest artifacts the rest of cove uses;
+// the checkout's build inputs. The one home of these paths: src/config/config.ts takes its defaults here.
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
