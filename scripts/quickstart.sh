@@ -13,4 +13,4 @@ echo "==> cove check"
 bin/cove check || true
 echo "==> ctr run --runtime io.containerd.cove.v2 (a busybox image built locally)"
 bash scripts/apt-install.sh busybox-static   # the demo's image is Debian's static busybox
-node --import tsx scripts/demo.ts
+node --import tsx tools/demo.ts

@@ -24,7 +24,7 @@ import { dirname, join } from "node:path";
 import { buildImage } from "../../src/guest/build.ts";
 import { guestArtifacts, repoRoot } from "../../src/guest/paths.ts";
 import { silentProgress } from "../../src/guest/progress.ts";
-import { type BootResult, bootGuest } from "../../src/guest/qemu-boot.ts";
+import { type BootResult, bootGuest } from "../harness/qemu-boot.ts";
 
 interface Variant {
   name: string;

@@ -21,10 +21,10 @@ import { build } from "esbuild";
 import { parseReady } from "../../agent/src/ready.ts";
 import { guestCmdline } from "../../src/guest/cmdline.ts";
 import { cacheDir, guestArtifacts, repoRoot } from "../../src/guest/paths.ts";
-import { bootGuest } from "../../src/guest/qemu-boot.ts";
 import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
 import { pssReport, qemuGuestRam } from "../../src/vmm/accounting.ts";
 import { nestedUnavailable, runNested } from "../harness/nested.ts";
+import { bootGuest } from "../harness/qemu-boot.ts";
 
 const ROUNDS = Number(process.env.VMM_BENCH_ROUNDS ?? 3);
 const MEM_MIB = 512;
@@ -213,7 +213,7 @@ async function outer(): Promise<void> {
   }
   mkdirSync(bundleDir, { recursive: true });
   await build({
-    entryPoints: [join(root, "src/vmm/run.ts")],
+    entryPoints: [join(root, "tools/vmm-run.ts")],
     bundle: true,
     platform: "node",
     format: "cjs",

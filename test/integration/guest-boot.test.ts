@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
 import { guestArtifacts } from "../../src/guest/paths.ts";
-import { bootGuest } from "../../src/guest/qemu-boot.ts";
+import { bootGuest } from "../harness/qemu-boot.ts";
 
 const BUILD = "npm run guest   (or: node dist/cove.cjs guest build)";
 

@@ -22,17 +22,21 @@ const GUEST_CMDLINE = guestCmdline({ extra: "printk.time=1" });
 
 function runResult(output: string): { result: string; ms: number; exits: Record<string, number> } {
   const line = output.split("\n").find((l) => l.startsWith('{"result":'));
-  assert.ok(line, `run.ts printed no result line; output tail:\n${output.slice(-3000)}`);
+  assert.ok(line, `vmm-run.ts printed no result line; output tail:\n${output.slice(-3000)}`);
   return JSON.parse(line);
 }
 
 describe("embedded VMM in the nested test host", { skip }, () => {
   test("boots the guest kernel and image to agent-ready (virtio-blk over virtio-mmio)", async () => {
     const r = await runNested(
-      `node --import tsx src/vmm/run.ts --timeout 150 --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
+      `node --import tsx tools/vmm-run.ts --timeout 150 --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
       { timeoutMs: 280_000 },
     );
-    assert.equal(r.status, 0, `run.ts failed:\n${r.output.slice(-4000)}\nnested console:\n${r.console.slice(-2000)}`);
+    assert.equal(
+      r.status,
+      0,
+      `vmm-run.ts failed:\n${r.output.slice(-4000)}\nnested console:\n${r.console.slice(-2000)}`,
+    );
     assert.match(r.output, /virtio-mmio: Registering device virtio-mmio\.0 at 0xd0000000-0xd0001fff, IRQ 5/);
     assert.match(r.output, /virtio_blk virtio0: \[vda\] \d+ 512-byte logical blocks/);
     assert.match(r.output, /VFS: Mounted root \(erofs filesystem\) readonly/);
@@ -45,10 +49,14 @@ describe("embedded VMM in the nested test host", { skip }, () => {
 
   test("boots the same build's uncompressed vmlinux (ELF segments, entered at startup_64) to agent-ready", async () => {
     const r = await runNested(
-      `node --import tsx src/vmm/run.ts --timeout 150 --kernel ${guest.vmlinux} --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
+      `node --import tsx tools/vmm-run.ts --timeout 150 --kernel ${guest.vmlinux} --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
       { timeoutMs: 280_000 },
     );
-    assert.equal(r.status, 0, `run.ts failed:\n${r.output.slice(-4000)}\nnested console:\n${r.console.slice(-2000)}`);
+    assert.equal(
+      r.status,
+      0,
+      `vmm-run.ts failed:\n${r.output.slice(-4000)}\nnested console:\n${r.console.slice(-2000)}`,
+    );
     assert.match(r.output, /"kernel":"vmlinux"/, "the ELF loader took it");
     assert.match(r.output, /Linux version 6\.1\./);
     assert.match(r.output, /cove-agent ready uptime_ms=\d+/);
@@ -57,7 +65,7 @@ describe("embedded VMM in the nested test host", { skip }, () => {
 
   test("a guest panic reboots (reboot=t): triple fault → KVM_EXIT_SHUTDOWN ends the run", async () => {
     const r = await runNested(
-      `node --import tsx src/vmm/run.ts --timeout 150 --cmdline "root=/dev/nothing-here" 2>&1`,
+      `node --import tsx tools/vmm-run.ts --timeout 150 --cmdline "root=/dev/nothing-here" 2>&1`,
       { timeoutMs: 280_000 },
     );
     assert.equal(r.status, 0, r.output.slice(-3000));
@@ -67,7 +75,7 @@ describe("embedded VMM in the nested test host", { skip }, () => {
 
   test("two vCPUs: the BSP starts the AP through the in-kernel LAPIC (MP table), both come up", async () => {
     const r = await runNested(
-      `node --import tsx src/vmm/run.ts --vcpus 2 --timeout 150 --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
+      `node --import tsx tools/vmm-run.ts --vcpus 2 --timeout 150 --disk ${guest.rootfs}:ro --cmdline "${GUEST_CMDLINE}" --until "cove-agent ready" 2>&1`,
       { timeoutMs: 280_000, cpus: 2 },
     );
     assert.equal(r.status, 0, r.output.slice(-3000));

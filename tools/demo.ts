@@ -3,7 +3,7 @@
 // with its default config (logging to a file it names) and stops it again at the end, so the demo
 // leaves the machine as it found it. The image is busybox built locally (no registry needed).
 //
-//   node --import tsx scripts/demo.ts
+//   node --import tsx tools/demo.ts
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, openSync } from "node:fs";

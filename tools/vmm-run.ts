@@ -1,19 +1,19 @@
 // A developer and test entry point: boots a kernel (and optionally a root disk) in the embedded
 // VMM, copies the guest console to stdout, and exits when the guest stops (or after --timeout).
 // It is what the nested-host tests and the VMM benchmark run.
-//   node --import tsx src/vmm/run.ts [--kernel F] [--disk F[:ro]]... [--mem MiB] [--vcpus N]
+//   node --import tsx tools/vmm-run.ts [--kernel F] [--disk F[:ro]]... [--mem MiB] [--vcpus N]
 //        [--cmdline "…"] [--timeout S] [--until REGEX]
 // Exit code: 0 if the guest stopped by itself (or --until matched), 1 on error, 2 on timeout.
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { pino } from "pino";
-import { guestArtifacts } from "../guest/paths.ts";
-import { BlkDevice } from "../virtio/blk/device.ts";
-import { pssReport, withinRanges } from "./accounting.ts";
-import { MiB } from "./layout.ts";
-import { Machine } from "./machine.ts";
-import { kvmStats } from "./stats.ts";
+import { guestArtifacts } from "../src/guest/paths.ts";
+import { BlkDevice } from "../src/virtio/blk/device.ts";
+import { pssReport, withinRanges } from "../src/vmm/accounting.ts";
+import { MiB } from "../src/vmm/layout.ts";
+import { Machine } from "../src/vmm/machine.ts";
+import { kvmStats } from "../src/vmm/stats.ts";
 
 export interface RunResult {
   reason: string;

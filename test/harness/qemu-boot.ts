@@ -1,9 +1,9 @@
 // Boots the guest (kernel + erofs root on QEMU's own virtio-blk) in QEMU microvm and waits for the
-// agent's readiness line. Used by the boot test and the benchmark; the real QEMU backend lives in
-// src/hypervisor and attaches our own device backends instead.
+// agent's readiness line. Used by the boot test and the benchmarks; the real QEMU backend lives in
+// src/hypervisor and attaches our own device back-ends instead.
 import { spawn } from "node:child_process";
 import { parseReady, READY_PREFIX, type Readiness } from "../../agent/src/ready.ts";
-import { guestCmdline, kernelCmdline } from "./cmdline.ts";
+import { guestCmdline, kernelCmdline } from "../../src/guest/cmdline.ts";
 
 export interface BootOptions {
   kernel: string;
