@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { messageType } from "../../src/proto/root.ts";
 import { connectUnix, type TtrpcClient, TtrpcServer } from "../../src/ttrpc/index.ts";
-import { type RuncShim, runcShimUnavailable, startRuncShim } from "../unit/ttrpc/runc-shim.ts";
+import { type RuncShim, runcShimUnavailable, startRuncShim } from "../harness/runc-shim.ts";
 
 const TASK = "containerd.task.v2.Task";
 

@@ -19,9 +19,9 @@ import { PodNetwork } from "../../src/network/pod-network.ts";
 import { AgentClient, vsockDialer } from "../../src/sandbox/agent/index.ts";
 import { NetDevice } from "../../src/virtio/net/device.ts";
 import { VhostUserBackend } from "../../src/virtio/vhost-user/backend.ts";
+import { CniPod, cniUnavailable } from "../harness/cni-pod.ts";
 import { vhostUserNetArgs, waitForConsole } from "../harness/qemu-guest.ts";
 import { withTimeout } from "../harness/timeout.ts";
-import { CniPod, cniUnavailable } from "../unit/network/cni.ts";
 import { busyboxErofs, hostAgentSkip, ociSpec, readAll } from "./agent-harness.ts";
 
 const art = guestArtifacts();

@@ -19,10 +19,10 @@ import type { RunningVm } from "../../src/hypervisor/types.ts";
 import { PodNetwork } from "../../src/network/pod-network.ts";
 import { NetDevice } from "../../src/virtio/net/device.ts";
 import { VhostUserBackend } from "../../src/virtio/vhost-user/backend.ts";
+import { CniPod, cniUnavailable } from "../harness/cni-pod.ts";
 import { retryUntil, vhostUserNetArgs, waitForConsole } from "../harness/qemu-guest.ts";
+import { sh } from "../harness/testnet.ts";
 import { withTimeout } from "../harness/timeout.ts";
-import { CniPod, cniUnavailable } from "../unit/network/cni.ts";
-import { sh } from "../unit/network/testnet.ts";
 import { buildTestRoot, CMD_PORT } from "./virtio-guest-root.ts";
 
 const kernel = process.env.COVE_TEST_KERNEL ?? guestArtifacts().kernel;

@@ -13,9 +13,9 @@ import { vmWorkDir } from "../../src/sandbox/pod.ts";
 import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../src/virtio/device.ts";
 import { NetDevice } from "../../src/virtio/net/device.ts";
 import { VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF } from "../../src/virtio/net/header.ts";
-import { CniPod, cniUnavailable, iptablesRules } from "../unit/network/cni.ts";
-import { NetGuest } from "../unit/network/netguest.ts";
-import { arpReply, parseFrame, TestNetns, UdpPeer, udpFrame } from "../unit/network/testnet.ts";
+import { CniPod, cniUnavailable, iptablesRules } from "../harness/cni-pod.ts";
+import { NetGuest } from "../harness/netguest.ts";
+import { arpReply, parseFrame, TestNetns, UdpPeer, udpFrame } from "../harness/testnet.ts";
 
 const GATEWAY = "10.250.9.1";
 

@@ -6,7 +6,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connectUnix } from "../../../src/ttrpc/index.ts";
+import { connectUnix } from "../../src/ttrpc/index.ts";
 
 export const RUNC_SHIM_BIN = "/usr/bin/containerd-shim-runc-v2";
 

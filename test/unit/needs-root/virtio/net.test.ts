@@ -3,10 +3,10 @@
 // back, with mergeable rx buffers, offloads, backpressure and hostile input.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../../src/virtio/device.ts";
-import { GuestMemory } from "../../../src/virtio/memory.ts";
-import type { NetBackend } from "../../../src/virtio/net/backend.ts";
-import { NetDevice } from "../../../src/virtio/net/device.ts";
+import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../../../src/virtio/device.ts";
+import { GuestMemory } from "../../../../src/virtio/memory.ts";
+import type { NetBackend } from "../../../../src/virtio/net/backend.ts";
+import { NetDevice } from "../../../../src/virtio/net/device.ts";
 import {
   NET_HDR_SIZE,
   VIRTIO_NET_F_CSUM,
@@ -16,12 +16,12 @@ import {
   VIRTIO_NET_F_MAC,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_HDR_F_NEEDS_CSUM,
-} from "../../../src/virtio/net/header.ts";
-import { TapBackend } from "../../../src/virtio/net/tap.ts";
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../src/virtio/queue/chain.ts";
-import { NetGuest } from "../network/netguest.ts";
-import { arpReply, netUnavailable, parseFrame, TestNetns, UdpPeer, udpFrame } from "../network/testnet.ts";
-import { TestDriver } from "./driver.ts";
+} from "../../../../src/virtio/net/header.ts";
+import { TapBackend } from "../../../../src/virtio/net/tap.ts";
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../../src/virtio/queue/chain.ts";
+import { NetGuest } from "../../../harness/netguest.ts";
+import { arpReply, netUnavailable, parseFrame, TestNetns, UdpPeer, udpFrame } from "../../../harness/testnet.ts";
+import { TestDriver } from "../../virtio/driver.ts";
 
 const GUEST_MAC = "52:54:00:12:34:56";
 const HOST_IP = "10.250.7.1";

@@ -7,12 +7,12 @@ import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { messageType } from "../../../src/proto/root.ts";
-import { encodeRequestFrame } from "../../../src/ttrpc/envelope.ts";
-import { encodeFrame, writeHeader } from "../../../src/ttrpc/frame.ts";
-import { Code, connectUnix, TtrpcServer } from "../../../src/ttrpc/index.ts";
-import { RawPeer } from "./pair.ts";
-import { type RuncShim, runcShimUnavailable, startRuncShim } from "./runc-shim.ts";
+import { messageType } from "../../../../src/proto/root.ts";
+import { encodeRequestFrame } from "../../../../src/ttrpc/envelope.ts";
+import { encodeFrame, writeHeader } from "../../../../src/ttrpc/frame.ts";
+import { Code, connectUnix, TtrpcServer } from "../../../../src/ttrpc/index.ts";
+import { type RuncShim, runcShimUnavailable, startRuncShim } from "../../../harness/runc-shim.ts";
+import { RawPeer } from "../../ttrpc/pair.ts";
 
 const TASK = "containerd.task.v2.Task";
 const unavailable = runcShimUnavailable();

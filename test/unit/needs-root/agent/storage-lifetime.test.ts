@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { pino } from "pino";
-import { Storages } from "../../../agent/src/storage/storage.ts";
+import { Storages } from "../../../../agent/src/storage/storage.ts";
 
 const root = process.getuid?.() === 0;
 

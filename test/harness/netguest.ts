@@ -1,10 +1,10 @@
 // The guest side of a virtio-net device in tests: a TypeScript driver over a memory buffer that
 // posts rx buffers, reassembles frames spread over mergeable buffers, and sends frames on tx.
-import { bit } from "../../../src/virtio/device.ts";
-import { GuestMemory } from "../../../src/virtio/memory.ts";
-import type { NetDevice } from "../../../src/virtio/net/device.ts";
-import { NET_HDR_SIZE, VIRTIO_NET_F_MRG_RXBUF } from "../../../src/virtio/net/header.ts";
-import { TestDriver } from "../virtio/driver.ts";
+import { bit } from "../../src/virtio/device.ts";
+import { GuestMemory } from "../../src/virtio/memory.ts";
+import type { NetDevice } from "../../src/virtio/net/device.ts";
+import { NET_HDR_SIZE, VIRTIO_NET_F_MRG_RXBUF } from "../../src/virtio/net/header.ts";
+import { TestDriver } from "../unit/virtio/driver.ts";
 import { type Parsed, parseFrame } from "./testnet.ts";
 
 export interface RxFrame {

@@ -2,12 +2,12 @@
 // and reading interfaces/addresses/routes from a namespace the test builds by hand.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { CommandError } from "../../../src/common/exec.ts";
-import { parseResolvConf } from "../../../src/network/dns.ts";
-import { readInterfaces } from "../../../src/network/interfaces.ts";
-import { NetnsShell } from "../../../src/network/iproute.ts";
-import { podNetns } from "../../../src/network/netns.ts";
-import { netUnavailable, TestNetns } from "./testnet.ts";
+import { CommandError } from "../../../../src/common/exec.ts";
+import { parseResolvConf } from "../../../../src/network/dns.ts";
+import { readInterfaces } from "../../../../src/network/interfaces.ts";
+import { NetnsShell } from "../../../../src/network/iproute.ts";
+import { podNetns } from "../../../../src/network/netns.ts";
+import { netUnavailable, TestNetns } from "../../../harness/testnet.ts";
 
 describe("podNetns", () => {
   it("finds the network namespace path CRI put in the sandbox spec", () => {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { describe, test } from "node:test";
-import { CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, spawnNamespaceHolder } from "../../../src/native/process.ts";
+import { CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, spawnNamespaceHolder } from "../../../../src/native/process.ts";
 
 const root = process.getuid?.() === 0;
 
