@@ -88,3 +88,62 @@ export function readConfigWindow(config: Buffer, offset: number, length: number)
   }
   return out;
 }
+
+/**
+ * What blk, net and vsock share, as Firecracker's devices share a DeviceState and the VirtioDevice
+ * trait's default methods: activation (the driver's features checked, every queue wired to them and
+ * to fail()), the needs-reset latch the transport reads, and forgetting the activation on reset.
+ * A device adds its own work through the hooks, and says how it logs a failure.
+ */
+export abstract class DeviceBase {
+  abstract readonly features: bigint;
+  /** Set when the guest broke the contract; the transport reports DEVICE_NEEDS_RESET. */
+  needsReset: string | undefined;
+  /** Transport hook: called when needsReset becomes set. */
+  onNeedsReset?: (reason: string) => void;
+  /** The current activation; undefined before activate() and after reset(). */
+  protected ctx: ActivateContext | undefined;
+
+  /** Called once the driver is DRIVER_OK (or vhost-user rings are started). */
+  activate(ctx: ActivateContext): void {
+    const bad = checkFeatures(this.features, ctx.features);
+    if (bad) {
+      this.fail(bad);
+      return;
+    }
+    this.beforeWiring(ctx);
+    this.ctx = ctx;
+    this.needsReset = undefined;
+    wireQueues(
+      ctx,
+      (reason) => this.fail(reason),
+      (i) => this.queueWired(i),
+    );
+    this.activated(ctx);
+  }
+
+  /** Stop all work and forget the queues; the device can be activated again afterwards. */
+  reset(): void {
+    this.ctx = undefined;
+    this.resetDevice();
+  }
+
+  /** The guest broke the contract: latched until the next activation, reported once. */
+  protected fail(reason: string): void {
+    if (this.needsReset) return;
+    this.needsReset = reason;
+    this.failed(reason);
+    this.onNeedsReset?.(reason);
+  }
+
+  /** Before the activation is recorded and the queues wired (features are known to be fine). */
+  protected beforeWiring(_ctx: ActivateContext): void {}
+  /** Right after queue `index` is wired, in queue order. */
+  protected queueWired(_index: number): void {}
+  /** After every queue is wired. */
+  protected activated(_ctx: ActivateContext): void {}
+  /** The device's own reset work, after the activation is forgotten. */
+  protected resetDevice(): void {}
+  /** Logs the failure (rate-limited where a guest can repeat it) and stops what must stop. */
+  protected abstract failed(reason: string): void;
+}

@@ -6,7 +6,7 @@ import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import {
   type ActivateContext,
   bit,
-  checkFeatures,
+  DeviceBase,
   type InterruptSink,
   readConfigWindow,
   VIRTIO_F_RING_EVENT_IDX,
@@ -14,7 +14,6 @@ import {
   VIRTIO_F_VERSION_1,
   VIRTIO_ID_BLOCK,
   type VirtioDevice,
-  wireQueues,
 } from "../device.ts";
 import { GuestError } from "../errors.ts";
 import { defaultLogger, type Logger } from "../log.ts";
@@ -76,17 +75,14 @@ export interface BlkOptions {
   logger?: Logger;
 }
 
-export class BlkDevice implements VirtioDevice {
+export class BlkDevice extends DeviceBase implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_BLOCK;
   readonly name: string;
   readonly queueMaxSizes: number[];
   readonly features: bigint;
   readonly readOnly: boolean;
   readonly metrics = new BlkMetrics();
-  needsReset: string | undefined;
-  onNeedsReset?: (reason: string) => void;
   private backing: BlkBacking | ExtentMap | undefined;
-  private ctx: ActivateContext | undefined;
   private serial: Buffer;
   private log: Logger;
   /** A guest breaks the contract, resets and breaks it again at will: one rate-limited source. */
@@ -107,6 +103,7 @@ export class BlkDevice implements VirtioDevice {
   private quiesced = 0;
 
   private constructor(opts: BlkOptions, backing: BlkBacking | ExtentMap | undefined) {
+    super();
     this.readOnly = opts.readOnly ?? false;
     this.backing = backing;
     const nq = opts.numQueues ?? 1;
@@ -199,25 +196,17 @@ export class BlkDevice implements VirtioDevice {
     this.log.debug({ offset, len: data.length }, "ignored config write");
   }
 
-  activate(ctx: ActivateContext): void {
-    const bad = checkFeatures(this.features, ctx.features);
-    if (bad) {
-      this.fail(bad);
-      return;
-    }
-    this.ctx = ctx;
-    this.needsReset = undefined;
+  protected override beforeWiring(ctx: ActivateContext): void {
     this.heads = ctx.queues.map(() => new Set());
-    wireQueues(
-      ctx,
-      (reason) => this.fail(reason),
-      (i) => this.notify(i),
-    );
   }
 
-  reset(): void {
+  /** Requests the driver queued before DRIVER_OK are served at once. */
+  protected override queueWired(index: number): void {
+    this.notify(index);
+  }
+
+  protected override resetDevice(): void {
     this.generation++;
-    this.ctx = undefined;
     this.heads = [];
   }
 
@@ -230,11 +219,8 @@ export class BlkDevice implements VirtioDevice {
     return this.queueMaxSizes.reduce((a, b) => a + b, 0);
   }
 
-  private fail(reason: string): void {
-    if (this.needsReset) return;
-    this.needsReset = reason;
+  protected failed(reason: string): void {
     this.failLog.log({ reason }, "guest broke the virtio-blk contract; device needs reset");
-    this.onNeedsReset?.(reason);
   }
 
   notify(index: number): void {

@@ -9,13 +9,12 @@ import { TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6 } from "../../native/
 import {
   type ActivateContext,
   bit,
-  checkFeatures,
+  DeviceBase,
   readConfigWindow,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_F_VERSION_1,
   type VirtioDevice,
-  wireQueues,
 } from "../device.ts";
 import { defaultLogger, type Logger } from "../log.ts";
 import { type DescriptorChain, scatter } from "../queue/chain.ts";
@@ -67,7 +66,7 @@ export interface NetOptions {
   logger?: Logger;
 }
 
-export class NetDevice implements VirtioDevice {
+export class NetDevice extends DeviceBase implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_NET;
   readonly name: string;
   readonly queueMaxSizes: number[];
@@ -75,13 +74,12 @@ export class NetDevice implements VirtioDevice {
   readonly metrics = new NetMetrics();
   readonly mac: Buffer;
   readonly mtu: number;
-  needsReset: string | undefined;
-  onNeedsReset?: (reason: string) => void;
   private readonly backend: NetBackend;
   private readonly log: Logger;
-  private ctx: ActivateContext | undefined;
   private mergeable = false;
   private guestCsum = false;
+  /** The tap offloads of this activation (TUN_F_*). */
+  private offload = 0;
   private linkUp = true;
   /** One frame read from the backend and not yet delivered (waiting for rx buffers). */
   private pendingRx: Buffer | undefined;
@@ -95,6 +93,7 @@ export class NetDevice implements VirtioDevice {
   private txScheduled = false;
 
   constructor(opts: NetOptions) {
+    super();
     this.backend = opts.backend;
     this.mac = parseMac(opts.mac);
     if (this.mac[0]! & 1) throw new Error(`MAC ${opts.mac} is a multicast address`);
@@ -139,12 +138,7 @@ export class NetDevice implements VirtioDevice {
     this.log.debug({ offset, len: data.length }, "ignored config write");
   }
 
-  activate(ctx: ActivateContext): void {
-    const bad = checkFeatures(this.features, ctx.features);
-    if (bad) {
-      this.fail(bad);
-      return;
-    }
+  protected override beforeWiring(ctx: ActivateContext): void {
     const has = (b: bigint) => (ctx.features & bit(b)) !== 0n;
     this.mergeable = has(VIRTIO_NET_F_MRG_RXBUF);
     this.guestCsum = has(VIRTIO_NET_F_GUEST_CSUM);
@@ -161,16 +155,16 @@ export class NetDevice implements VirtioDevice {
     } catch (e) {
       this.log.warn({ err: (e as Error).message, offload: off }, "could not set tap offloads");
     }
-    this.ctx = ctx;
-    this.needsReset = undefined;
-    wireQueues(ctx, (reason) => this.fail(reason));
-    this.log.debug({ features: `0x${ctx.features.toString(16)}`, offload: off }, "virtio-net activated");
+    this.offload = off;
+  }
+
+  protected override activated(ctx: ActivateContext): void {
+    this.log.debug({ features: `0x${ctx.features.toString(16)}`, offload: this.offload }, "virtio-net activated");
     this.processTx();
     this.processRx();
   }
 
-  reset(): void {
-    this.ctx = undefined;
+  protected override resetDevice(): void {
     clearTimeout(this.rxRetry);
     this.rxRetry = undefined;
     this.pendingRx = undefined;
@@ -184,12 +178,9 @@ export class NetDevice implements VirtioDevice {
     this.backend.close();
   }
 
-  private fail(reason: string): void {
-    if (this.needsReset) return;
-    this.needsReset = reason;
+  protected failed(reason: string): void {
     this.log.error({ reason }, "guest broke the virtio-net contract; device needs reset");
     this.watch(false, false);
-    this.onNeedsReset?.(reason);
   }
 
   notify(index: number): void {

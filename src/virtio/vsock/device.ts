@@ -5,16 +5,14 @@
 
 import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import {
-  type ActivateContext,
   bit,
-  checkFeatures,
+  DeviceBase,
   readConfigWindow,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_F_VERSION_1,
   VIRTIO_ID_VSOCK,
   type VirtioDevice,
-  wireQueues,
 } from "../device.ts";
 import { defaultLogger, type Logger } from "../log.ts";
 import { gather, scatter } from "../queue/chain.ts";
@@ -63,18 +61,15 @@ export interface VsockOptions {
 /** Handles a guest-initiated connection to a host port; resolve to undefined to refuse it. */
 export type VsockAcceptor = (port: number) => Promise<((stream: VsockStream) => void) | undefined>;
 
-export class VsockDevice implements VirtioDevice, ConnOwner {
+export class VsockDevice extends DeviceBase implements VirtioDevice, ConnOwner {
   readonly deviceType = VIRTIO_ID_VSOCK;
   readonly name = "virtio-vsock";
   readonly queueMaxSizes: number[];
   readonly features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
   readonly guestCid: bigint;
   readonly metrics = new VsockMetrics();
-  needsReset: string | undefined;
-  onNeedsReset?: (reason: string) => void;
   /** Fallback for guest-initiated connections to ports nobody listens on in-process. */
   acceptor: VsockAcceptor | undefined;
-  private ctx: ActivateContext | undefined;
   private readonly conns = new Map<string, Connection>();
   private readonly listeners = new Map<number, (s: VsockStream) => void>();
   /** RSTs to send, by "hostPort:guestPort" (one per pair: a second would say nothing new). */
@@ -89,6 +84,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
   private readonly guestWarn: RateLimitedLog;
 
   constructor(opts: VsockOptions) {
+    super();
     if (!Number.isInteger(opts.guestCid) || opts.guestCid < 3 || opts.guestCid >= 0xffffffff) {
       throw new Error(`invalid guest CID ${opts.guestCid} (3 … 2^32-2)`);
     }
@@ -108,15 +104,8 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     // guest_cid is read-only for the driver.
   }
 
-  activate(ctx: ActivateContext): void {
-    const bad = checkFeatures(this.features, ctx.features);
-    if (bad) {
-      this.fail(bad);
-      return;
-    }
-    this.ctx = ctx;
-    this.needsReset = undefined;
-    wireQueues(ctx, (reason) => this.fail(reason));
+  /** Packets the driver queued before DRIVER_OK are taken at once; then whatever waits to be sent. */
+  protected override activated(): void {
     this.notify(TX_QUEUE);
     this.schedulePump();
   }
@@ -124,8 +113,7 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
   /** Device reset: every connection is gone (the guest forgot them too). Harmless on a device
    * never activated (QEMU died at startup) and when repeated. Only streams already handed to a
    * consumer get an error; a destroy(err) on any other would be an 'error' nobody listens to. */
-  reset(): void {
-    this.ctx = undefined;
+  protected override resetDevice(): void {
     this.rsts.clear();
     this.ready.clear();
     const conns = [...this.conns.values()];
@@ -146,11 +134,8 @@ export class VsockDevice implements VirtioDevice, ConnOwner {
     }
   }
 
-  private fail(reason: string): void {
-    if (this.needsReset) return;
-    this.needsReset = reason;
+  protected failed(reason: string): void {
     this.log.error({ reason }, "guest broke the virtio-vsock contract; device needs reset");
-    this.onNeedsReset?.(reason);
   }
 
   notify(index: number): void {
