@@ -1,18 +1,18 @@
 // The agent's state and every operation of the cove.agent.v1.Agent API (proto/agent/v1/agent.proto
 // says what each guarantees): the sandbox, its storages and cgroup root, and the containers run by
-// the OCI runtime. Errors are TtrpcErrors with precise codes; nothing here may throw anything else
-// out of a request (the server turns stray errors into UNKNOWN, and the agent stays up).
+// the OCI runtime. Errors are domain errors of precise kinds (src/common/errors.ts; the service edge
+// gives them their gRPC codes); nothing here may throw anything else out of a request (the edge
+// turns stray errors into UNKNOWN, and the agent stays up).
 import { mkdirSync, rmSync, watch, writeFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import { join } from "node:path";
+import { CancelledError, CoveError, errorMessage, InvalidArgumentError } from "../../src/common/errors.ts";
 import { type ChildExit, sethostname } from "../../src/native/mount.ts";
 import type { SyncFilesRequest } from "../../src/proto/agent.ts";
 import type { cove } from "../../src/proto/services.ts";
-import { Code, TtrpcError } from "../../src/ttrpc/index.ts";
 import {
   alreadyExists,
   checkId,
-  errMessage,
   ID_RE,
   internal,
   invalid,
@@ -80,10 +80,10 @@ function wanted(s: Partial<StdioWanted> | undefined): StdioWanted {
 }
 
 /** A runtime failure as the API reports it: the spec/process was refused by the runtime. */
-function runtimeRefused(e: unknown, what: string): TtrpcError {
-  if (e instanceof TtrpcError) return e;
-  if (e instanceof RuntimeError) return new TtrpcError(Code.INVALID_ARGUMENT, `${what}: ${e.message}`);
-  return internal(`${what}: ${errMessage(e)}`);
+function runtimeRefused(e: unknown, what: string): CoveError {
+  if (e instanceof CoveError) return e;
+  if (e instanceof RuntimeError) return new InvalidArgumentError(`${what}: ${e.message}`);
+  return internal(`${what}: ${errorMessage(e)}`);
 }
 
 export class Agent {
@@ -198,7 +198,7 @@ export class Agent {
       const onAbort = () => {
         const i = this.oomWaiters.indexOf(waiter);
         if (i >= 0) this.oomWaiters.splice(i, 1);
-        reject(new TtrpcError(Code.CANCELLED, "GetOOMEvent cancelled"));
+        reject(new CancelledError("GetOOMEvent cancelled"));
       };
       if (signal.aborted) return onAbort();
       signal.addEventListener("abort", onAbort, { once: true });
@@ -255,7 +255,7 @@ export class Agent {
         try {
           writeFileSync(`/proc/sys/${k.replace(/\./g, "/")}`, v);
         } catch (e) {
-          throw invalid(`sysctl ${k}=${v}: ${errMessage(e)}`);
+          throw invalid(`sysctl ${k}=${v}: ${errorMessage(e)}`);
         }
       }
     } else if (req.hostname || Object.keys(req.sysctls ?? {}).length) {
@@ -267,7 +267,7 @@ export class Agent {
       this.cgroups.setupRoot(cgroupRoot);
     } catch (e) {
       podNs?.stop();
-      throw internal(`cgroup root ${cgroupRoot}: ${errMessage(e)}`);
+      throw internal(`cgroup root ${cgroupRoot}: ${errorMessage(e)}`);
     }
     const acquired: string[] = [];
     try {
@@ -320,8 +320,8 @@ export class Agent {
     try {
       syncFiles(req, (sid) => this.storages.path(sid));
     } catch (e) {
-      if (e instanceof TtrpcError) throw e;
-      throw internal(`SyncFiles into storage ${req.storage_id}: ${errMessage(e)}`);
+      if (e instanceof CoveError) throw e;
+      throw internal(`SyncFiles into storage ${req.storage_id}: ${errorMessage(e)}`);
     }
   }
 
@@ -414,8 +414,8 @@ export class Agent {
           this.log.warn({ container: id, err }, "undo after failed create");
         }
       }
-      if (e instanceof TtrpcError) throw e;
-      throw internal(`create ${id}: ${errMessage(e)}`);
+      if (e instanceof CoveError) throw e;
+      throw internal(`create ${id}: ${errorMessage(e)}`);
     } finally {
       this.creating.delete(id);
     }
@@ -524,7 +524,7 @@ export class Agent {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "ESRCH")
         throw notFound(`process ${p.describe()}: process already finished`);
-      throw internal(`kill ${p.pid}: ${errMessage(e)}`);
+      throw internal(`kill ${p.pid}: ${errorMessage(e)}`);
     }
   }
 
@@ -532,7 +532,7 @@ export class Agent {
     const c = this.container(req.container_id);
     const p = this.proc(c, req.exec_id);
     await new Promise<void>((resolve, reject) => {
-      const onAbort = () => reject(new TtrpcError(Code.CANCELLED, `wait ${p.describe()} cancelled`));
+      const onAbort = () => reject(new CancelledError(`wait ${p.describe()} cancelled`));
       if (signal.aborted) return onAbort();
       signal.addEventListener("abort", onAbort, { once: true });
       p.waitComplete().then(() => {
@@ -584,7 +584,7 @@ export class Agent {
       this.log.info({ container: c.id }, "container removed");
     } catch (e) {
       c.removing = false;
-      throw e instanceof TtrpcError ? e : internal(`remove ${c.id}: ${errMessage(e)}`);
+      throw e instanceof CoveError ? e : internal(`remove ${c.id}: ${errorMessage(e)}`);
     }
   }
 

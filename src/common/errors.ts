@@ -12,55 +12,33 @@ export class CoveError extends Error {
   }
 }
 
+/** A kind of CoveError: its subclasses differ only in their code (and name). */
+function kind<C extends string>(code: C) {
+  return class extends CoveError {
+    override readonly code: C = code;
+  };
+}
+
 /** What a request names does not exist: a container, a process, a storage, a device. */
-export class NotFoundError extends CoveError {
-  override readonly code = "COVE_ERR_NOT_FOUND";
-}
-
+export class NotFoundError extends kind("COVE_ERR_NOT_FOUND") {}
 /** What a request would create exists already. */
-export class AlreadyExistsError extends CoveError {
-  override readonly code = "COVE_ERR_ALREADY_EXISTS";
-}
-
+export class AlreadyExistsError extends kind("COVE_ERR_ALREADY_EXISTS") {}
 /** A request (or a spec, a config value) that is malformed or cannot be honoured as given. */
-export class InvalidArgumentError extends CoveError {
-  override readonly code = "COVE_ERR_INVALID_ARG";
-}
-
+export class InvalidArgumentError extends kind("COVE_ERR_INVALID_ARG") {}
 /** The request is well-formed but the state of things does not allow it now (Start twice, no KVM). */
-export class WrongStateError extends CoveError {
-  override readonly code = "COVE_ERR_WRONG_STATE";
-}
-
+export class WrongStateError extends kind("COVE_ERR_WRONG_STATE") {}
 /** cove does not do this (checkpoints, a feature the guest kernel lacks). */
-export class NotSupportedError extends CoveError {
-  override readonly code = "COVE_ERR_NOT_SUPPORTED";
-}
-
+export class NotSupportedError extends kind("COVE_ERR_NOT_SUPPORTED") {}
 /** A limit was reached: a queue, a cache, a size. */
-export class LimitError extends CoveError {
-  override readonly code = "COVE_ERR_LIMIT";
-}
-
+export class LimitError extends kind("COVE_ERR_LIMIT") {}
 /** The VM, the agent or a peer is gone or not reachable; a retry may work. */
-export class UnavailableError extends CoveError {
-  override readonly code = "COVE_ERR_UNAVAILABLE";
-}
-
+export class UnavailableError extends kind("COVE_ERR_UNAVAILABLE") {}
 /** Something did not answer or finish in time. */
-export class TimeoutError extends CoveError {
-  override readonly code = "COVE_ERR_TIMEOUT";
-}
-
+export class TimeoutError extends kind("COVE_ERR_TIMEOUT") {}
 /** The caller gave up (its deadline passed, its connection closed). */
-export class CancelledError extends CoveError {
-  override readonly code = "COVE_ERR_CANCELLED";
-}
-
+export class CancelledError extends kind("COVE_ERR_CANCELLED") {}
 /** cove or the guest failed at something that should have worked: a mount, a syscall, a tool. */
-export class InternalError extends CoveError {
-  override readonly code = "COVE_ERR_INTERNAL";
-}
+export class InternalError extends kind("COVE_ERR_INTERNAL") {}
 
 /**
  * The message of anything thrown: an Error's message, a string as it is, an object's string

@@ -9,7 +9,9 @@
 // cgroup namespace and at most one cgroup mount (at /sys/fs/cgroup), and every bind mount's source
 // is a storage's path (no ".."), a guest /etc file or a guest scratch file: never a host path.
 import { type RewriteContext, rewriteSpec } from "../../agent/src/spec/rewrite.ts";
-import { Code, TtrpcError } from "../../src/ttrpc/index.ts";
+import { CoveError } from "../../src/common/errors.ts";
+import { grpcStatus } from "../../src/common/grpc-status.ts";
+import { Code } from "../../src/ttrpc/index.ts";
 import { type CaseContext, type Fuzzer, type Rng, runCases } from "./fuzz.ts";
 
 type Json = Record<string, unknown>;
@@ -211,7 +213,7 @@ function oneCase({ rng, rec }: CaseContext): void {
     checkResult(out, ctx, (m) => rec.violate(m));
     JSON.stringify(out); // what the agent writes as config.json
   } catch (e) {
-    if (e instanceof TtrpcError && e.code === Code.INVALID_ARGUMENT) {
+    if (e instanceof CoveError && grpcStatus(e).code === Code.INVALID_ARGUMENT) {
       rec.state("refused");
       rec.max("refusalChars", e.message.length);
     } else rec.violate(`threw ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)} (not INVALID_ARGUMENT)`);

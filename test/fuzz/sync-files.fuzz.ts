@@ -6,7 +6,7 @@
 // in a row against the same storage (on tmpfs).
 // Invariants: a request either applies completely — the directory holds exactly the entries, each
 // with its kind, mode, owner, bytes or target, and no temporary file — or is refused with a
-// TtrpcError before anything changed; nothing outside the storage ever changes.
+// domain error (src/common/errors.ts) before anything changed; nothing outside the storage ever changes.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
@@ -22,10 +22,11 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { SYNC_MAX_ENTRIES, syncFiles } from "../../agent/src/storage/sync-files.ts";
+import { CoveError, errorMessage } from "../../src/common/errors.ts";
+import { grpcStatus } from "../../src/common/grpc-status.ts";
 import { FileKind, type SyncFilesRequest } from "../../src/proto/agent.ts";
 import { root } from "../../src/proto/root.ts";
 import { messageCodec } from "../../src/ttrpc/codec.ts";
-import { TtrpcError } from "../../src/ttrpc/index.ts";
 import { type CaseContext, type Fuzzer, type Rng, runCases } from "./fuzz.ts";
 
 const NAMES = ["a", "b", "..data", "..2024_01_01", "key", "x.y", "é"];
@@ -203,10 +204,10 @@ async function oneCase({ rng, rec }: CaseContext): Promise<void> {
       const bad = diff(expected(entries), snapshot(dir));
       if (bad) rec.violate(`applied, but ${bad}`);
     } catch (e) {
-      if (!(e instanceof TtrpcError)) {
+      if (!(e instanceof CoveError)) {
         rec.state("threwRaw");
-        rec.violate(`threw ${(e as Error).message} (not a checked refusal)`);
-      } else rec.state(`refused:${e.code}`);
+        rec.violate(`threw ${errorMessage(e)} (not a checked refusal)`);
+      } else rec.state(`refused:${grpcStatus(e).code}`);
       const bad = diff(before, snapshot(store));
       if (bad) rec.violate(`refused after a change: ${bad}`);
     }

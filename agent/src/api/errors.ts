@@ -1,14 +1,22 @@
-// gRPC-coded errors the agent returns, and the id check every request goes through (ids become
-// paths in the guest, so they are validated before anything else).
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+// The errors the agent's operations throw (domain errors: the service edge gives them their gRPC
+// codes, src/common/grpc-status.ts), and the id check every request goes through (ids become paths
+// in the guest, so they are validated before anything else).
+import {
+  AlreadyExistsError,
+  errorMessage,
+  InternalError,
+  InvalidArgumentError,
+  NotFoundError,
+  WrongStateError,
+} from "../../../src/common/errors.ts";
 
 export const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
-export const notFound = (what: string) => new TtrpcError(Code.NOT_FOUND, `${what}: not found`);
-export const alreadyExists = (what: string) => new TtrpcError(Code.ALREADY_EXISTS, `${what}: already exists`);
-export const invalid = (msg: string) => new TtrpcError(Code.INVALID_ARGUMENT, msg);
-export const precondition = (msg: string) => new TtrpcError(Code.FAILED_PRECONDITION, msg);
-export const internal = (msg: string) => new TtrpcError(Code.INTERNAL, msg);
+export const notFound = (what: string) => new NotFoundError(`${what}: not found`);
+export const alreadyExists = (what: string) => new AlreadyExistsError(`${what}: already exists`);
+export const invalid = (msg: string) => new InvalidArgumentError(msg);
+export const precondition = (msg: string) => new WrongStateError(msg);
+export const internal = (msg: string) => new InternalError(msg);
 
 /** Throws INVALID_ARGUMENT unless `id` is a valid id; `kind` names it in the message. */
 export function checkId(id: unknown, kind: string, allowEmpty = false): string {
@@ -25,12 +33,8 @@ export function parseJsonObject(bytes: Uint8Array | undefined, field: string): R
   try {
     v = JSON.parse(Buffer.from(bytes).toString("utf8"));
   } catch (e) {
-    throw invalid(`${field} is not valid JSON: ${(e as Error).message}`);
+    throw invalid(`${field} is not valid JSON: ${errorMessage(e)}`);
   }
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw invalid(`${field} must be a JSON object`);
   return v as Record<string, unknown>;
-}
-
-export function errMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

@@ -1,5 +1,6 @@
 // ConfigureNetworkRequest (proto/agent/v1/agent.proto) checked and typed: everything from the host
 // is validated here, before the agent changes anything. Failures are INVALID_ARGUMENT.
+import { errorMessage } from "../../../src/common/errors.ts";
 import { invalid } from "../api/errors.ts";
 import { type Family, familyOf, ipBytes, normalizeMac, type Prefix, parseCidr, RT_SCOPE_NAMES } from "./ip.ts";
 
@@ -59,7 +60,7 @@ function guard<T>(what: string, f: () => T): T {
   try {
     return f();
   } catch (e) {
-    throw invalid(`${what}: ${(e as Error).message}`);
+    throw invalid(`${what}: ${errorMessage(e)}`);
   }
 }
 

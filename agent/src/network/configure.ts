@@ -5,7 +5,14 @@
 // after a partial failure converges. Nothing is changed before the whole request is validated and
 // every MAC found.
 import { writeFileSync } from "node:fs";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import {
+  AlreadyExistsError,
+  CoveError,
+  errorMessage,
+  InvalidArgumentError,
+  NotFoundError,
+  WrongStateError,
+} from "../../../src/common/errors.ts";
 import { internal, notFound, precondition } from "../api/errors.ts";
 import type { Logger } from "../log.ts";
 import type { NetworkConfig, RouteConfig } from "./config.ts";
@@ -59,33 +66,33 @@ export interface ConfiguredInterface {
   index: number;
 }
 
-/** The gRPC code for a kernel refusal: what the host asked for cannot be done as asked. */
-export function codeForErrno(code: string): number {
+/** The error for a kernel refusal (errno name `code`): what the host asked for cannot be done as asked. */
+export function errnoError(code: string, message: string): CoveError {
   switch (code) {
     case "EINVAL":
     case "ERANGE":
     case "ENETUNREACH":
     case "EADDRNOTAVAIL":
     case "EAFNOSUPPORT":
-      return Code.INVALID_ARGUMENT;
+      return new InvalidArgumentError(message);
     case "ENODEV":
     case "ENOENT":
     case "ESRCH":
-      return Code.NOT_FOUND;
+      return new NotFoundError(message);
     case "EEXIST":
     case "ENOTUNIQ":
-      return Code.ALREADY_EXISTS;
+      return new AlreadyExistsError(message);
     case "EBUSY":
-      return Code.FAILED_PRECONDITION;
+      return new WrongStateError(message);
     default:
-      return Code.INTERNAL;
+      return internal(message);
   }
 }
 
-function apiError(e: unknown): TtrpcError {
-  if (e instanceof TtrpcError) return e;
-  if (e instanceof NetlinkError) return new TtrpcError(codeForErrno(e.code), e.message);
-  return internal(`network configuration: ${(e as Error).message ?? String(e)}`);
+function apiError(e: unknown): CoveError {
+  if (e instanceof CoveError) return e;
+  if (e instanceof NetlinkError) return errnoError(e.code, e.message);
+  return internal(`network configuration: ${errorMessage(e)}`);
 }
 
 function links(nl: Rtnl): LinkInfo[] {

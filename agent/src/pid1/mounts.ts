@@ -1,6 +1,8 @@
 // The filesystems a Linux PID 1 must mount before anything else runs. The root filesystem is the
 // read-only guest image, so every writable place is a tmpfs.
+
 import { existsSync, mkdirSync, readFileSync, symlinkSync } from "node:fs";
+import { errorMessage } from "../../../src/common/errors.ts";
 import { MS, mount } from "../../../src/native/mount.ts";
 
 export interface MountSpec {
@@ -71,7 +73,7 @@ export function mountEssentials(specs: readonly MountSpec[] = PID1_MOUNTS): stri
     try {
       mount(m.source, m.target, m.fstype, m.flags, m.data ?? null);
     } catch (e) {
-      throw new Error(`mounting ${m.fstype} on ${m.target}: ${(e as Error).message}`);
+      throw new Error(`mounting ${m.fstype} on ${m.target}: ${errorMessage(e)}`);
     }
     done.push(m.target);
   }

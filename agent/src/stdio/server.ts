@@ -1,6 +1,8 @@
 // The stdio port: one connection per stream, opened with a header line (src/proto/agent.ts); the
 // agent answers `ok\n` (then raw bytes) or `error <code> <message>\n` (then the connection closes).
+
 import type { Socket } from "node:net";
+import { errorMessage } from "../../../src/common/errors.ts";
 import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { parseStdioHeader as parseHeader, type StdioHeader } from "../../../src/proto/agent.ts";
 import type { Agent } from "../agent.ts";
@@ -40,7 +42,7 @@ export function serveStdio(agent: Agent, conn: Socket, log: Logger): void {
       try {
         h = parseStdioHeader(buf.subarray(0, nl).toString("utf8"));
       } catch (e) {
-        return refuse(3, (e as Error).message);
+        return refuse(3, errorMessage(e));
       }
       try {
         // Attaching only starts pumps (their bytes come on later ticks), so `ok` still goes first.

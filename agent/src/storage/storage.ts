@@ -1,8 +1,10 @@
 // Filesystems the shim names (virtio-blk disks by serial or /dev path, or tmpfs), mounted once per id
 // under <state>/storage/<id> and shared by every container that names the id (refcounted), and the
 // per-container rootfs built from them: an overlay of read-only layers with a writable upper.
+
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { errorMessage } from "../../../src/common/errors.ts";
 import { MNT, MS, mount, umount2 } from "../../../src/native/mount.ts";
 import { alreadyExists, checkId, internal, invalid, notFound } from "../api/errors.ts";
 import type { Logger } from "../log.ts";
@@ -122,7 +124,7 @@ export class Storages {
     } catch (e) {
       rmSync(target, { recursive: true, force: true });
       if (extent) this.dropPartition(extent);
-      throw internal(`storage ${spec.id}: mount ${device} (${spec.fstype}) on ${target}: ${(e as Error).message}`);
+      throw internal(`storage ${spec.id}: mount ${device} (${spec.fstype}) on ${target}: ${errorMessage(e)}`);
     }
     this.log.info({ id: spec.id, device, fstype: spec.fstype, target }, "storage mounted");
     this.mounted.set(spec.id, { spec, path: target, device, refs: spec.sandbox_lifetime ? 2 : 1, extent });
@@ -145,7 +147,7 @@ export class Storages {
     try {
       deletePartition(x.disk, x.pno);
     } catch (e) {
-      this.log.warn({ ...x, err: (e as Error).message }, "deleting the extent's partition failed");
+      this.log.warn({ ...x, err: errorMessage(e) }, "deleting the extent's partition failed");
     }
   }
 
@@ -180,7 +182,7 @@ export class Storages {
         try {
           part = ensurePartition(disk, ext);
         } catch (e) {
-          throw internal(`storage ${id}: partition ${ext.pno} of ${disk}: ${(e as Error).message}`);
+          throw internal(`storage ${id}: partition ${ext.pno} of ${disk}: ${errorMessage(e)}`);
         }
         if (part) return { device: part, extent: { disk, pno: ext.pno } };
       }
@@ -315,7 +317,7 @@ export function buildRootfs(
     mountOverlay(rootfs, lowers, upper, work, storages.root);
   } catch (e) {
     if (scratch) unmountQuietly(scratch, log);
-    throw internal(`rootfs: overlay on ${rootfs}: ${(e as Error).message}`);
+    throw internal(`rootfs: overlay on ${rootfs}: ${errorMessage(e)}`);
   }
   return {
     path: rootfs,

@@ -3,6 +3,7 @@
 // Files and symlinks are written under a temporary name and renamed into place, so a container
 // reading the volume never sees half a file, and kubelet's atomic `..data` symlink swap stays
 // atomic in the guest. Nothing here follows a symlink that is already in the directory.
+
 import {
   chmodSync,
   closeSync,
@@ -19,8 +20,8 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
+import { LimitError } from "../../../src/common/errors.ts";
 import { type FileEntry, FileKind, type SyncFilesRequest } from "../../../src/proto/agent.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
 import { checkId, invalid, notFound } from "../api/errors.ts";
 
 export const SYNC_MAX_ENTRIES = 4096;
@@ -59,7 +60,7 @@ export function checkRelPath(p: unknown, what: string): string {
 export function checkEntries(entries: unknown): FileEntry[] {
   if (!Array.isArray(entries)) throw invalid("SyncFiles: entries must be a list");
   if (entries.length > SYNC_MAX_ENTRIES)
-    throw new TtrpcError(Code.RESOURCE_EXHAUSTED, `SyncFiles: ${entries.length} entries (at most ${SYNC_MAX_ENTRIES})`);
+    throw new LimitError(`SyncFiles: ${entries.length} entries (at most ${SYNC_MAX_ENTRIES})`);
   const seen = new Map<string, number>();
   let bytes = 0;
   for (const e of entries as FileEntry[]) {
@@ -86,7 +87,7 @@ export function checkEntries(entries: unknown): FileEntry[] {
     seen.set(path, e.kind);
   }
   if (bytes > SYNC_MAX_BYTES)
-    throw new TtrpcError(Code.RESOURCE_EXHAUSTED, `SyncFiles: ${bytes} bytes of file data (at most ${SYNC_MAX_BYTES})`);
+    throw new LimitError(`SyncFiles: ${bytes} bytes of file data (at most ${SYNC_MAX_BYTES})`);
   return entries as FileEntry[];
 }
 

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { endianness } from "node:os";
 import { test } from "node:test";
 import { parseNetworkConfig, renderResolvConf } from "../../../agent/src/network/config.ts";
-import { codeForErrno } from "../../../agent/src/network/configure.ts";
+import { errnoError } from "../../../agent/src/network/configure.ts";
 import { formatIp, ipBytes, normalizeMac, parseCidr } from "../../../agent/src/network/ip.ts";
 import {
   attrBytes,
@@ -43,7 +43,9 @@ import {
   rtmsg,
 } from "../../../agent/src/network/rtnetlink.ts";
 import { errnoName, errorOf } from "../../../agent/src/network/rtnl.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { errorMessage as messageOf } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 
 const LE = endianness() === "LE";
 const u32 = (b: Buffer, o: number) => (LE ? b.readUInt32LE(o) : b.readUInt32BE(o));
@@ -183,6 +185,7 @@ test("NLMSG_ERROR: ack, errno, extended-ack text (capped and uncapped), errno na
 });
 
 test("kernel errnos map to gRPC codes", () => {
+  const codeForErrno = (errno: string) => grpcStatus(errnoError(errno, errno)).code;
   assert.equal(codeForErrno("EINVAL"), Code.INVALID_ARGUMENT);
   assert.equal(codeForErrno("ENETUNREACH"), Code.INVALID_ARGUMENT);
   assert.equal(codeForErrno("ENODEV"), Code.NOT_FOUND);
@@ -214,7 +217,7 @@ test("IP, CIDR and MAC helpers", () => {
 });
 
 function invalidArg(f: () => unknown, re: RegExp): void {
-  assert.throws(f, (e: unknown) => e instanceof TtrpcError && e.code === Code.INVALID_ARGUMENT && re.test(e.message));
+  assert.throws(f, (e: unknown) => grpcStatus(e).code === Code.INVALID_ARGUMENT && re.test(messageOf(e)));
 }
 
 test("request validation: a well-formed config, then each kind of bad field is INVALID_ARGUMENT", () => {

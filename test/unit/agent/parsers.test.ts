@@ -6,9 +6,11 @@ import { parseIoStat, parseKeyValues } from "../../../agent/src/cgroups/cgroups.
 import { parseListen } from "../../../agent/src/serve.ts";
 import { parseStdioHeader } from "../../../agent/src/stdio/server.ts";
 import { mountOptions } from "../../../agent/src/storage/storage.ts";
+import { CoveError } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { formatStdioHeader } from "../../../src/proto/agent.ts";
 import { stdioHeader } from "../../../src/sandbox/agent/stdio.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 
 test("stdio header: host and agent agree; bad headers are refused", () => {
   const line = stdioHeader("c1", "", "stdout");
@@ -35,7 +37,7 @@ test("ids: path-safe names only", () => {
   for (const bad of ["", "../x", "a/b", ".hidden", "a b", "x".repeat(129), 5])
     assert.throws(
       () => checkId(bad, "id"),
-      (e: unknown) => e instanceof TtrpcError && e.code === Code.INVALID_ARGUMENT,
+      (e: unknown) => e instanceof CoveError && grpcStatus(e).code === Code.INVALID_ARGUMENT,
     );
 });
 

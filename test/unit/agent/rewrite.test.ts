@@ -3,7 +3,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { type RewriteContext, rewriteSpec } from "../../../agent/src/spec/rewrite.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { CoveError } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 
 const ctx: RewriteContext = {
   containerId: "c1",
@@ -19,7 +21,10 @@ function spec(extra: Record<string, unknown> = {}): Record<string, unknown> {
 }
 
 function invalid(fn: () => unknown, re: RegExp): void {
-  assert.throws(fn, (e: unknown) => e instanceof TtrpcError && e.code === Code.INVALID_ARGUMENT && re.test(e.message));
+  assert.throws(
+    fn,
+    (e: unknown) => e instanceof CoveError && grpcStatus(e).code === Code.INVALID_ARGUMENT && re.test(e.message),
+  );
 }
 
 test("rootfs and cgroupsPath point into the guest; readonly is kept", () => {

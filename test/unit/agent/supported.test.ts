@@ -5,7 +5,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { checkProcess, type RewriteContext, rewriteSpec } from "../../../agent/src/spec/rewrite.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { CoveError } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 
 const ctx: RewriteContext = {
   containerId: "c1",
@@ -33,8 +35,8 @@ const spec12 = (extra: { process?: object; linux?: object; mounts?: object[]; to
 
 function refused(fn: () => unknown, field: string): void {
   assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof TtrpcError, String(e));
-    assert.equal(e.code, Code.INVALID_ARGUMENT);
+    assert.ok(e instanceof CoveError, String(e));
+    assert.equal(grpcStatus(e).code, Code.INVALID_ARGUMENT);
     assert.ok(e.message.includes(`spec field ${field} `), e.message);
     return true;
   });

@@ -14,8 +14,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
 import { SYNC_MAX_BYTES, syncFiles } from "../../../agent/src/storage/sync-files.ts";
+import { CoveError } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { type FileEntry, FileKind } from "../../../src/proto/agent.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 
 const dir = (path: string, mode = 0o755): FileEntry => ({ path, kind: FileKind.DIR, mode, uid: 0, gid: 0 });
 const file = (path: string, text: string, mode = 0o644): FileEntry => ({
@@ -42,7 +44,7 @@ const kubelet = (stamp: string, keys: Record<string, string>): FileEntry[] => [
   ...Object.keys(keys).map((k) => link(k, `..data/${k}`)),
 ];
 
-const code = (c: number) => (e: unknown) => e instanceof TtrpcError && e.code === c;
+const code = (c: number) => (e: unknown) => e instanceof CoveError && grpcStatus(e).code === c;
 
 describe("SyncFiles (copied volumes in the guest)", () => {
   let root: string;
