@@ -2,8 +2,8 @@
 // (overlay lowerdirs, or a bind source), or a snapshot that already is a block device (devmapper).
 // containerd's own upperdir is not used: the container writes to its own ext4 image instead.
 import { statSync } from "node:fs";
+import { InvalidArgumentError } from "../common/errors.ts";
 import type { MountSpec } from "../shim/runtime.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 
 export type RootfsPlan =
   /**
@@ -23,15 +23,15 @@ function option(options: string[], key: string): string | undefined {
 /** Classifies the CreateTaskRequest rootfs; INVALID_ARGUMENT for what cove cannot attach. */
 export function planRootfs(mounts: MountSpec[], isBlockDevice = defaultIsBlock): RootfsPlan {
   if (mounts.length === 0) {
-    throw new TtrpcError(Code.INVALID_ARGUMENT, "cove needs the container rootfs as snapshot mounts (none were given)");
+    throw new InvalidArgumentError("cove needs the container rootfs as snapshot mounts (none were given)");
   }
   if (mounts.length > 1) {
-    throw new TtrpcError(Code.INVALID_ARGUMENT, `cove supports exactly one rootfs mount, got ${mounts.length}`);
+    throw new InvalidArgumentError(`cove supports exactly one rootfs mount, got ${mounts.length}`);
   }
   const m = mounts[0]!;
   if (m.type === "overlay") {
     const lower = option(m.options, "lowerdir");
-    if (!lower) throw new TtrpcError(Code.INVALID_ARGUMENT, "overlay rootfs without lowerdir");
+    if (!lower) throw new InvalidArgumentError("overlay rootfs without lowerdir");
     return { kind: "layers", lowers: lower.split(":").filter((x) => x !== ""), committed: true };
   }
   if (m.type === "bind" || m.options.includes("bind") || m.options.includes("rbind")) {
@@ -41,8 +41,7 @@ export function planRootfs(mounts: MountSpec[], isBlockDevice = defaultIsBlock):
   if (isBlockDevice(m.source)) {
     return { kind: "block", device: m.source, fstype: m.type, options: m.options.filter((o) => o !== "loop") };
   }
-  throw new TtrpcError(
-    Code.INVALID_ARGUMENT,
+  throw new InvalidArgumentError(
     `cove cannot attach a ${m.type} rootfs from ${m.source}: use the overlayfs, native or devmapper snapshotter`,
   );
 }

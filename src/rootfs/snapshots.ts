@@ -8,6 +8,7 @@
 // that does not match the mount (another length, a snapshot that is not committed) is not guessed
 // at: the caller falls back to keying by directory.
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
 import type { ContainerdLookup } from "./containerd.ts";
 
 /** A snapshot name as containerd makes them: printable, bounded (it goes into a cache key and logs). */
@@ -45,7 +46,7 @@ export async function committedChain(
     return chain;
   } catch (e) {
     log.warn(
-      { id, err: (e as Error).message },
+      { id, err: errorMessage(e) },
       "rootfs: containerd did not name the layers' snapshots; their images are keyed by directory (not shared with other containerd roots or re-pulls)",
     );
     return undefined;

@@ -3,7 +3,7 @@
 import { execFile } from "node:child_process";
 import { closeSync, ftruncateSync, mkdirSync, openSync, rmSync } from "node:fs";
 import { dirname } from "node:path";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { errorMessage, InternalError } from "../common/errors.ts";
 
 export const MKFS_EXT4 = "mkfs.ext4";
 
@@ -26,6 +26,6 @@ export async function createWritableLayer(path: string, sizeMiB: number): Promis
     });
   } catch (e) {
     rmSync(path, { force: true });
-    throw new TtrpcError(Code.INTERNAL, `cannot make the writable layer ${path}: ${(e as Error).message}`);
+    throw new InternalError(`cannot make the writable layer ${path}: ${errorMessage(e)}`);
   }
 }

@@ -5,6 +5,7 @@
 // undone from <workDir>/net.json.
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { errorMessage } from "../common/errors.ts";
 import { PodNetwork, parseNetRecord } from "../network/pod-network.ts";
 import { NET_STATE_FILE, VMM_PID_FILE, vmWorkDir } from "./pod.ts";
 
@@ -32,8 +33,7 @@ export async function reapOrphanVm(
     }
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== "ENOENT" && code !== "ESRCH")
-      warn(`cove: cannot stop the orphaned VM in ${dir}: ${(e as Error).message}`);
+    if (code !== "ENOENT" && code !== "ESRCH") warn(`cove: cannot stop the orphaned VM in ${dir}: ${errorMessage(e)}`);
   }
   let network = false;
   try {
@@ -42,7 +42,7 @@ export async function reapOrphanVm(
     network = true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "ENOENT")
-      warn(`cove: cannot undo the orphaned pod network of ${dir}: ${(e as Error).message}`);
+      warn(`cove: cannot undo the orphaned pod network of ${dir}: ${errorMessage(e)}`);
   }
   rmSync(dir, { recursive: true, force: true });
   return { killed, network };

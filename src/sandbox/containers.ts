@@ -1,8 +1,8 @@
 // The pod's containers as the sandbox runtime tracks them: one table, keyed by container id, each
 // with its processes (init is exec id ""). Which rules a container follows is its `ops`: the CRI
 // sandbox container (sandbox-container.ts) or a container the agent runs (guest-container.ts).
+import { NotFoundError } from "../common/errors.ts";
 import type { CreateSpec, ExecSpec } from "../shim/runtime.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { ContainerDisks, PreparedDisks } from "./disks.ts";
 import type { ProcessIo } from "./io.ts";
 import type { Json } from "./oci.ts";
@@ -71,7 +71,7 @@ export class ContainerTable {
   /** The container, or NOT_FOUND as containerd words it. */
   need(id: string): PodContainer {
     const c = this.byId.get(id);
-    if (!c) throw new TtrpcError(Code.NOT_FOUND, `container ${id}: container not created: not found`);
+    if (!c) throw new NotFoundError(`container ${id}: container not created: not found`);
     return c;
   }
 

@@ -2,8 +2,10 @@
 // the pod's disks (disks.ts), its stdio copied by ProcessIo, its copied volumes kept in step by
 // VolumeSync; each started process is followed (WaitProcess) until its exit is reported.
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
+import { grpcStatus } from "../common/grpc-status.ts";
 import type { CreateSpec, ExecSpec, ExitEvent } from "../shim/runtime.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { Code } from "../ttrpc/index.ts";
 import type { ContainerOps, PodContainer, PodProcess } from "./containers.ts";
 import type { PodDisks, PreparedDisks } from "./disks.ts";
 import { ProcessIo } from "./io.ts";
@@ -15,8 +17,9 @@ import { planVolumes } from "./volumes.ts";
 /** The guest exit status of a process whose VM went away (as Kata reports it). */
 export const VM_GONE_STATUS = 255;
 
+/** A NOT_FOUND, whether the agent sent it or cove's own code threw it. */
 export function isNotFound(e: unknown): boolean {
-  return e instanceof TtrpcError && e.code === Code.NOT_FOUND;
+  return grpcStatus(e).code === Code.NOT_FOUND;
 }
 
 /** What guest containers use of the runtime. */
@@ -107,7 +110,7 @@ export class GuestContainerOps implements ContainerOps {
         await p.io?.outputDone();
       } catch (e) {
         if (pod.exited || pod.stopping) return; // the VM watcher reports it
-        this.host.log.warn({ id: c.id, exec_id: execId, err: (e as Error).message }, "waiting for a process failed");
+        this.host.log.warn({ id: c.id, exec_id: execId, err: errorMessage(e) }, "waiting for a process failed");
       }
       if (p.exited) return;
       p.exited = true;

@@ -1,8 +1,8 @@
 // The guest artifacts a pod VM boots from (kernel and read-only guest image): present and readable,
 // or an error that names each missing file and the command that builds it.
 import { accessSync, constants, statSync } from "node:fs";
+import { errorMessage, WrongStateError } from "../common/errors.ts";
 import type { CoveConfig } from "../config/config.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 
 export const GUEST_BUILD_COMMAND = "cove guest build";
 export const GUEST_BUILD_COMMAND_CHECKOUT = "npm run guest";
@@ -18,7 +18,7 @@ export function fileProblem(path: string): string {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "ENOENT" || code === "ENOTDIR") return "does not exist";
     if (code === "EACCES") return "is not readable";
-    return `cannot be read (${code ?? (e as Error).message})`;
+    return `cannot be read (${code ?? errorMessage(e)})`;
   }
 }
 
@@ -30,8 +30,7 @@ export function checkGuestArtifacts(config: CoveConfig): void {
   const i = fileProblem(config.guest.image);
   if (i) problems.push(`guest image ${config.guest.image} ${i}`);
   if (problems.length === 0) return;
-  throw new TtrpcError(
-    Code.FAILED_PRECONDITION,
+  throw new WrongStateError(
     `cove cannot start the pod VM: ${problems.join("; ")}. ` +
       `Build the guest kernel and image with \`${GUEST_BUILD_COMMAND}\` ` +
       `(from a source checkout: \`${GUEST_BUILD_COMMAND_CHECKOUT}\`), which writes them under ${config.cacheDir}/guest, ` +

@@ -8,8 +8,8 @@ import { Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Duplex, Writable } from "node:stream";
 import type { Logger } from "pino";
+import { errorMessage, WrongStateError } from "../common/errors.ts";
 import { parseStdioUri } from "../shim/stdio.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { StdioStream } from "./agent/index.ts";
 
 export interface StdioPaths {
@@ -21,11 +21,8 @@ export interface StdioPaths {
 
 const FLUSH_WAIT_MS = 10_000;
 
-function failOpen(what: string, path: string, e: unknown): TtrpcError {
-  return new TtrpcError(
-    Code.FAILED_PRECONDITION,
-    `cannot open ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
-  );
+function failOpen(what: string, path: string, e: unknown): WrongStateError {
+  return new WrongStateError(`cannot open ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`);
 }
 
 export class ProcessIo {

@@ -3,11 +3,11 @@
 // the pod's resolv.conf (CRI bind-mounts it at /etc/resolv.conf) for the guest's DNS.
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
+import { errorMessage, InvalidArgumentError, UnavailableError, WrongStateError } from "../common/errors.ts";
 import type { NetConfig } from "../hypervisor/types.ts";
 import { type DnsConfig, parseResolvConf } from "../network/dns.ts";
 import { type PodNetns, podNetns } from "../network/netns.ts";
 import { PodNetwork } from "../network/pod-network.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 
 type Json = Record<string, unknown>;
 
@@ -19,13 +19,12 @@ export function podNetnsOf(spec: Json, id: string): PodNetns {
   try {
     return podNetns(spec as Parameters<typeof podNetns>[0]);
   } catch (e) {
-    throw new TtrpcError(Code.INVALID_ARGUMENT, `cove: ${id}: ${(e as Error).message}`);
+    throw new InvalidArgumentError(`cove: ${id}: ${errorMessage(e)}`);
   }
 }
 
-export function hostNetworkRefusal(id: string): TtrpcError {
-  return new TtrpcError(
-    Code.FAILED_PRECONDITION,
+export function hostNetworkRefusal(id: string): WrongStateError {
+  return new WrongStateError(
     `cove cannot run ${id} with the node's network (hostNetwork / --net-host): a VM cannot join the host's network namespace; give the pod its own network namespace`,
   );
 }
@@ -35,10 +34,7 @@ export async function attachPodNetwork(netns: string, log: Logger): Promise<PodN
   try {
     return await PodNetwork.attach({ netns, logger: log });
   } catch (e) {
-    throw new TtrpcError(
-      Code.UNAVAILABLE,
-      `cove: cannot attach the pod VM to its network namespace ${netns}: ${(e as Error).message}`,
-    );
+    throw new UnavailableError(`cove: cannot attach the pod VM to its network namespace ${netns}: ${errorMessage(e)}`);
   }
 }
 
@@ -65,7 +61,7 @@ export function podDns(spec: Json, log: Logger): DnsConfig | undefined {
     const buf = readFileSync(src);
     return parseResolvConf(buf.subarray(0, MAX_RESOLV_CONF).toString("utf8"));
   } catch (e) {
-    log.warn({ path: src, err: (e as Error).message }, "pod resolv.conf unreadable: the guest keeps its DNS");
+    log.warn({ path: src, err: errorMessage(e) }, "pod resolv.conf unreadable: the guest keeps its DNS");
     return undefined;
   }
 }

@@ -2,7 +2,7 @@
 // its annotations, the hostname and sysctls the pod asks for.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { errorMessage, InvalidArgumentError } from "../common/errors.ts";
 
 export type Json = Record<string, unknown>;
 
@@ -10,7 +10,7 @@ export function readSpec(bundle: string): Json {
   try {
     return JSON.parse(readFileSync(join(bundle, "config.json"), "utf8")) as Json;
   } catch (e) {
-    throw new TtrpcError(Code.INVALID_ARGUMENT, `cannot read ${bundle}/config.json: ${(e as Error).message}`);
+    throw new InvalidArgumentError(`cannot read ${bundle}/config.json: ${errorMessage(e)}`);
   }
 }
 

@@ -1,7 +1,7 @@
 // Per-pod overrides of the VM size from annotations, only those the operator allows
 // ([pod] allowed_annotations, globs with a trailing `*`).
+import { InvalidArgumentError } from "../common/errors.ts";
 import type { CoveConfig } from "../config/config.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 
 export const ANNOTATION_VCPUS = "io.cove.vcpus";
 export const ANNOTATION_MEMORY_MIB = "io.cove.memory_mib";
@@ -13,7 +13,7 @@ export function allowed(key: string, globs: string[]): boolean {
 function intValue(key: string, v: string, min: number, max: number): number {
   const n = Number(v);
   if (!/^\d+$/.test(v) || n < min || n > max) {
-    throw new TtrpcError(Code.INVALID_ARGUMENT, `annotation ${key}="${v}" must be an integer from ${min} to ${max}`);
+    throw new InvalidArgumentError(`annotation ${key}="${v}" must be an integer from ${min} to ${max}`);
   }
   return n;
 }

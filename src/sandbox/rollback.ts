@@ -3,6 +3,7 @@
 // one that fails is logged so that the rest still run and the caller sees the original error.
 // (DisposableStack does this in newer Node; Node 20 has none.)
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
 
 export class Rollback {
   private readonly undos: Array<{ what: string; undo: () => unknown }> = [];
@@ -28,7 +29,7 @@ export class Rollback {
       try {
         await u.undo();
       } catch (e) {
-        log.warn({ undo: u.what, err: (e as Error).message }, "rollback: an undo failed (the others still run)");
+        log.warn({ undo: u.what, err: errorMessage(e) }, "rollback: an undo failed (the others still run)");
       }
     }
   }

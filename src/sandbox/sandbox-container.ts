@@ -8,8 +8,8 @@
 //   its stats are empty;
 // - Kill ends the "process" with a synthesised exit (128 + signal); the VM keeps running;
 // - Delete tears the VM down (and with it the pod network and every container's disks).
+import { NotFoundError, WrongStateError } from "../common/errors.ts";
 import type { ExitEvent } from "../shim/runtime.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { ContainerOps, PodContainer } from "./containers.ts";
 import { annotationsOf, type Json } from "./oci.ts";
 import type { PodVm } from "./pod.ts";
@@ -45,12 +45,12 @@ export class SandboxContainerOps implements ContainerOps {
   }
 
   exec(c: PodContainer): void {
-    throw new TtrpcError(Code.FAILED_PRECONDITION, `${c.id} is the pod sandbox: it runs no processes`);
+    throw new WrongStateError(`${c.id} is the pod sandbox: it runs no processes`);
   }
 
   async kill(c: PodContainer, _execId: string, signal: number): Promise<void> {
     const p = c.procs.get("")!;
-    if (p.exited) throw new TtrpcError(Code.NOT_FOUND, "process already finished: not found");
+    if (p.exited) throw new NotFoundError("process already finished: not found");
     p.exited = true;
     this.host.exit({ id: c.id, execId: "", status: 128 + signal, at: new Date() });
   }

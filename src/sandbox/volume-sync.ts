@@ -3,6 +3,7 @@
 // SyncFiles. Kubelet refreshes ConfigMaps and Secrets within about a minute and rotates tokens
 // hourly; a 2 s poll of a few small trees costs next to nothing.
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
 import type { SyncFiles } from "./agent/index.ts";
 import { type CopiedVolume, copyTree, snapshotTree } from "./volumes.ts";
 
@@ -73,7 +74,7 @@ export class VolumeSync {
         } catch (e) {
           // Gone (pod being torn down) or grown past the limits: keep the last good copy.
           this.log.warn(
-            { storage: v.storageId, path: v.hostPath, err: (e as Error).message },
+            { storage: v.storageId, path: v.hostPath, err: errorMessage(e) },
             "volume: cannot read the host copy",
           );
           continue;
@@ -88,7 +89,7 @@ export class VolumeSync {
         } catch (e) {
           if (this.tracked.get(v.storageId) === t)
             this.log.warn(
-              { storage: v.storageId, err: (e as Error).message },
+              { storage: v.storageId, err: errorMessage(e) },
               "volume: SyncFiles failed (retried next poll)",
             );
         }

@@ -24,8 +24,8 @@ import {
   statSync,
 } from "node:fs";
 import { join } from "node:path";
+import { errorMessage, InvalidArgumentError } from "../common/errors.ts";
 import { type FileEntry, FileKind } from "../proto/agent.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { Storage } from "./agent/index.ts";
 
 type Json = Record<string, unknown>;
@@ -99,7 +99,7 @@ export function planVolumes(input: Json): VolumePlan {
       try {
         st = statSync(src);
       } catch (e) {
-        throw new TtrpcError(Code.INVALID_ARGUMENT, `mount ${dest}: host source ${src}: ${(e as Error).message}`);
+        throw new InvalidArgumentError(`mount ${dest}: host source ${src}: ${errorMessage(e)}`);
       }
       if (!st.isDirectory() && !st.isFile()) return m; // a device or socket: the agent says no
       const file = st.isFile();
@@ -115,8 +115,7 @@ export function planVolumes(input: Json): VolumePlan {
 }
 
 const tooBig = (src: string, what: string) =>
-  new TtrpcError(
-    Code.INVALID_ARGUMENT,
+  new InvalidArgumentError(
     `read-only mount source ${src} has ${what}; cove copies at most ${COPY_MAX_ENTRIES} entries and ${COPY_MAX_BYTES} bytes into the guest`,
   );
 

@@ -2,7 +2,6 @@
 // the per-process state machines (process.ts), the error codes containerd expects and the event
 // order (create → start → exit → delete; exec-added → exec-started → exit); the TaskRuntime does the
 // actual work.
-
 import type { Logger } from "pino";
 import {
   AlreadyExistsError,

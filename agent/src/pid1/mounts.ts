@@ -1,6 +1,5 @@
 // The filesystems a Linux PID 1 must mount before anything else runs. The root filesystem is the
 // read-only guest image, so every writable place is a tmpfs.
-
 import { existsSync, mkdirSync, readFileSync, symlinkSync } from "node:fs";
 import { errorMessage } from "../../../src/common/errors.ts";
 import { MS, mount } from "../../../src/native/mount.ts";

@@ -1,6 +1,5 @@
 // The stdio port: one connection per stream, opened with a header line (src/proto/agent.ts); the
 // agent answers `ok\n` (then raw bytes) or `error <code> <message>\n` (then the connection closes).
-
 import type { Socket } from "node:net";
 import { errorMessage } from "../../../src/common/errors.ts";
 import { grpcStatus } from "../../../src/common/grpc-status.ts";

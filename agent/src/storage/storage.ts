@@ -1,7 +1,6 @@
 // Filesystems the shim names (virtio-blk disks by serial or /dev path, or tmpfs), mounted once per id
 // under <state>/storage/<id> and shared by every container that names the id (refcounted), and the
 // per-container rootfs built from them: an overlay of read-only layers with a writable upper.
-
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { errorMessage } from "../../../src/common/errors.ts";

@@ -3,7 +3,6 @@
 // Files and symlinks are written under a temporary name and renamed into place, so a container
 // reading the volume never sees half a file, and kubelet's atomic `..data` symlink swap stays
 // atomic in the guest. Nothing here follows a symlink that is already in the directory.
-
 import {
   chmodSync,
   closeSync,

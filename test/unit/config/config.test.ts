@@ -6,6 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import pino from "pino";
+import { CoveError, errorMessage } from "../../../src/common/errors.ts";
+import { type GrpcStatus, grpcStatus } from "../../../src/common/grpc-status.ts";
 import { ConfigError, defaultConfig, loadConfig, parseConfig, resolveConfigPath } from "../../../src/config/config.ts";
 import { probeHost } from "../../../src/hypervisor/host.ts";
 import { chooseBackend, registerBackend, unregisterBackend } from "../../../src/hypervisor/select.ts";
@@ -18,12 +20,13 @@ function tmp(): string {
   return mkdtempSync(join(tmpdir(), "cove-cfg-"));
 }
 
-function errorOf(fn: () => unknown): TtrpcError {
+/** The gRPC status the thrown error reaches containerd with (it must be a coded error). */
+function errorOf(fn: () => unknown): GrpcStatus {
   try {
     fn();
   } catch (e) {
-    assert.ok(e instanceof TtrpcError, String(e));
-    return e;
+    assert.ok(e instanceof TtrpcError || e instanceof CoveError, String(e));
+    return grpcStatus(e);
   }
   assert.fail("expected an error");
 }
@@ -168,7 +171,7 @@ test("sandbox Create: missing kernel first; with artifacts, backend selection sa
     const rt = new SandboxRuntime({ logger, configPath: cfg, probe: pvm });
     await assert.rejects(
       rt.create(spec),
-      (e: TtrpcError) => e.code === Code.FAILED_PRECONDITION && /kernel/.test(e.message),
+      (e: unknown) => grpcStatus(e).code === Code.FAILED_PRECONDITION && /kernel/.test(errorMessage(e)),
     );
 
     mkdirSync(join(d, "guest"));
@@ -176,9 +179,9 @@ test("sandbox Create: missing kernel first; with artifacts, backend selection sa
     writeFileSync(join(d, "guest", "rootfs.erofs"), "i");
     await assert.rejects(
       rt.create(spec),
-      (e: TtrpcError) =>
-        e.code === Code.UNIMPLEMENTED &&
-        /qemu hypervisor backend \(tcg\) is not available in this build/.test(e.message),
+      (e: unknown) =>
+        grpcStatus(e).code === Code.UNIMPLEMENTED &&
+        /qemu hypervisor backend \(tcg\) is not available in this build/.test(errorMessage(e)),
     );
 
     // The runtime options in Create win over the shim's config: a config with another cache dir.
@@ -189,7 +192,9 @@ test("sandbox Create: missing kernel first; with artifacts, backend selection sa
       type_url: "runtimeoptions.v1.Options",
       value: T.encode(T.fromObject({ config_path: other })).finish(),
     };
-    await assert.rejects(rt.create({ ...spec, options }), (e: TtrpcError) => e.message.includes(join(d, "elsewhere")));
+    await assert.rejects(rt.create({ ...spec, options }), (e: unknown) =>
+      errorMessage(e).includes(join(d, "elsewhere")),
+    );
 
     // With a registered backend, selection gets past "not available" to the pod's own checks: a
     // spec without a network namespace (host network) is refused before any VM starts.
@@ -203,7 +208,8 @@ test("sandbox Create: missing kernel first; with artifacts, backend selection sa
     try {
       await assert.rejects(
         rt.create(spec),
-        (e: TtrpcError) => e.code === Code.FAILED_PRECONDITION && /host's network namespace/.test(e.message),
+        (e: unknown) =>
+          grpcStatus(e).code === Code.FAILED_PRECONDITION && /host's network namespace/.test(errorMessage(e)),
       );
       assert.equal(made, 1);
     } finally {

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { CoveError } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { planRootfs } from "../../../src/rootfs/plan.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 
 const m = (type: string, source: string, options: string[]) => ({ type, source, target: "", options });
 
@@ -28,7 +30,7 @@ test("bind is one layer (a committed one when read-only); a block device is atta
 });
 
 test("no mount, several mounts, or an unknown filesystem are clear errors", () => {
-  const bad = (e: unknown) => e instanceof TtrpcError && e.code === Code.INVALID_ARGUMENT;
+  const bad = (e: unknown) => e instanceof CoveError && grpcStatus(e).code === Code.INVALID_ARGUMENT;
   assert.throws(() => planRootfs([]), bad);
   assert.throws(() => planRootfs([m("bind", "/a", ["rbind"]), m("bind", "/b", ["rbind"])]), bad);
   assert.throws(() => planRootfs([m("xfs", "/some/file", [])], () => false), /devmapper/);

@@ -7,6 +7,8 @@ import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
 import { pino } from "pino";
+import { errorMessage } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { registerBackend, unregisterBackend } from "../../../src/hypervisor/select.ts";
 import { Rollback } from "../../../src/sandbox/rollback.ts";
 import { OOM_POLL_MIN_MS, SandboxRuntime, VM_GONE_STATUS } from "../../../src/sandbox/sandbox.ts";
@@ -38,7 +40,7 @@ function runtime(): { rt: SandboxRuntime; events: RecordedEvents } {
 }
 
 function isCode(code: number, re?: RegExp) {
-  return (e: unknown) => e instanceof TtrpcError && e.code === code && (!re || re.test(e.message));
+  return (e: unknown) => grpcStatus(e).code === code && (!re || re.test(errorMessage(e)));
 }
 
 /** The VM work dirs under the run dir. */

@@ -4,11 +4,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
 import { pino } from "pino";
+import { CoveError } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { FileKind } from "../../../src/proto/agent.ts";
 import type { SyncFiles } from "../../../src/sandbox/agent/index.ts";
 import { VolumeSync } from "../../../src/sandbox/volume-sync.ts";
 import { COPY_MAX_BYTES, copyTree, planVolumes } from "../../../src/sandbox/volumes.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 
 type Mount = { destination: string; type?: string; source: string; options?: string[] };
 const bind = (source: string, destination: string, ro: boolean): Mount => ({
@@ -117,11 +119,12 @@ describe("host volumes for the guest (planVolumes, copyTree, VolumeSync)", () =>
     writeFileSync(join(big, "blob"), Buffer.alloc(COPY_MAX_BYTES + 1));
     assert.throws(
       () => planVolumes({ mounts: [bind(big, "/big", true)] }),
-      (e: unknown) => e instanceof TtrpcError && e.code === Code.INVALID_ARGUMENT && /at most/.test(e.message),
+      (e: unknown) =>
+        e instanceof CoveError && grpcStatus(e).code === Code.INVALID_ARGUMENT && /at most/.test(e.message),
     );
     assert.throws(
       () => planVolumes({ mounts: [bind(join(root, "missing"), "/m", true)] }),
-      (e: unknown) => e instanceof TtrpcError && e.code === Code.INVALID_ARGUMENT,
+      (e: unknown) => e instanceof CoveError && grpcStatus(e).code === Code.INVALID_ARGUMENT,
     );
   });
 
