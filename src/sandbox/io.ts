@@ -1,28 +1,24 @@
 // Copies a process's stdio between containerd's side (FIFOs or file:// paths, as ctr and CRI give
-// them) and the agent's stdio streams. Output: agent stream → FIFO, and the exit is reported only
-// after every byte reached the FIFO. Stdin: FIFO → agent stream; we hold a writer on the FIFO
-// ourselves so that a client that has not opened its end yet is not mistaken for EOF; CloseIO drops
-// it, and the agent sees EOF once the client's writer is gone and the pipe is drained.
-import { closeSync, constants, createWriteStream, fstatSync, mkdirSync, openSync } from "node:fs";
+// them, opened by src/shim/stdio.ts) and the agent's stdio streams. Output: agent stream → FIFO, and
+// the exit is reported only after every byte reached the FIFO. Stdin: FIFO → agent stream; we hold a
+// writer on the FIFO ourselves so that a client that has not opened its end yet is not mistaken for
+// EOF; CloseIO drops it, and the agent sees EOF once the client's writer is gone and the pipe is
+// drained.
+import { closeSync, createWriteStream, fstatSync } from "node:fs";
 import { Socket } from "node:net";
-import { dirname } from "node:path";
 import type { Duplex, Writable } from "node:stream";
 import type { Logger } from "pino";
-import { errorMessage, WrongStateError } from "../common/errors.ts";
-import { parseStdioUri } from "../shim/stdio.ts";
+import { openStdio, type StdioPaths } from "../shim/stdio.ts";
 import type { StdioStream } from "./agent/index.ts";
 
-export interface StdioPaths {
-  stdin: string;
-  stdout: string;
-  stderr: string;
-  terminal: boolean;
-}
+export type { StdioPaths };
 
 const FLUSH_WAIT_MS = 10_000;
 
-function failOpen(what: string, path: string, e: unknown): WrongStateError {
-  return new WrongStateError(`cannot open ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`);
+/** A stream writing to an output fd: a socket for a FIFO, a file stream for anything else. */
+function outputStream(fd: number): Writable {
+  if (!fstatSync(fd).isFIFO()) return createWriteStream("", { fd, autoClose: true });
+  return new Socket({ fd, readable: false, writable: true });
 }
 
 export class ProcessIo {
@@ -43,56 +39,38 @@ export class ProcessIo {
     this.want = { stdin: !!paths.stdin, stdout: !!paths.stdout, stderr: !!paths.stderr && !paths.terminal };
   }
 
-  private openOutput(what: string, uri: string): Writable {
-    const t = parseStdioUri(uri);
-    try {
-      if (t.kind === "file") {
-        mkdirSync(dirname(t.path), { recursive: true });
-        const fd = openSync(t.path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT, 0o644);
-        return createWriteStream("", { fd, autoClose: true });
-      }
-      // A read end of our own first (kept until the end), so the write end opens at once and a
-      // write never fails with EPIPE while the client's reader is away.
-      this.fds.push(openSync(t.path, constants.O_RDONLY | constants.O_NONBLOCK));
-      const fd = openSync(t.path, constants.O_WRONLY | constants.O_NONBLOCK);
-      if (!fstatSync(fd).isFIFO()) return createWriteStream("", { fd, autoClose: true });
-      return new Socket({ fd, readable: false, writable: true });
-    } catch (e) {
-      throw failOpen(what, t.path, e);
-    }
-  }
-
   /** Opens containerd's side and connects it to the agent's streams (call before Start/Exec). */
   async attach(open: (stream: StdioStream) => Promise<Duplex>): Promise<void> {
+    // Every fd goes to a stream (or to this.fds) before the first await, so close() frees them all.
+    const fds = openStdio(this.paths);
+    this.fds.push(...fds.keep);
+    this.stdinHold = fds.stdinHold;
+    const outputs: Array<[StdioStream, Writable]> = [];
+    for (const stream of ["stdout", "stderr"] as const) {
+      const fd = fds[stream];
+      if (fd === undefined) continue;
+      const sink = outputStream(fd);
+      this.sinks.push(sink);
+      sink.on("error", (e) => this.log.warn({ stream, err: e.message }, "stdio: writing to the client failed"));
+      this.flushed.push(
+        new Promise<void>((resolve) => {
+          sink.once("finish", resolve);
+          sink.once("close", resolve);
+          sink.once("error", () => resolve());
+        }),
+      );
+      outputs.push([stream, sink]);
+    }
+    if (fds.stdin !== undefined) this.stdinSource = new Socket({ fd: fds.stdin, readable: true, writable: false });
     try {
-      for (const stream of ["stdout", "stderr"] as const) {
-        if (!this.want[stream]) continue;
-        const sink = this.openOutput(stream, this.paths[stream]);
-        this.sinks.push(sink);
-        sink.on("error", (e) => this.log.warn({ stream, err: e.message }, "stdio: writing to the client failed"));
+      for (const [stream, sink] of outputs) {
         const src = await open(stream);
         this.agentStreams.push(src);
-        this.flushed.push(
-          new Promise<void>((resolve) => {
-            sink.once("finish", resolve);
-            sink.once("close", resolve);
-            sink.once("error", () => resolve());
-          }),
-        );
         src.on("error", (e) => this.log.warn({ stream, err: e.message }, "stdio: agent stream failed"));
         src.pipe(sink);
       }
-      if (this.want.stdin) {
-        const t = parseStdioUri(this.paths.stdin);
-        let fd: number;
-        try {
-          fd = openSync(t.path, constants.O_RDONLY | constants.O_NONBLOCK);
-          if (fstatSync(fd).isFIFO()) this.stdinHold = openSync(t.path, constants.O_WRONLY | constants.O_NONBLOCK);
-        } catch (e) {
-          throw failOpen("stdin", t.path, e);
-        }
-        const src = new Socket({ fd, readable: true, writable: false });
-        this.stdinSource = src;
+      const src = this.stdinSource;
+      if (src) {
         const dst = await open("stdin");
         this.agentStreams.push(dst);
         dst.on("error", (e) => this.log.warn({ err: e.message }, "stdio: agent stdin failed"));

@@ -1,8 +1,10 @@
 // The shim's ends of a process's stdio as containerd's clients hand them over: FIFO paths (ctr, CRI),
 // or file:// URIs. Opened as runc's shim opens them: stdout/stderr O_WRONLY, each with an O_RDONLY fd
 // kept alongside so a write never fails with EPIPE while the client's reader is away; stdin
-// O_RDONLY|O_NONBLOCK. Everything is non-blocking: wrap fds in net.Socket to stream them.
-import { closeSync, constants, mkdirSync, openSync } from "node:fs";
+// O_RDONLY|O_NONBLOCK, with a writer of our own held on a FIFO so that a client that has not opened
+// its end yet is not mistaken for EOF (CloseIO drops it). Everything is non-blocking: the sandbox
+// wraps the fds in streams (src/sandbox/io.ts).
+import { closeSync, constants, fstatSync, mkdirSync, openSync } from "node:fs";
 import { dirname } from "node:path";
 import { errorMessage, InvalidArgumentError, NotSupportedError, WrongStateError } from "../common/errors.ts";
 
@@ -19,6 +21,9 @@ export interface OpenedStdio {
   stderr?: number;
   /** Read ends held open so writers never see EPIPE. */
   readonly keep: number[];
+  /** Our own writer on a stdin FIFO: EOF comes only once it is closed (and the client's too). */
+  stdinHold?: number;
+  /** Closes every fd opened here (for an owner that did not hand them on). */
   close(): void;
 }
 
@@ -82,6 +87,8 @@ export function openStdio(p: StdioPaths): OpenedStdio {
       const t = parseStdioUri(p.stdin);
       try {
         out.stdin = track(openSync(t.path, constants.O_RDONLY | constants.O_NONBLOCK));
+        if (fstatSync(out.stdin).isFIFO())
+          out.stdinHold = track(openSync(t.path, constants.O_WRONLY | constants.O_NONBLOCK));
       } catch (e) {
         throw openFailed("stdin", t.path, e);
       }
