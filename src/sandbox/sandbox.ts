@@ -13,7 +13,7 @@ import { type PodMetricsHandle, startPodMetrics } from "../metrics/shim.ts";
 import type { PodNetwork } from "../network/pod-network.ts";
 import { messageType } from "../proto/root.ts";
 import type { ContainerdAddress } from "../rootfs/containerd.ts";
-import type { AnyValue, CreateSpec, ExecSpec, RuntimeEvents, TaskRuntime } from "../shim/runtime.ts";
+import type { AnyValue, CreateSpec, ExecSpec, PtySize, RuntimeEvents, TaskRuntime } from "../shim/runtime.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { ContainerTable, type PodContainer } from "./containers.ts";
 import { noDisks, type PodDisks, type PreparedDisks, releaseDisks } from "./disks.ts";
@@ -321,9 +321,9 @@ export class SandboxRuntime implements TaskRuntime {
     await c.ops.resume(this.alive(), c);
   }
 
-  async resizePty(id: string, execId: string, width: number, height: number): Promise<void> {
+  async resizePty({ id, execId, width, height }: PtySize): Promise<void> {
     this.containers.need(id);
-    await this.alive().agent.resizeTty(id, execId, height, width);
+    await this.alive().agent.resizeTty({ containerId: id, execId, rows: height, cols: width });
   }
 
   async closeIO(id: string, execId: string, stdin: boolean): Promise<void> {

@@ -41,6 +41,13 @@ export interface RuntimeEvents {
   oom(containerId: string): void;
 }
 
+export interface PtySize {
+  id: string;
+  execId: string;
+  width: number;
+  height: number;
+}
+
 export interface TaskRuntime {
   /** Prepares the container (and, for the first one, the pod) without starting it; returns the init pid. */
   create(spec: CreateSpec): Promise<{ pid: number }>;
@@ -52,7 +59,8 @@ export interface TaskRuntime {
   pids(id: string): Promise<{ pid: number }[]>;
   pause(id: string): Promise<void>;
   resume(id: string): Promise<void>;
-  resizePty(id: string, execId: string, width: number, height: number): Promise<void>;
+  /** A terminal's window size (named, so that width and height cannot swap). */
+  resizePty(r: PtySize): Promise<void>;
   closeIO(id: string, execId: string, stdin: boolean): Promise<void>;
   update(id: string, resources: unknown, annotations: Record<string, string>): Promise<void>;
   /** cgroup metrics as an Any (io.containerd.cgroups.v2.Metrics or v1). */

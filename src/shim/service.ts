@@ -344,7 +344,7 @@ export class TaskService {
     this.log("ResizePty", r, { width: r.width, height: r.height });
     const { p } = this.proc(r.id, r.exec_id);
     if (!p.stdio.terminal) throw new WrongStateError(`process ${p.name} has no terminal`);
-    await this.opts.runtime.resizePty(r.id, p.execId, r.width, r.height);
+    await this.opts.runtime.resizePty({ id: r.id, execId: p.execId, width: r.width, height: r.height });
     return {};
   }
 

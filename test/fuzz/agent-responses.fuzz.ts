@@ -46,7 +46,7 @@ const CALLS: Array<[string, (a: AgentClient) => Promise<unknown>, Check]> = [
   ["StateContainer", (a) => a.stateContainer("c"), isObject],
   ["ListPids", (a) => a.listPids("c"), isArray],
   ["StatsContainer", (a) => a.statsContainer("c"), isObject],
-  ["ResizeTty", (a) => a.resizeTty("c", "", 24, 80), none],
+  ["ResizeTty", (a) => a.resizeTty({ containerId: "c", execId: "", rows: 24, cols: 80 }), none],
   ["CloseStdin", (a) => a.closeStdin("c"), none],
   ["GetOOMEvent", (a) => a.getOomEvent(), isString],
   ["ConfigureNetwork", (a) => a.configureNetwork({ interfaces: [] }), isArray],

@@ -205,14 +205,14 @@ describe("agent on the host: containers through crun", { skip, timeout: 300_000 
       process: { args: ["/bin/sh"], cwd: "/", env: ["PATH=/bin", "TERM=xterm"], terminal: true },
       stdio: { stdin: true, stdout: true },
     });
-    await c.resizeTty("box", "t1", 40, 123);
+    await c.resizeTty({ containerId: "box", execId: "t1", rows: 40, cols: 123 });
     ti.write("stty size; tty; exit 7\n");
     const w2 = await withTimeout(c.waitProcess("box", "t1"), 30_000, "wait t1");
     assert.equal(w2.exit_status, 7);
     const tout = (await to).toString();
     assert.match(tout, /40 123/);
     assert.match(tout, /\/dev\/pts\/\d+/);
-    await rejectsWith(c.resizeTty("box", "t1", 1, 1), Code.NOT_FOUND);
+    await rejectsWith(c.resizeTty({ containerId: "box", execId: "t1", rows: 1, cols: 1 }), Code.NOT_FOUND);
 
     // a long exec killed by a signal reports 128 + signal
     await c.execProcess({ container_id: "box", exec_id: "s1", process: { args: ["/bin/sleep", "1000"], cwd: "/" } });

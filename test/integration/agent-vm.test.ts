@@ -173,7 +173,7 @@ describe("agent inside the microVM (qemu, vsock)", { skip, timeout: 600_000 }, (
       process: { args: ["/bin/sh"], cwd: "/", env: ["PATH=/bin", "TERM=xterm"], terminal: true },
       stdio: { stdin: true, stdout: true },
     });
-    await c.resizeTty("box", "t1", 33, 99);
+    await c.resizeTty({ containerId: "box", execId: "t1", rows: 33, cols: 99 });
     ti.write("stty size; exit 3\n");
     assert.equal((await withTimeout(c.waitProcess("box", "t1"), 120_000, "wait t1")).exit_status, 3);
     assert.match((await to).toString(), /33 99/);

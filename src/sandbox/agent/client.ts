@@ -290,8 +290,9 @@ export class AgentClient {
     return (await this.call("StatsContainer", { container_id: containerId })).metrics ?? {};
   }
 
-  async resizeTty(containerId: string, execId: string, rows: number, cols: number): Promise<void> {
-    await this.call("ResizeTty", { container_id: containerId, exec_id: execId, rows, cols });
+  /** A terminal's window size in character cells (named, so that rows and columns cannot swap). */
+  async resizeTty(r: { containerId: string; execId: string; rows: number; cols: number }): Promise<void> {
+    await this.call("ResizeTty", { container_id: r.containerId, exec_id: r.execId, rows: r.rows, cols: r.cols });
   }
 
   async closeStdin(containerId: string, execId = ""): Promise<void> {

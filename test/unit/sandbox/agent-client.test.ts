@@ -36,7 +36,7 @@ function calls(a: AgentClient): Record<DeadlineMethod, () => Promise<unknown>> {
     StateContainer: () => a.stateContainer("c"),
     ListPids: () => a.listPids("c"),
     StatsContainer: () => a.statsContainer("c"),
-    ResizeTty: () => a.resizeTty("c", "", 24, 80),
+    ResizeTty: () => a.resizeTty({ containerId: "c", execId: "", rows: 24, cols: 80 }),
     CloseStdin: () => a.closeStdin("c"),
   };
 }

@@ -36,6 +36,8 @@ function until<T>(signal: AbortSignal, p: Promise<T>): Promise<T> {
 /** The guest agent as the runtime sees it: containers, processes, exits; `failOn` injects errors. */
 export class FakeAgent {
   readonly calls: string[] = [];
+  /** ResizeTty requests, as received. */
+  readonly resizes: Req[] = [];
   readonly failOn = new Map<string, TtrpcError>();
   /** Answers nothing (the VM is up but the agent hangs), for Check only. */
   silent = false;
@@ -130,7 +132,10 @@ export class FakeAgent {
         return { pids: [...c].map(([exec_id, p]) => ({ pid: p.pid, exec_id, known: true })) };
       },
       StatsContainer: async () => ({ metrics: { pids: { current: 3, limit: 0 } } }),
-      ResizeTty: async () => ({}),
+      ResizeTty: async (req) => {
+        this.resizes.push(req);
+        return {};
+      },
       CloseStdin: async () => ({}),
       GetOOMEvent: async (_req, ctx) => {
         const queued = this.pendingOoms.shift();

@@ -97,7 +97,12 @@ test("a CRI pod: sandbox container is the VM, a guest container runs create/star
   await rt.pause("c1");
   await rt.resume("c1");
   await rt.update("c1", { cpu: { shares: 2 } });
-  await rt.resizePty("c1", "e1", 80, 24);
+  await rt.resizePty({ id: "c1", execId: "e1", width: 80, height: 24 });
+  assert.deepEqual(
+    vm.agent.resizes.map((r) => [r.container_id, r.exec_id, r.rows, r.cols]),
+    [["c1", "e1", 24, 80]],
+    "a terminal's height is its rows, its width its columns",
+  );
   await rt.closeIO("c1", "e1", true);
   const stats = await rt.stats("c1");
   assert.equal(stats.type_url, "io.containerd.cgroups.v2.Metrics");
