@@ -21,8 +21,8 @@ import {
   precondition,
 } from "./api/errors.ts";
 import { Cgroups } from "./cgroups/cgroups.ts";
-import { Container } from "./container/container.ts";
-import { Proc, type StdioWanted, type StreamName } from "./container/process.ts";
+import { AgentContainer } from "./container/container.ts";
+import { AgentProcess, type StdioWanted, type StreamName } from "./container/process.ts";
 import type { Logger } from "./log.ts";
 import { parseNetworkConfig } from "./network/config.ts";
 import { type ConfiguredInterface, configureNetwork, loopbackUp } from "./network/configure.ts";
@@ -91,10 +91,10 @@ export class Agent {
   readonly cgroups: Cgroups;
   readonly storages: Storages;
   private sandbox: Sandbox | undefined;
-  private readonly containers = new Map<string, Container>();
+  private readonly containers = new Map<string, AgentContainer>();
   /** Ids being created (reserved so that a concurrent duplicate is ALREADY_EXISTS). */
   private readonly creating = new Set<string>();
-  private readonly byPid = new Map<number, Proc>();
+  private readonly byPid = new Map<number, AgentProcess>();
   /** Exits of pids not registered yet (a process can die before its pid file is read). */
   private readonly unclaimed = new Map<number, { status: number; at: Date }>();
   private readonly oomQueue: string[] = [];
@@ -135,7 +135,7 @@ export class Agent {
     this.exited(proc, status, new Date());
   }
 
-  private exited(proc: Proc, status: number, at: Date): void {
+  private exited(proc: AgentProcess, status: number, at: Date): void {
     proc.setExited(status, at);
     this.log.info(
       { container: proc.containerId, exec: proc.execId || undefined, pid: proc.pid, status },
@@ -145,7 +145,7 @@ export class Agent {
     if (c) this.checkOom(c);
   }
 
-  private register(proc: Proc, pid: number): void {
+  private register(proc: AgentProcess, pid: number): void {
     proc.pid = pid;
     const early = this.unclaimed.get(pid);
     if (early) {
@@ -156,7 +156,7 @@ export class Agent {
     this.byPid.set(pid, proc);
   }
 
-  private checkOom(c: Container): void {
+  private checkOom(c: AgentContainer): void {
     const n = this.cgroups.oomKills(c.cgroupPath);
     if (n <= c.oomSeen) return;
     c.oomSeen = n;
@@ -169,7 +169,7 @@ export class Agent {
     }
   }
 
-  private watchOom(c: Container): void {
+  private watchOom(c: AgentContainer): void {
     const check = () => {
       if (!c.removing) this.checkOom(c);
     };
@@ -327,14 +327,14 @@ export class Agent {
 
   // ---- containers ------------------------------------------------------------------------------
 
-  private container(id: unknown): Container {
+  private container(id: unknown): AgentContainer {
     const cid = checkId(id, "container_id");
     const c = this.containers.get(cid);
     if (!c) throw notFound(`container ${cid}`);
     return c;
   }
 
-  private proc(c: Container, execId: unknown): Proc {
+  private proc(c: AgentContainer, execId: unknown): AgentProcess {
     const eid = checkId(execId ?? "", "exec_id", true);
     const p = c.proc(eid);
     if (!p) throw notFound(`process ${c.id}/${eid}`);
@@ -382,7 +382,7 @@ export class Agent {
       writeFileSync(join(bundle, "config.json"), JSON.stringify(spec));
 
       const terminal = (spec.process as { terminal?: boolean }).terminal === true;
-      const init = new Proc(id, "", terminal, wanted(req.stdio ?? undefined));
+      const init = new AgentProcess(id, "", terminal, wanted(req.stdio ?? undefined));
       const pidFile = join(bundle, "init.pid");
       const args = ["create", "--bundle", bundle, "--pid-file", pidFile];
       const cons = terminal ? listenConsole(join(bundle, "console.sock")) : undefined;
@@ -400,7 +400,7 @@ export class Agent {
       }
       undo.push(() => void this.runtime.run(["delete", "--force", id]));
       if (cons) init.setPty(await cons.master);
-      const c = new Container(id, bundle, cgroupPath, init, storageIds, rootfs.teardown);
+      const c = new AgentContainer(id, bundle, cgroupPath, init, storageIds, rootfs.teardown);
       this.register(init, readPidFile(pidFile));
       this.containers.set(id, c);
       this.watchOom(c);
@@ -441,7 +441,7 @@ export class Agent {
     if (c.status !== "running") throw precondition(`container ${c.id} is ${c.status}, not running`);
     const process = checkProcess(parseJsonObject(req.process, "process"), (uid) => homeInBundle(c.bundle, uid));
     const terminal = process.terminal === true;
-    const proc = new Proc(c.id, execId, terminal, wanted(req.stdio ?? undefined));
+    const proc = new AgentProcess(c.id, execId, terminal, wanted(req.stdio ?? undefined));
     c.execs.set(execId, proc);
     for (const s of ["stdin", "stdout", "stderr"] as const) {
       const conn = c.unpark(execId, s);
@@ -473,7 +473,7 @@ export class Agent {
     return proc.pid;
   }
 
-  private attachParked(proc: Proc, stream: StreamName, conn: Socket): void {
+  private attachParked(proc: AgentProcess, stream: StreamName, conn: Socket): void {
     if (!proc.attach(stream, conn)) {
       conn.destroy();
       this.log.warn(

@@ -25,7 +25,11 @@ export interface ExitInfo {
   at: Date;
 }
 
-export class Proc {
+/**
+ * A process as containerd's task API sees it: the shim's own table. The sandbox runtime tracks
+ * the same process as a PodProcess (src/sandbox/containers.ts), the guest agent as an AgentProcess.
+ */
+export class TaskProcess {
   status: ProcStatus = "created";
   pid = 0;
   exit?: ExitInfo;

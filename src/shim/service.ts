@@ -15,7 +15,7 @@ import { withGrpcStatus } from "../common/grpc-status.ts";
 import type { ServiceHandlers } from "../proto/services.ts";
 import type { CallContext } from "../ttrpc/index.ts";
 import type { EventSink } from "./events.ts";
-import { type ExitInfo, Proc, STATUS_ENUM } from "./process.ts";
+import { type ExitInfo, STATUS_ENUM, TaskProcess } from "./process.ts";
 import type { ExitEvent, MountSpec, TaskRuntime } from "./runtime.ts";
 import { VERSION } from "./version.ts";
 
@@ -34,8 +34,9 @@ function ts(d: Date | undefined): Timestamp | null {
   return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
 }
 
-class Container {
-  readonly execs = new Map<string, Proc>();
+/** A task (container) in the task service's table; see TaskProcess for the other layers' records. */
+class TaskContainer {
+  readonly execs = new Map<string, TaskProcess>();
   /** Exits that arrived while a Start was still in flight: applied after TaskStart is published. */
   readonly pendingExits = new Map<string, ExitEvent>();
   readonly starting = new Set<string>();
@@ -43,7 +44,7 @@ class Container {
     readonly id: string,
     readonly bundle: string,
     readonly rootfs: MountSpec[],
-    readonly init: Proc,
+    readonly init: TaskProcess,
   ) {}
 }
 
@@ -80,7 +81,7 @@ const LIFECYCLE_RPCS: ReadonlySet<string> = new Set([
 ]);
 
 export class TaskService {
-  private readonly containers = new Map<string, Container>();
+  private readonly containers = new Map<string, TaskContainer>();
   private shuttingDown = false;
 
   constructor(private readonly opts: TaskServiceOptions) {
@@ -95,13 +96,13 @@ export class TaskService {
     return this.containers.size;
   }
 
-  private container(id: string): Container {
+  private container(id: string): TaskContainer {
     const c = this.containers.get(id);
     if (!c) throw new NotFoundError(`container ${id}: container not created: not found`);
     return c;
   }
 
-  private proc(id: string, execId = ""): { c: Container; p: Proc } {
+  private proc(id: string, execId = ""): { c: TaskContainer; p: TaskProcess } {
     const c = this.container(id);
     if (!execId) return { c, p: c.init };
     const p = c.execs.get(execId);
@@ -171,7 +172,7 @@ export class TaskService {
     if (r.checkpoint) throw new NotSupportedError("restoring from a checkpoint is not supported by cove");
     const stdio = { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal };
     const rootfs = r.rootfs.map((m) => ({ type: m.type, source: m.source, target: m.target, options: [...m.options] }));
-    const c = new Container(r.id, r.bundle, rootfs, new Proc(r.id, "", stdio));
+    const c = new TaskContainer(r.id, r.bundle, rootfs, new TaskProcess(r.id, "", stdio));
     // Reserved before the (slow) runtime call, so a concurrent duplicate Create gets AlreadyExists.
     this.containers.set(r.id, c);
     let pid: number;
@@ -328,7 +329,7 @@ export class TaskService {
       throw new InvalidArgumentError(`exec ${r.exec_id}: a process spec is required`);
     }
     const stdio = { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal };
-    const p = new Proc(r.id, r.exec_id, stdio);
+    const p = new TaskProcess(r.id, r.exec_id, stdio);
     c.execs.set(r.exec_id, p);
     try {
       await this.opts.runtime.exec(r.id, r.exec_id, { ...stdio, process });

@@ -1,12 +1,16 @@
 // A container's record in the agent: where its bundle and rootfs are, its cgroup, its processes
 // and the host connections waiting for an exec that does not exist yet.
 import type { Socket } from "node:net";
-import type { Proc, StreamName } from "./process.ts";
+import type { AgentProcess, StreamName } from "./process.ts";
 
 export type ContainerStatus = "created" | "running" | "paused" | "stopped";
 
-export class Container {
-  readonly execs = new Map<string, Proc>();
+/**
+ * A container as the guest agent runs it (bundle, cgroup, processes). The host keeps its own records
+ * of it: PodContainer in the sandbox runtime, TaskContainer in the shim's task service.
+ */
+export class AgentContainer {
+  readonly execs = new Map<string, AgentProcess>();
   /** Host stdio connections for execs not created yet: key `<exec_id>/<stream>`. */
   readonly parked = new Map<string, { conn: Socket; timer: NodeJS.Timeout }>();
   paused = false;
@@ -18,7 +22,7 @@ export class Container {
     readonly id: string,
     readonly bundle: string,
     readonly cgroupPath: string,
-    readonly init: Proc,
+    readonly init: AgentProcess,
     readonly storageIds: string[],
     readonly teardownRootfs: () => void,
   ) {}
@@ -29,7 +33,7 @@ export class Container {
     return this.paused ? "paused" : "running";
   }
 
-  proc(execId: string): Proc | undefined {
+  proc(execId: string): AgentProcess | undefined {
     return execId === "" ? this.init : this.execs.get(execId);
   }
 

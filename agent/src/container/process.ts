@@ -60,7 +60,8 @@ class Output {
   }
 }
 
-export class Proc {
+/** A process the guest agent started (init or exec); the host's records are PodProcess and TaskProcess. */
+export class AgentProcess {
   pid = 0;
   status: ProcStatus = "created";
   exitStatus = 0;
