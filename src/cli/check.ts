@@ -5,6 +5,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
+import { errorMessage } from "../common/errors.ts";
 import { which } from "../common/exec.ts";
 import { type CoveConfig, defaultConfig } from "../config/config.ts";
 import { imageRecipe } from "../guest/build.ts";
@@ -83,7 +84,7 @@ function pinnedNodeCheck(root: string): CheckResult {
   try {
     pinned = pinnedNode(guestInputs(root).nodePin);
   } catch (e) {
-    return { name, ok: false, required: true, detail: (e as Error).message.split(":")[0] ?? "", fix };
+    return { name, ok: false, required: true, detail: errorMessage(e).split(":")[0] ?? "", fix };
   }
   const onPath = which("node");
   if (!onPath || realpathSync(onPath) !== realpathSync(pinned.path))
@@ -137,7 +138,7 @@ function freshness(a: ReturnType<typeof guestArtifacts>, root: string): CheckRes
       name,
       ok: false,
       required: false,
-      detail: `cannot tell: ${(e as Error).message.split("\n")[0]}`,
+      detail: `cannot tell: ${errorMessage(e).split("\n")[0]}`,
       fix: "npm run guest",
     };
   }
@@ -184,7 +185,7 @@ export function containerdRuntimeCheck(configPath = DEFAULT_CONTAINERD_CONFIG): 
       name,
       ok: false,
       required: false,
-      detail: `cannot read ${configPath}: ${(e as Error).message.split("\n")[0]}`,
+      detail: `cannot read ${configPath}: ${errorMessage(e).split("\n")[0]}`,
       fix,
     };
   }
@@ -204,7 +205,7 @@ function configCheck(sources: ConfigSources): { result: CheckResult; config: Cov
         name: "cove config",
         ok: false,
         required: true,
-        detail: (err as Error).message,
+        detail: errorMessage(err),
         fix: "fix the file named (config/cove.toml in the checkout lists every key)",
       },
       config: { ...defaultConfig(), source: "built-in defaults (the file could not be read)" },

@@ -2,6 +2,7 @@
 // `hypervisor` picks on this host and why, and the guest artifacts in use.
 import { existsSync, realpathSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { errorMessage } from "../common/errors.ts";
 import { which } from "../common/exec.ts";
 import type { CoveConfig } from "../config/config.ts";
 import { type HostKvm, probeHost } from "../hypervisor/host.ts";
@@ -38,7 +39,7 @@ export function coveEnv(c: { config: CoveConfig; how: string }, host: HostKvm = 
   try {
     backend = chooseBackend(c.config.hypervisor, host);
   } catch (e) {
-    backend = { error: (e as Error).message };
+    backend = { error: errorMessage(e) };
   }
   const qemu = c.config.qemu.binary.includes("/") ? c.config.qemu.binary : which(c.config.qemu.binary);
   const shim = which("containerd-shim-cove-v2");
@@ -128,7 +129,7 @@ in use (with the content-keyed files behind them).
         options: { json: { type: "boolean" }, config: { type: "string" }, "containerd-config": { type: "string" } },
       }).values;
     } catch (e) {
-      throw new UsageError((e as Error).message);
+      throw new UsageError(errorMessage(e));
     }
     const e = coveEnv(
       effectiveConfig({

@@ -4,6 +4,7 @@
 // for the pod network (src/network/), and cgroups.
 import { existsSync, readFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
+import { errorMessage } from "../common/errors.ts";
 import { which } from "../common/exec.ts";
 import type { CoveConfig } from "../config/config.ts";
 import type { HostKvm } from "../hypervisor/host.ts";
@@ -53,7 +54,7 @@ export function backendChecks(config: CoveConfig, host: HostKvm, path: string): 
         name: "backend",
         ok: false,
         required: true,
-        detail: (e as Error).message,
+        detail: errorMessage(e),
         fix: 'set hypervisor = "auto" in the cove config, or enable virtualization for this machine',
       },
     ];

@@ -22,6 +22,7 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
+import { errorMessage } from "../common/errors.ts";
 import { which } from "../common/exec.ts";
 import { DEFAULT_CONFIG_PATH } from "../config/config.ts";
 import { repoRoot } from "../guest/paths.ts";
@@ -301,7 +302,7 @@ export function parseCommon<T extends Record<string, { type: "string" | "boolean
       string | boolean | undefined
     >;
   } catch (e) {
-    throw new UsageError((e as Error).message);
+    throw new UsageError(errorMessage(e));
   }
 }
 

@@ -1,4 +1,5 @@
 // `cove`: the operator's command line (bundled to dist/cove.cjs; bin/cove).
+import { errorMessage } from "../common/errors.ts";
 import { findCommand, UsageError } from "./command.ts";
 import { COMMANDS } from "./commands.ts";
 import { overview } from "./help.ts";
@@ -21,10 +22,10 @@ async function main(argv: string[]): Promise<number> {
     return await found.cmd.run(found.rest);
   } catch (e) {
     if (e instanceof UsageError || (e as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
-      process.stderr.write(`cove ${found.cmd.path.join(" ")}: ${(e as Error).message}\n\n${found.cmd.usage}\n`);
+      process.stderr.write(`cove ${found.cmd.path.join(" ")}: ${errorMessage(e)}\n\n${found.cmd.usage}\n`);
       return 2;
     }
-    process.stderr.write(`cove ${found.cmd.path.join(" ")}: ${(e as Error).message}\n`);
+    process.stderr.write(`cove ${found.cmd.path.join(" ")}: ${errorMessage(e)}\n`);
     return 1;
   }
 }

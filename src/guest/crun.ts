@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
+import { errorMessage } from "../common/errors.ts";
 import { dpkgVersion, run, runStreaming } from "../common/exec.ts";
 import { keyOf } from "./hash.ts";
 import { acquireLock } from "./lock.ts";
@@ -87,9 +88,7 @@ async function sourceTarball(cache: string, progress: Progress): Promise<string>
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     body = new Uint8Array(await res.arrayBuffer());
   } catch (e) {
-    throw new Error(
-      `cannot download crun's source ${url}: ${(e as Error).message} (COVE_DEBIAN_MIRROR sets the mirror)`,
-    );
+    throw new Error(`cannot download crun's source ${url}: ${errorMessage(e)} (COVE_DEBIAN_MIRROR sets the mirror)`);
   }
   const got = hash(body);
   if (got !== CRUN_SOURCE.sha256) {

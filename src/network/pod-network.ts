@@ -4,6 +4,7 @@
 // guest. The taps become the backends of the VM's virtio-net devices. detach() removes exactly
 // what attach() created; the taps also vanish by themselves if the shim dies (their fds close).
 
+import { errorMessage } from "../common/errors.ts";
 import { CommandError } from "../common/exec.ts";
 import { defaultLogger, type Logger } from "../virtio/log.ts";
 import { TapBackend } from "../virtio/net/tap.ts";
@@ -136,7 +137,7 @@ export class PodNetwork {
             /Cannot find device|No such|Cannot open network namespace|setns|reassociate/i.test(e.stderr)
           )
         )
-          errors.push((e as Error).message);
+          errors.push(errorMessage(e));
       }
     }
     return errors;

@@ -4,6 +4,7 @@
 // never sees the frames, and the guest (with the interface's MAC and addresses) is what the
 // network talks to. (u32 rather than matchall: kernels built without CLS_MATCHALL exist, this
 // host's among them.)
+import { errorMessage } from "../common/errors.ts";
 import { CommandError } from "../common/exec.ts";
 import type { NetnsShell } from "./iproute.ts";
 
@@ -63,7 +64,7 @@ export async function removeRedirect(sh: NetnsShell, r: Redirect): Promise<strin
         /Cannot find device|No such|Invalid handle|Cannot open network namespace|setns|reassociate/i.test(e.stderr)
       )
         continue;
-      errors.push((e as Error).message);
+      errors.push(errorMessage(e));
     }
   }
   return errors;

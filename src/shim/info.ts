@@ -7,6 +7,7 @@
 import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import protobuf from "protobufjs/minimal.js";
+import { errorMessage } from "../common/errors.ts";
 import { loadConfig } from "../config/config.ts";
 import { RUNTIME_FEATURES_FILE } from "../guest/crun.ts";
 import { decodeStartOptions } from "./options.ts";
@@ -60,7 +61,7 @@ export function runtimeInfo(stdin: Uint8Array): Uint8Array {
     features = JSON.parse(readFileSync(path, "utf8"));
   } catch (e) {
     throw new Error(
-      `the guest image ${image} has no readable runtime features (${path}: ${(e as Error).message}); rebuild it with \`cove guest build\``,
+      `the guest image ${image} has no readable runtime features (${path}: ${errorMessage(e)}); rebuild it with \`cove guest build\``,
     );
   }
   return encodeRuntimeInfo(Buffer.from(JSON.stringify(features)), opts.form === "any" ? stdin : undefined);

@@ -6,6 +6,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSy
 import net from "node:net";
 import { join } from "node:path";
 import protobuf from "protobufjs/minimal.js";
+import { errorMessage } from "../common/errors.ts";
 import { closeFd, unixListen } from "../native/fdpass.ts";
 import { reapOrphanVm } from "../sandbox/cleanup.ts";
 import { addressPath, DEFAULT_SOCKET_DIR, groupingOf, socketAddress, socketPath } from "./address.ts";
@@ -258,7 +259,7 @@ export async function deleteTask(flags: ShimFlags, io: DeleteIO): Promise<Uint8A
       try {
         unlinkSync(sock);
       } catch (e) {
-        warn(`cannot remove stale socket ${sock}: ${(e as Error).message}`);
+        warn(`cannot remove stale socket ${sock}: ${errorMessage(e)}`);
       }
     }
   }

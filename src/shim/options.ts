@@ -3,6 +3,7 @@
 // BootstrapParams (options inside its extensions). Decoded with protobufjs' Reader alone so that
 // `start` does not build the full proto root.
 import protobuf from "protobufjs/minimal.js";
+import { errorMessage } from "../common/errors.ts";
 
 export interface StartOptions {
   /** cove.toml path from runtimeoptions.v1.Options.config_path. */
@@ -77,7 +78,7 @@ export function decodeStartOptions(stdin: Uint8Array, id: string): StartOptions 
   try {
     fs = fields(stdin);
   } catch (e) {
-    throw new OptionsError(`runtime options on stdin are not valid protobuf: ${(e as Error).message}`);
+    throw new OptionsError(`runtime options on stdin are not valid protobuf: ${errorMessage(e)}`);
   }
   const out: StartOptions = { form: "any" };
   try {
@@ -98,7 +99,7 @@ export function decodeStartOptions(stdin: Uint8Array, id: string): StartOptions 
     return out;
   } catch (e) {
     if (e instanceof OptionsError) throw e;
-    throw new OptionsError(`runtime options on stdin are not valid protobuf: ${(e as Error).message}`);
+    throw new OptionsError(`runtime options on stdin are not valid protobuf: ${errorMessage(e)}`);
   }
 }
 
@@ -116,7 +117,7 @@ function fromBootstrapJson(stdin: Uint8Array): StartOptions {
   try {
     doc = JSON.parse(Buffer.from(stdin).toString("utf8")) as Record<string, unknown>;
   } catch (e) {
-    throw new OptionsError(`bootstrap parameters on stdin are not valid JSON: ${(e as Error).message}`);
+    throw new OptionsError(`bootstrap parameters on stdin are not valid JSON: ${errorMessage(e)}`);
   }
   const out: StartOptions = { form: "bootstrap-json" };
   const pick = (a: string, b: string) => doc[a] ?? doc[b];

@@ -2,6 +2,7 @@
 // responses by id. Every pending call settles exactly once: response, local timeout, abort, or close.
 import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
+import { errorMessage } from "../common/errors.ts";
 import { Channel } from "./channel.ts";
 import { methodCodec } from "./codec.ts";
 import { Code, TtrpcError } from "./codes.ts";
@@ -116,7 +117,7 @@ export class TtrpcClient {
     try {
       return codec.response.decode(res) as Res;
     } catch (err) {
-      throw new TtrpcError(Code.INTERNAL, `ttrpc: cannot decode ${method} response: ${(err as Error).message}`);
+      throw new TtrpcError(Code.INTERNAL, `ttrpc: cannot decode ${method} response: ${errorMessage(err)}`);
     }
   }
 
@@ -141,7 +142,7 @@ export class TtrpcClient {
     try {
       res = decodeResponse(payload);
     } catch (err) {
-      p.reject(new TtrpcError(Code.INTERNAL, `ttrpc: malformed response: ${(err as Error).message}`));
+      p.reject(new TtrpcError(Code.INTERNAL, `ttrpc: malformed response: ${errorMessage(err)}`));
       return;
     }
     if (res.status && res.status.code !== Code.OK) p.reject(new TtrpcError(res.status.code, res.status.message));

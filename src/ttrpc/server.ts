@@ -4,6 +4,7 @@
 import type { Server as NetServer } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
 import { Channel } from "./channel.ts";
 import { lookupService, methodCodec } from "./codec.ts";
 import { Code, TtrpcError, toStatus } from "./codes.ts";
@@ -61,10 +62,7 @@ export class TtrpcServer {
         try {
           req = codec.request.decode(payload);
         } catch (err) {
-          throw new TtrpcError(
-            Code.INVALID_ARGUMENT,
-            `ttrpc: cannot decode ${name} request: ${(err as Error).message}`,
-          );
+          throw new TtrpcError(Code.INVALID_ARGUMENT, `ttrpc: cannot decode ${name} request: ${errorMessage(err)}`);
         }
         const res = await handler.call(impl, req, ctx);
         return codec.response.encode(res ?? {});
@@ -212,7 +210,7 @@ class ServerConnection {
     } catch (err) {
       this.sendStatus(id, {
         code: Code.INVALID_ARGUMENT,
-        message: `unmarshal request error: ${(err as Error).message}`,
+        message: `unmarshal request error: ${errorMessage(err)}`,
       });
       return;
     }
