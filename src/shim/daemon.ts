@@ -97,7 +97,7 @@ export function createDaemon(server: net.Server, o: DaemonOptions): Daemon {
   const service = new TaskService({ runtime, events, logger, onShutdown: () => void stop("Shutdown") });
   // containerd 2.x talks Task API v3 to a shim that answered version 3 at start; same messages.
   const handlers = service.handlers();
-  for (const name of [TASK_SERVICE, TASK_SERVICE_V3]) ttrpc.registerService(name, handlers);
+  for (const name of [TASK_SERVICE, TASK_SERVICE_V3] as const) ttrpc.registerService(name, handlers);
   server.on("connection", (socket: net.Socket) => {
     try {
       if (o.checkPeer !== false && !peerAllowed(socket, logger)) {

@@ -5,6 +5,7 @@ import type { Server as NetServer } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { errorMessage } from "../common/errors.ts";
+import type { ServiceHandlers, ServiceName } from "../proto/services.ts";
 import { Channel } from "./channel.ts";
 import { lookupService, methodCodec } from "./codec.ts";
 import { Code, TtrpcError, toStatus } from "./codes.ts";
@@ -47,14 +48,14 @@ export class TtrpcServer {
    * from there). Methods of the service that `impl` lacks answer UNIMPLEMENTED; a key of `impl`
    * that is not a method of the service is a programming error and throws here.
    */
-  // biome-ignore lint/suspicious/noExplicitAny: each handler narrows its own request/response shape.
-  registerService(serviceFullName: string, impl: Record<string, Handler<any, any>>): void {
+  registerService<S extends ServiceName>(serviceFullName: S, impl: Partial<ServiceHandlers<S>>): void {
     const service = lookupService(serviceFullName);
     for (const name of Object.keys(impl)) {
       if (!service.methods[name]) throw new Error(`ttrpc: ${serviceFullName} has no method ${name}`);
     }
+    const handlers = impl as Record<string, Handler | undefined>;
     for (const name of Object.keys(service.methods)) {
-      const handler = impl[name];
+      const handler = handlers[name];
       if (typeof handler !== "function") continue;
       const codec = methodCodec(serviceFullName, name);
       this.registerRaw(serviceFullName, name, async (payload, ctx) => {

@@ -68,9 +68,10 @@ export function ifnameOk(name: string): boolean {
   return IFNAME_RE.test(name) && name !== "." && name !== "..";
 }
 
-// biome-ignore lint/suspicious/noExplicitAny: the request as decoded from protobuf.
-export function parseNetworkConfig(req: any): NetworkConfig {
-  if (typeof req !== "object" || req === null) throw invalid("request must be an object");
+/** Validates a ConfigureNetworkRequest as decoded (or anything else: nothing in it is trusted). */
+export function parseNetworkConfig(input: unknown): NetworkConfig {
+  if (typeof input !== "object" || input === null) throw invalid("request must be an object");
+  const req = input as Record<string, unknown>;
   const interfaces: InterfaceConfig[] = list(req.interfaces, "interfaces").map((raw, i) => {
     const r = (raw ?? {}) as Record<string, unknown>;
     const what = `interfaces[${i}]`;

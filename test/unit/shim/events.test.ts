@@ -27,7 +27,8 @@ async function fakeContainerd(failFirst = 0) {
   let calls = 0;
   const server = new TtrpcServer();
   server.registerService(EVENTS_SERVICE, {
-    Forward: async (req: Omit<Forwarded, "metadata">, ctx: CallContext) => {
+    Forward: async (decoded, ctx: CallContext) => {
+      const req = decoded as unknown as Omit<Forwarded, "metadata">;
       calls++;
       if (calls <= failFirst) throw new TtrpcError(Code.UNAVAILABLE, "not yet");
       // containerd's exchange rejects these; the fake does too, so a test fails if we send them.
