@@ -4,6 +4,8 @@
 //   cove.shutdown_after_ready=1  end the VM right after the readiness line (tests, benchmarks)
 //   cove.hostname=<name>         the guest's hostname (default: /etc/hostname)
 //   cove.selftest=1              after the readiness line, run the image's OCI runtime once and log it
+//   cove.log_level=<level>       the agent's log level (the shim's [log] level)
+//   cove.debug_console=1         serve the debug console on vsock port 1027 ([debug] console)
 // Arguments / environment (host use):
 //   --listen vsock[:port] | unix:<path>   (COVE_AGENT_LISTEN; default vsock:1024, stdio on 1025)
 //   --state-dir <dir>                     (COVE_AGENT_STATE_DIR; default /run/cove)
@@ -11,7 +13,9 @@
 import { existsSync } from "node:fs";
 import { setChildSubreaper } from "../../src/native/process.ts";
 import { Agent } from "./agent.ts";
-import { createLogger } from "./log.ts";
+import { startDebugConsole } from "./debug/console.ts";
+import { applyLogLevel, createLogger } from "./log.ts";
+import { startLogPort } from "./log-port.ts";
 import { flag } from "./pid1/cmdline.ts";
 import { startPid1 } from "./pid1/init.ts";
 import { endVm } from "./pid1/power.ts";
@@ -34,6 +38,14 @@ const log = createLogger();
 const listen = parseListen(arg("--listen") ?? process.env.COVE_AGENT_LISTEN);
 const guest = listen.kind === "vsock";
 const pid1 = startPid1(log, { guest });
+applyLogLevel(log, pid1.cmdline);
+// Before the API: the shim connects to the log port once the agent answers.
+startLogPort(log, listen, guest);
+startDebugConsole(
+  log,
+  listen,
+  flag(pid1.cmdline, "cove.debug_console") || process.env.COVE_AGENT_DEBUG_CONSOLE === "1",
+);
 if (process.pid !== 1) setChildSubreaper(); // orphaned container processes come back to the agent
 
 const agent = new Agent({

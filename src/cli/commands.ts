@@ -3,6 +3,7 @@ import { cacheGcCommand, cacheLsCommand, cachePruneCommand } from "./cache.ts";
 import { checkCommand } from "./check.ts";
 import type { Command } from "./command.ts";
 import { envCommand } from "./env.ts";
+import { execCommand } from "./exec.ts";
 import { guestBuild } from "./guest.ts";
 import { helpCommand } from "./help.ts";
 import { installCommand } from "./install.ts";
@@ -19,5 +20,6 @@ export const COMMANDS: readonly Command[] = [
   cacheLsCommand,
   cachePruneCommand,
   cacheGcCommand,
+  execCommand,
   helpCommand(() => COMMANDS),
 ];

@@ -20,6 +20,8 @@ export interface CoveConfig {
   /** The layer image cache (src/rootfs/cache-gc.ts): unused images go, oldest use first, above this size. */
   cache: { maxLayersGib: number };
   log: { level: LogLevel };
+  /** Getting into a pod VM (docs/debugging.md). */
+  debug: { console: boolean };
   /** Where the values came from: a file path, or "built-in defaults". */
   source: string;
   /** Deprecated keys the file still has (accepted, ignored): what to tell the operator. */
@@ -75,6 +77,7 @@ export function defaultConfig(): CoveConfig {
     pod: { writableLayerMib: 1024, bootTimeoutMs: 120_000, allowedAnnotations: [] },
     cache: { maxLayersGib: 20 },
     log: { level: "info" },
+    debug: { console: false },
     source: "built-in defaults",
     deprecations: [],
   };
@@ -128,7 +131,7 @@ export function parseConfig(text: string, file: string): CoveConfig {
     throw new ConfigError(`${file}: not valid TOML: ${(e as Error).message}`);
   }
   const d = defaultConfig();
-  onlyKeys(doc, "", ["hypervisor", "cache_dir", "guest", "qemu", "pod", "cache", "log"], file);
+  onlyKeys(doc, "", ["hypervisor", "cache_dir", "guest", "qemu", "pod", "cache", "log", "debug"], file);
   const hypervisor = str(doc, "hypervisor", "", file, d.hypervisor);
   if (!HYPERVISORS.includes(hypervisor as HypervisorChoice)) {
     throw new ConfigError(`${file}: "hypervisor" must be one of ${HYPERVISORS.join(", ")} (got "${hypervisor}")`);
@@ -168,6 +171,10 @@ export function parseConfig(text: string, file: string): CoveConfig {
   if (!LOG_LEVELS.includes(level as LogLevel)) {
     throw new ConfigError(`${file}: "log.level" must be one of ${LOG_LEVELS.join(", ")} (got "${level}")`);
   }
+  const debug = subTable(doc, "debug", file);
+  onlyKeys(debug, "debug.", ["console"], file);
+  const debugConsole = debug.console ?? d.debug.console;
+  if (typeof debugConsole !== "boolean") throw new ConfigError(`${file}: "debug.console" must be true or false`);
 
   return {
     hypervisor: hypervisor as HypervisorChoice,
@@ -192,6 +199,7 @@ export function parseConfig(text: string, file: string): CoveConfig {
     },
     cache: { maxLayersGib: int(cache, "max_layers_gib", "cache.", file, d.cache.maxLayersGib, 0, 1 << 20) },
     log: { level: level as LogLevel },
+    debug: { console: debugConsole },
     source: file,
     deprecations,
   };

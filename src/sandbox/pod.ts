@@ -11,6 +11,7 @@ import { guestCmdline } from "../guest/cmdline.ts";
 import type { ExtentPlace, Hypervisor, NetConfig, RunningVm, VmExit } from "../hypervisor/types.ts";
 import type { NetRecord } from "../network/pod-network.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { agentCmdlineParams, followGuestLog, type GuestLogReader } from "./agent/guest-log.ts";
 import { AGENT_PORT, AgentClient, type AgentClientOptions, vsockDialer } from "./agent/index.ts";
 import { PodDisks } from "./disks.ts";
 import { VM_RUN_DIR } from "./run-state.ts";
@@ -51,6 +52,8 @@ export interface PodBoot {
 export class PodVm {
   private consoleTail = "";
   exited?: VmExit;
+  /** The guest's log lines into the shim log (src/sandbox/agent/guest-log.ts). */
+  guestLog?: GuestLogReader;
   /** Set when we asked the VM to go (not a fault). */
   stopping = false;
 
@@ -79,7 +82,11 @@ export class PodVm {
       vm = await b.hypervisor.start({
         id: b.id,
         kernel: b.config.guest.kernel,
-        cmdline: guestCmdline({ hostname: b.hostname, quiet: true }),
+        cmdline: guestCmdline({
+          hostname: b.hostname,
+          quiet: true,
+          extra: agentCmdlineParams(log.level, b.config.debug.console),
+        }),
         memoryMiB: b.memoryMib,
         vcpus: b.vcpus,
         disks: [{ id: "root", path: b.config.guest.image, readOnly: true, serial: "cove-root" }, ...PodDisks.vmDisks()],
@@ -99,6 +106,8 @@ export class PodVm {
       );
       const agent = await waitForAgent(vm, b.config.pod.bootTimeoutMs, () => tail, b.agent);
       const pod = new PodVm(vm, agent, workDir, performance.now() - t0);
+      const running = vm;
+      pod.guestLog = followGuestLog((port, ms) => running.connectVsock(port, ms), log.child({ pod: b.id }));
       pod.consoleTail = tail;
       vm.console.on("data", (d: Buffer) => {
         pod.consoleTail = (pod.consoleTail + d.toString()).slice(-CONSOLE_TAIL);
@@ -136,6 +145,7 @@ export class PodVm {
       }
     }
     this.agent.close();
+    this.guestLog?.close();
     const exit = await this.vm.kill();
     log.info({ code: exit.code, signal: exit.signal }, "pod VM stopped");
     rmSync(this.workDir, { recursive: true, force: true });

@@ -27,6 +27,8 @@ export interface PodRunState {
   bootMs: number;
   /** Task ids of the pod's containers (the sandbox container included). */
   containers: string[];
+  /** Whether the agent serves the debug console ([debug] console when the pod started). */
+  debugConsole?: boolean;
 }
 
 /** containerd's bundle dir: <state>/io.containerd.runtime.v2.task/<namespace>/<id>. */
@@ -78,7 +80,8 @@ export function parsePodState(text: string): PodRunState {
     isStr(v.startedAt) &&
     typeof v.bootMs === "number" &&
     Array.isArray(v.containers) &&
-    v.containers.every(isStr);
+    v.containers.every(isStr) &&
+    (v.debugConsole === undefined || typeof v.debugConsole === "boolean");
   if (!ok) throw new Error("not a pod state of this cove version");
   return v as unknown as PodRunState;
 }

@@ -151,6 +151,7 @@ export class SandboxRuntime implements TaskRuntime {
       startedAt: new Date().toISOString(),
       bootMs: Math.round(pod.bootMs),
       containers: this.containers.ids(),
+      debugConsole: plan.config.debug.console,
     };
     const file = new PodRunStateFile(pod.workDir, state);
     this.containers.onChange = () => file.setContainers(this.containers.ids());
