@@ -36,10 +36,11 @@ const MEMFD = "cove-fuzz-vu";
 const UVA = 0x7f00_0000_0000n;
 
 interface Internals {
-  dispatch(req: number, flags: number, p: Buffer, fds: number[]): void;
+  /** One request: its handler, REPLY_ACK, and for a failing one: its fds closed, a failure reply. */
+  onMessage(m: { req: number; flags: number; payload: Buffer; fds: number[] }): void;
   reply(req: number, payload: Buffer): void;
-  replyU64(req: number, v: bigint): void;
-  fds: number[];
+  /** The front-end's connection; its reader holds the fds of a message not yet complete. */
+  conn?: { reader: { fds: number[] } };
   rings: { kickFd?: number }[];
 }
 
@@ -135,7 +136,7 @@ function message(rng: Rng, req: number, rings: number, ringHint?: number): { pay
       payload.writeUInt32LE(size, 4);
       break;
     }
-    case Req.SET_SLAVE_REQ_FD:
+    case Req.SET_BACKEND_REQ_FD:
       if (rng.chance(0.9)) fds.push(someFd(rng));
       payload = Buffer.alloc(0);
       break;
@@ -194,13 +195,7 @@ async function direct(be: VhostUserBackend, rng: Rng, rec: Recorder): Promise<vo
     const before = replies;
     if (req === Req.SET_PROTOCOL_FEATURES && payload.length >= 8)
       replyAck = (payload.readBigUInt64LE(0) & bit(ProtocolFeature.REPLY_ACK)) !== 0n;
-    try {
-      b.dispatch(req, needReply ? FLAG_NEED_REPLY : 0, payload, fds);
-    } catch {
-      // What readMessages does with a failing request: close the fds left, answer it.
-      for (const fd of fds) safeClose(fd);
-      if (needReply) b.replyU64(req, 1n);
-    }
+    b.onMessage({ req, flags: needReply ? FLAG_NEED_REPLY : 0, payload, fds });
     const got = replies - before;
     rec.bounded("repliesPerRequest", got, 1);
     if (needReply && replyAck && got !== 1) rec.violate(`${REQ_NAMES[req] ?? req} with NEED_REPLY got ${got} replies`);
@@ -253,7 +248,7 @@ async function wire(be: VhostUserBackend, rng: Rng, rec: Recorder): Promise<void
       // Now and then the frontend hangs up before the backend answered (its reply hits EPIPE).
       if (rng.chance(0.1)) break;
       await new Promise((r) => setTimeout(r, 0));
-      rec.bounded("fdsWhileAssembling", (be as unknown as Internals).fds.length, MAX_MESSAGE_FDS);
+      rec.bounded("fdsWhileAssembling", (be as unknown as Internals).conn?.reader.fds.length ?? 0, MAX_MESSAGE_FDS);
     }
   } finally {
     fe.close();
@@ -284,7 +279,7 @@ async function oneCase(rng: Rng, rec: Recorder): Promise<void> {
       // the dispatcher directly.
       const fe = new TestFrontend(be.socketPath);
       try {
-        for (let i = 0; i < 1000 && (be as unknown as { connFd: number }).connFd < 0; i++)
+        for (let i = 0; i < 1000 && (be as unknown as Internals).conn === undefined; i++)
           await new Promise((r) => setImmediate(r));
         await direct(be, rng, rec);
       } finally {

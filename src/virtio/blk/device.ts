@@ -424,7 +424,7 @@ export class BlkDevice extends DeviceBase implements VirtioDevice {
     this.configChanged();
   }
 
-  /** Where config changes go when the device is not active (vhost-user sends a slave message). */
+  /** Where config changes go when the device is not active (vhost-user sends a back-end channel message). */
   onConfigChange?: () => void;
 
   private configChanged(): void {

@@ -1,4 +1,6 @@
-// vhost-user protocol constants (QEMU docs/interop/vhost-user.rst). Backend ("slave") side.
+// vhost-user protocol constants and framing (QEMU docs/interop/vhost-user.rst). In the spec's words
+// QEMU is the front-end and we are the back-end; the channel on which a back-end sends requests to
+// the front-end is the back-end channel (older texts say "slave").
 export const VHOST_USER_VERSION = 0x1;
 export const FLAG_REPLY = 0x4;
 export const FLAG_NEED_REPLY = 0x8;
@@ -29,7 +31,7 @@ export const Req = {
   SET_VRING_ENABLE: 18,
   SEND_RARP: 19,
   NET_SET_MTU: 20,
-  SET_SLAVE_REQ_FD: 21,
+  SET_BACKEND_REQ_FD: 21,
   IOTLB_MSG: 22,
   SET_VRING_ENDIAN: 23,
   GET_CONFIG: 24,
@@ -46,17 +48,17 @@ export const Req = {
 
 export const REQ_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Req).map(([k, v]) => [v, k]));
 
-/** Backend → frontend requests on the slave channel. */
-export const SLAVE_CONFIG_CHANGE_MSG = 2;
+/** Back-end → front-end requests on the back-end channel. */
+export const BACKEND_CONFIG_CHANGE_MSG = 2;
 
-/** Feature bit that says the backend speaks protocol features. */
+/** Feature bit that says the back-end speaks protocol features. */
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30n;
 
 export const ProtocolFeature = {
   MQ: 0n,
   LOG_SHMFD: 1n,
   REPLY_ACK: 3n,
-  SLAVE_REQ: 5n,
+  BACKEND_REQ: 5n,
   CONFIG: 9n,
   RESET_DEVICE: 13n,
 } as const;
@@ -64,3 +66,28 @@ export const ProtocolFeature = {
 /** SET_VRING_KICK/CALL/ERR payload: ring index in bits 0-7, bit 8 = no fd (polling mode). */
 export const VRING_IDX_MASK = 0xffn;
 export const VRING_NOFD_MASK = 0x100n;
+
+/** One message from the front-end: request, flags, payload, and the fds that came with it. */
+export interface Message {
+  req: number;
+  flags: number;
+  payload: Buffer;
+  fds: number[];
+}
+
+/** A message on the wire: the 12-byte header (request, flags with our version, size), then the payload. */
+export function encodeMessage(req: number, flags: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const m = Buffer.alloc(HEADER_SIZE + payload.length);
+  m.writeUInt32LE(req, 0);
+  m.writeUInt32LE(VHOST_USER_VERSION | flags, 4);
+  m.writeUInt32LE(payload.length, 8);
+  payload.copy(m, HEADER_SIZE);
+  return m;
+}
+
+/** A u64 payload: a GET_* result, or a REPLY_ACK status (0 = success). */
+export function u64Payload(v: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(v, 0);
+  return b;
+}

@@ -1,4 +1,4 @@
-// A minimal vhost-user frontend ("master", the role QEMU plays) in TypeScript for tests: raw
+// A minimal vhost-user front-end (the role QEMU plays) in TypeScript for tests: raw
 // messages over the Unix socket with fds by SCM_RIGHTS, and a guest RAM region in a memfd that
 // the test maps too, so a TestDriver can lay out rings the backend then serves.
 import { closeFd, recvWithFds, sendWithFds, unixConnect } from "../../../src/native/fdpass.ts";
