@@ -14,12 +14,12 @@
 // The cache is bounded (cache-gc.ts): a pod lists the keys it uses (cache-users.ts) before it looks
 // at an image, and takes an image from the cache under the same lock as a conversion, so the
 // collector never removes an image between a pod finding it and attaching it.
-import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { LimitError } from "../common/errors.ts";
+import { runAsync } from "../common/exec.ts";
 import { acquireLock } from "../guest/lock.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { collectLayers, type GcOptions, scheduleCollect } from "./cache-gc.ts";
@@ -180,15 +180,6 @@ async function convertMakingRoom(src: LayerSource, path: string, log: Logger, co
   }
 }
 
-function run(cmd: string, args: string[], timeoutMs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 1 << 20 }, (err, _out, stderr) => {
-      if (err) reject(new Error(stderr.trim() || err.message));
-      else resolve();
-    });
-  });
-}
-
 /** mkfs.erofs into <path>.tmp (ours while we hold the lock), then renamed into place. */
 async function convert(src: LayerSource, path: string, log: Logger): Promise<void> {
   const tmp = `${path}.tmp`;
@@ -196,7 +187,7 @@ async function convert(src: LayerSource, path: string, log: Logger): Promise<voi
   log.info({ layer: layerName(src), image: path }, "layer image: converting (mkfs.erofs)");
   try {
     if (!statSync(src.dir).isDirectory()) throw new Error("not a directory");
-    await run(MKFS_EROFS, [...MKFS_EROFS_ARGS, tmp, src.dir], 600_000);
+    await runAsync([MKFS_EROFS, ...MKFS_EROFS_ARGS, tmp, src.dir], { timeoutMs: 600_000 });
     renameSync(tmp, path);
   } catch (e) {
     rmSync(tmp, { force: true });

@@ -1,9 +1,9 @@
 // The per-container writable layer: a sparse ext4 image (size from the config) that the guest
 // overlays on the read-only layers. Journal-less: it lives and dies with the container.
-import { execFile } from "node:child_process";
 import { closeSync, ftruncateSync, mkdirSync, openSync, rmSync } from "node:fs";
 import { dirname } from "node:path";
 import { errorMessage, InternalError } from "../common/errors.ts";
+import { runAsync } from "../common/exec.ts";
 
 export const MKFS_EXT4 = "mkfs.ext4";
 
@@ -16,14 +16,12 @@ export async function createWritableLayer(path: string, sizeMiB: number): Promis
     closeSync(fd);
   }
   try {
-    await new Promise<void>((resolve, reject) => {
-      execFile(
-        MKFS_EXT4,
-        ["-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard", "-m", "0", path],
-        { timeout: 60_000 },
-        (err, _o, stderr) => (err ? reject(new Error(stderr.trim() || err.message)) : resolve()),
-      );
-    });
+    await runAsync(
+      [MKFS_EXT4, "-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard", "-m", "0", path],
+      {
+        timeoutMs: 60_000,
+      },
+    );
   } catch (e) {
     rmSync(path, { force: true });
     throw new InternalError(`cannot make the writable layer ${path}: ${errorMessage(e)}`);
