@@ -1,5 +1,5 @@
 // The embedded backend: the VM runs inside this process on KVM (src/vmm), with the same virtio
-// device backends the qemu backend serves over vhost-user, here served over virtio-mmio in
+// devices the qemu backend serves over vhost-user, here served over virtio-mmio in
 // process. Disks in order (the first is /dev/vda), then vsock.
 import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import { PassThrough } from "node:stream";

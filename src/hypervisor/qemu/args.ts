@@ -1,4 +1,4 @@
-// The QEMU command line for a microvm whose devices are our vhost-user backends.
+// The QEMU command line for a microvm whose devices are served by our vhost-user back-ends.
 import type { AccelChoice } from "./accel.ts";
 
 export interface QemuArgsInput {
