@@ -68,6 +68,48 @@ describe(`guest logs in the shim log, and cove exec (containerd ${containerdUnde
     await cd.ctr(["container", "rm", id]);
   };
 
+  /** An interactive shell through a real terminal (tmux): prompt, pty size and its change, exit. */
+  async function interactive(id: string) {
+    const sock = join(cd.dir, "tmux.sock");
+    const tmux = (args: string[]) => run("tmux", ["-S", sock, ...args], { timeoutMs: 10_000 });
+    let last = "";
+    const onScreen = (what: string, re: RegExp, ms = 30_000) =>
+      waitFor(
+        what,
+        async () => {
+          last = (await tmux(["capture-pane", "-p", "-t", "t"])).stdout;
+          return re.test(last);
+        },
+        ms,
+      ).catch((e) => {
+        throw new Error(`${(e as Error).message}; screen:\n${last}`);
+      });
+    const cmd = `${process.execPath} ${COVE} exec ${id}; echo cove-exec-status=$?; sleep 60`;
+    const started = await tmux(["-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "80", "-y", "24", cmd]);
+    assert.equal(started.code, 0, started.stderr);
+    try {
+      // PS1 is \h:\w\$ : the guest's hostname is the pod's.
+      await onScreen("the VM's shell prompt", new RegExp(`^${id}:/# ?$`, "m"));
+      await tmux(["send-keys", "-t", "t", "stty size; echo $((6*7))", "Enter"]);
+      await onScreen("the pty's size and the shell's arithmetic", /^24 80\n42$/m);
+      await tmux(["resize-window", "-t", "t", "-x", "132", "-y", "50"]);
+      // The resize (SIGWINCH → RESIZE frame) and the typed keys travel apart: type again until it shows.
+      for (let i = 0; ; i++) {
+        await tmux(["send-keys", "-t", "t", "clear; stty size", "Enter"]);
+        try {
+          await onScreen("the new size", /^50 132$/m, 5_000);
+          break;
+        } catch (e) {
+          if (i === 3) throw e;
+        }
+      }
+      await tmux(["send-keys", "-t", "t", "exit 4", "Enter"]);
+      await onScreen("cove exec's exit status", /^cove-exec-status=4$/m);
+    } finally {
+      await tmux(["kill-server"]);
+    }
+  }
+
   before(async () => {
     // containerd at info: the shim then runs at its own [log] level (at debug, containerd passes -debug).
     cd = await Containerd.start({ logLevel: "info" });
@@ -131,6 +173,7 @@ describe(`guest logs in the shim log, and cove exec (containerd ${containerdUnde
         guest("agent").some((l) => /debug console: process started/.test(String(l.msg))),
         "console sessions are logged",
       );
+      await interactive(id);
     } finally {
       await remove(id);
     }
