@@ -7,6 +7,7 @@ import { execCommand } from "./exec.ts";
 import { guestBuild } from "./guest.ts";
 import { helpCommand } from "./help.ts";
 import { installCommand } from "./install.ts";
+import { metricsCommand, monitorCommand } from "./metrics.ts";
 import { psCommand } from "./ps.ts";
 import { uninstallCommand } from "./uninstall.ts";
 
@@ -21,5 +22,7 @@ export const COMMANDS: readonly Command[] = [
   cachePruneCommand,
   cacheGcCommand,
   execCommand,
+  metricsCommand,
+  monitorCommand,
   helpCommand(() => COMMANDS),
 ];
