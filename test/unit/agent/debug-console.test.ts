@@ -23,6 +23,7 @@ import {
   parseExit,
   parseOpen,
 } from "../../../src/sandbox/agent/console-protocol.ts";
+import { parsePodState } from "../../../src/sandbox/run-state.ts";
 
 const BUSYBOX = "/bin/busybox";
 
@@ -223,5 +224,9 @@ describe("the agent's console server and cove exec's client", {
     assert.equal(findPod("poda", run).state.id, "podaaaa");
     assert.throws(() => findPod("pod", run), /names 2 pods/);
     assert.throws(() => findPod("zzz", run), /no pod or container zzz/);
+    // pod.json from elsewhere: debugConsole is a boolean or absent (an older cove), never anything else.
+    assert.throws(() => parsePodState(JSON.stringify({ ...state("p", []), debugConsole: "yes" })), /not a pod state/);
+    const { debugConsole: _, ...older } = state("p", []);
+    assert.equal(parsePodState(JSON.stringify(older)).debugConsole, undefined);
   });
 });
