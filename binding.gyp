@@ -8,6 +8,17 @@
       "sources": ["<!@(ls -1 src/native/*.c)"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-O2"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]
+    },
+    {
+      # The pod namespace holder's program (src/native/holder/): static, no libc, beside the addon.
+      "target_name": "cove-holder",
+      "type": "executable",
+      "sources": ["src/native/holder/cove-holder.c"],
+      "cflags!": ["-fPIC", "-pthread"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Os", "-ffreestanding", "-fno-stack-protector",
+                 "-fno-asynchronous-unwind-tables", "-fno-pie"],
+      "ldflags!": ["-pthread", "-rdynamic"],
+      "ldflags": ["-static", "-nostdlib", "-no-pie", "-Wl,--build-id=none"]
     }
   ]
 }

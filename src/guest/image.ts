@@ -2,6 +2,8 @@
 // The layout is data (a RootPlan); its key (every entry plus the bytes of every copied file) names
 // the cached image, so a changed agent bundle, Node, runtime or layout makes a new image.
 import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { HOLDER_FILE } from "../native/process.ts";
 import { dpkgVersion, which } from "../common/exec.ts";
 import { GUEST_BUSYBOX } from "./busybox.ts";
 import { pinnedNode } from "./node-pin.ts";
@@ -50,8 +52,13 @@ export function findImageInputs(
   if (!existsSync(agentBundle)) throw new Error(`agent bundle ${agentBundle} missing: run \`npm run build\``);
   if (!existsSync(addon)) throw new Error(`native addon ${addon} missing: run \`npx node-gyp rebuild\``);
   if (!existsSync(busybox)) throw new Error(`static busybox ${busybox} missing: run \`npm run guest\``);
+  if (!existsSync(holderBeside(addon)))
+    throw new Error(`namespace holder ${holderBeside(addon)} missing: run \`npx node-gyp rebuild\``);
   return { node, runtime, agentBundle, addon, busybox };
 }
+
+/** The holder's program, built beside the addon (binding.gyp). */
+const holderBeside = (addon: string) => join(dirname(addon), HOLDER_FILE);
 
 const ETC: Record<string, string> = {
   "/etc/passwd": "root:x:0:0:root:/root:/nonexistent\nnobody:x:65534:65534:nobody:/nonexistent:/nonexistent\n",
@@ -81,6 +88,8 @@ export function imagePlan(inp: ImageInputs): RootPlan {
   plan.push({ kind: "dir", path: GUEST_AGENT_DIR, mode: 0o755 });
   plan.push({ kind: "file", path: GUEST_AGENT, from: inp.agentBundle, mode: 0o644 });
   plan.push(...binaryWithLibraries(inp.addon, `${GUEST_AGENT_DIR}/cove_native.node`));
+  // The pod namespace holder's static program, beside the addon (where process.ts looks for it).
+  plan.push({ kind: "file", path: `${GUEST_AGENT_DIR}/${HOLDER_FILE}`, from: holderBeside(inp.addon), mode: 0o755 });
   plan.push({
     kind: "content",
     path: GUEST_INIT,

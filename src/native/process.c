@@ -32,13 +32,15 @@ struct holder_write {
   size_t len;
 };
 
-/* The holder's whole life, in the child of a multi-threaded process: raw syscalls only (all
- * async-signal-safe). First the writes that must happen inside its new namespaces (IPC sysctls:
- * a new IPC namespace starts from the defaults), each result (0 or errno, one byte) reported on
- * `report`; then it closes every fd of the parent's, the report pipe last, and as PID 1 of a new
- * PID namespace reaps whatever is orphaned there (as a pod's pause process does). Every signal stays blocked:
- * SIGCHLD is taken with rt_sigtimedwait; SIGKILL from the parent ends it. */
-static void holder_main(const struct holder_write *w, uint32_t n, int report) {
+/* The holder's first moments, in the child of a multi-threaded process (a copy-on-write copy of the
+ * agent): raw syscalls only (all async-signal-safe). First the writes that must happen inside its
+ * new namespaces (IPC sysctls: a new IPC namespace starts from the defaults), each result (0 or
+ * errno, one byte) reported on `report`; then it closes every fd of the parent's but the report
+ * pipe (O_CLOEXEC) and execs `holder` (src/native/holder/cove-holder.c), which drops the copy of the
+ * agent's memory. The exec closes the report pipe, so the parent's read returns EOF only once this
+ * process holds neither an fd nor a page of the agent's. If the exec fails, one more byte (its
+ * errno) goes on the pipe and the child exits. Every signal stays blocked across the exec. */
+static void holder_main(const struct holder_write *w, uint32_t n, int report, const char *holder) {
   for (uint32_t i = 0; i < n; i++) {
     unsigned char res = 0;
     long fd = syscall(SYS_openat, AT_FDCWD, w[i].path, O_WRONLY | O_CLOEXEC);
@@ -50,32 +52,30 @@ static void holder_main(const struct holder_write *w, uint32_t n, int report) {
     }
     syscall(SYS_write, report, &res, 1);
   }
-  /* Every inherited fd goes, the report pipe last: the parent reads it until EOF, so it returns
-   * only once this process holds nothing of the agent's. */
   if (report > 0) syscall(SYS_close_range, 0U, (unsigned)report - 1U, 0U);
   syscall(SYS_close_range, (unsigned)report + 1U, ~0U, 0U);
-  syscall(SYS_close, report);
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  for (;;) {
-    siginfo_t si;
-    syscall(SYS_rt_sigtimedwait, &chld, &si, NULL, 8); /* 8: the kernel's sigset size (_NSIG / 8) */
-    while (syscall(SYS_wait4, -1, NULL, WNOHANG, NULL) > 0) {
-    }
-  }
+  char *const argv[] = {(char *)"cove-holder", NULL};
+  char *const envp[] = {NULL};
+  syscall(SYS_execve, holder, argv, envp);
+  unsigned char err = (unsigned char)errno;
+  syscall(SYS_write, report, &err, 1);
 }
 
-/* spawnNamespaceHolder(flags, writes): a child in new namespaces (CLONE_NEWPID | CLONE_NEWIPC |
- * CLONE_NEWUTS only) that does nothing but exist; the namespaces under /proc/<pid>/ns are what a
- * pod's containers join. `writes`: [path under /proc/sys/, data][] written from inside them
- * first. Returns { pid, errors: errno per write (0 = written) }. */
+/* spawnNamespaceHolder(flags, writes, holder): a child in new namespaces (CLONE_NEWPID |
+ * CLONE_NEWIPC | CLONE_NEWUTS only) that execs `holder` (an absolute path) and does nothing but
+ * exist; the namespaces under /proc/<pid>/ns are what a pod's containers join. `writes`: [path
+ * under /proc/sys/, data][] written from inside them first. Returns { pid, errors: errno per write
+ * (0 = written), execError: errno of a failed exec (0 = the holder runs) }. */
 static napi_value spawn_namespace_holder(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   uint32_t flags;
-  if (argc < 2 || cove_arg_uint32(env, argv[0], &flags)) return argc < 2 ? cove_throw(env, "spawnNamespaceHolder(flags, writes)") : NULL;
+  if (argc < 3 || cove_arg_uint32(env, argv[0], &flags))
+    return argc < 3 ? cove_throw(env, "spawnNamespaceHolder(flags, writes, holder)") : NULL;
+  static char holder[HOLDER_PATH_MAX * 2];
+  if (cove_arg_string(env, argv[2], holder, sizeof holder) != 0) return NULL;
+  if (holder[0] != '/') return cove_throw(env, "spawnNamespaceHolder: the holder's path must be absolute");
   const uint32_t allowed = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
   if (flags & ~allowed) return cove_throw(env, "spawnNamespaceHolder: only CLONE_NEWPID, CLONE_NEWIPC and CLONE_NEWUTS");
   static struct holder_write writes[HOLDER_MAX_WRITES];
@@ -100,8 +100,8 @@ static napi_value spawn_namespace_holder(napi_env env, napi_callback_info info) 
   pthread_sigmask(SIG_SETMASK, &all, &old); /* the child starts with every signal blocked */
   long pid = syscall(SYS_clone, (unsigned long)flags | SIGCHLD, NULL, NULL, NULL, NULL);
   if (pid == 0) {
-    holder_main(writes, n, report[1]);
-    syscall(SYS_exit, 0);
+    holder_main(writes, n, report[1], holder);
+    syscall(SYS_exit, 127);
   }
   int err = errno;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -110,15 +110,16 @@ static napi_value spawn_namespace_holder(napi_env env, napi_callback_info info) 
     close(report[0]);
     return cove_throw_errno(env, err, "clone");
   }
-  /* Read to EOF, not to n bytes: EOF is the holder closing its last fd of ours (see holder_main). */
-  unsigned char res[HOLDER_MAX_WRITES] = {0};
+  /* Read to EOF, not to n bytes: EOF is the exec closing the child's last fd of ours (see
+   * holder_main); a byte after the n results is the exec's errno. */
+  unsigned char res[HOLDER_MAX_WRITES + 1] = {0};
   size_t got = 0;
   for (;;) {
     unsigned char buf[HOLDER_MAX_WRITES];
     ssize_t r = read(report[0], buf, sizeof buf);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
-    for (ssize_t i = 0; i < r && got < n; i++) res[got++] = buf[i];
+    for (ssize_t i = 0; i < r && got < n + 1; i++) res[got++] = buf[i];
   }
   close(report[0]);
   napi_value out, errors, v;
@@ -131,6 +132,8 @@ static napi_value spawn_namespace_holder(napi_env env, napi_callback_info info) 
     napi_set_element(env, errors, i, v);
   }
   napi_set_named_property(env, out, "errors", errors);
+  napi_create_int32(env, got > n ? res[n] : got == n ? 0 : EIO, &v);
+  napi_set_named_property(env, out, "execError", v);
   return out;
 }
 COVE_EXPORT(spawnNamespaceHolder, spawn_namespace_holder)

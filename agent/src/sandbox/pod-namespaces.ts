@@ -5,8 +5,13 @@
 // and containers whose spec joins a pid/ipc/uts namespace join the holder's instead.
 // The holder is made after the hostname and the other sysctls are set (its UTS namespace starts as
 // a copy); the pod's IPC sysctls are written by the holder itself, inside its new IPC namespace.
-import { constants } from "node:os";
-import { CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, spawnNamespaceHolder } from "../../../src/native/process.ts";
+import {
+  CLONE_NEWIPC,
+  CLONE_NEWPID,
+  CLONE_NEWUTS,
+  errnoName,
+  spawnNamespaceHolder,
+} from "../../../src/native/process.ts";
 import { invalid } from "../api/errors.ts";
 import type { Logger } from "../log.ts";
 
@@ -27,8 +32,6 @@ export function isIpcSysctl(name: string): boolean {
     ) || name.startsWith("fs.mqueue.")
   );
 }
-
-const errnoName = (n: number) => Object.entries(constants.errno).find(([, v]) => v === n)?.[0] ?? `errno ${n}`;
 
 /**
  * Starts the holder with the pod's IPC sysctls applied inside it (INVALID_ARGUMENT, holder gone,

@@ -1,8 +1,14 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { describe, test } from "node:test";
-import { CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, spawnNamespaceHolder } from "../../../../src/native/process.ts";
+import {
+  CLONE_NEWIPC,
+  CLONE_NEWPID,
+  CLONE_NEWUTS,
+  holderBinary,
+  spawnNamespaceHolder,
+} from "../../../../src/native/process.ts";
 
 const root = process.getuid?.() === 0;
 
@@ -25,6 +31,11 @@ describe("spawnNamespaceHolder (the pod's shared namespaces in the guest)", {
       const nspid = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]?.split(/\s+/);
       assert.deepEqual(nspid, [String(pid), "1"]);
       assert.deepEqual(readdirSync(`/proc/${pid}/fd`), [], "no fds of ours");
+      // It runs the holder's own program, not a copy of this process: a few KiB, not Node's heap.
+      assert.equal(readlinkSync(`/proc/${pid}/exe`), holderBinary());
+      assert.equal(readFileSync(`/proc/${pid}/comm`, "utf8").trim(), "cove-holder");
+      const rssKiB = Number(/^Rss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]);
+      assert.ok(rssKiB > 0 && rssKiB <= 64, `holder RSS ${rssKiB} KiB`);
       assert.throws(() => spawnNamespaceHolder(0x10000000), /only CLONE_NEWPID/, "CLONE_NEWUSER refused");
       assert.throws(() => spawnNamespaceHolder(CLONE_NEWIPC, [["/etc/passwd", "x"]]), /under \/proc\/sys/);
       assert.throws(
@@ -46,6 +57,42 @@ describe("spawnNamespaceHolder (the pod's shared namespaces in the guest)", {
       await new Promise((r) => setTimeout(r, 20));
     }
     assert.fail("the holder outlived SIGKILL");
+  });
+
+  test("a holder program that cannot be run: an error naming it, and no holder left", () => {
+    assert.throws(
+      () => spawnNamespaceHolder(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS, [], "/nonexistent/cove-holder"),
+      (e: Error & { code?: string }) => e.code === "ENOENT" && /exec \/nonexistent\/cove-holder/.test(e.message),
+    );
+    assert.throws(() => spawnNamespaceHolder(CLONE_NEWPID, [], "cove-holder"), /absolute/);
+  });
+
+  test("as PID 1 of its PID namespace it reaps the orphans reparented to it", async () => {
+    const { pid } = spawnNamespaceHolder(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS);
+    const children = () =>
+      readdirSync("/proc")
+        .filter((d) => /^\d+$/.test(d))
+        .flatMap((d) => {
+          try {
+            const st = readFileSync(`/proc/${d}/status`, "utf8");
+            return /^PPid:\s+(\d+)$/m.exec(st)?.[1] === String(pid) ? [/^State:\s+(\S)/m.exec(st)?.[1] ?? "?"] : [];
+          } catch {
+            return [];
+          }
+        });
+    try {
+      // sh starts sleep in the background and exits: sleep is orphaned inside the holder's namespace.
+      execFileSync("nsenter", ["-t", String(pid), "-p", "--", "sh", "-c", "sleep 2 & exit 0"], {
+        stdio: "ignore", // a pipe would be held by sleep, and this would wait for it to end
+      });
+      const now = children();
+      assert.equal(now.length, 1, "the orphan is the holder's child now");
+      assert.notEqual(now[0], "Z", "and still running");
+      for (let i = 0; i < 200 && children().length > 0; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(children(), [], "reaped, not left a zombie");
+    } finally {
+      process.kill(pid, "SIGKILL");
+    }
   });
 });
 
