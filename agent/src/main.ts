@@ -18,6 +18,7 @@ import { applyLogLevel, createLogger } from "./log.ts";
 import { startLogPort } from "./log-port.ts";
 import { flag } from "./pid1/cmdline.ts";
 import { startPid1 } from "./pid1/init.ts";
+import { installMemoryReport } from "./pid1/memory-report.ts";
 import { endVm } from "./pid1/power.ts";
 import { announceReady } from "./ready.ts";
 import { selfTest } from "./selftest.ts";
@@ -48,13 +49,15 @@ startDebugConsole(
 );
 if (process.pid !== 1) setChildSubreaper(); // orphaned container processes come back to the agent
 
+const stateDir = arg("--state-dir") ?? process.env.COVE_AGENT_STATE_DIR ?? "/run/cove";
 const agent = new Agent({
-  stateDir: arg("--state-dir") ?? process.env.COVE_AGENT_STATE_DIR ?? "/run/cove",
+  stateDir,
   runtime: arg("--runtime") ?? process.env.COVE_AGENT_RUNTIME ?? defaultRuntime(),
   guest,
   log,
   reaper: pid1.reaper,
 });
+installMemoryReport(log, `${stateDir}/agent-memory.json`);
 
 // The readiness line comes once the API listens. If listening fails (e.g. no vsock device in this
 // VM), the agent says so, still announces itself (the boot is complete) and keeps retrying: PID 1

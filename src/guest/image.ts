@@ -3,8 +3,8 @@
 // the cached image, so a changed agent bundle, Node, runtime or layout makes a new image.
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { HOLDER_FILE } from "../native/process.ts";
 import { dpkgVersion, which } from "../common/exec.ts";
+import { HOLDER_FILE } from "../native/process.ts";
 import { GUEST_BUSYBOX } from "./busybox.ts";
 import { pinnedNode } from "./node-pin.ts";
 import { binaryWithLibraries, dedupe, planKey, type RootPlan, usrMergedSkeleton } from "./rootfs.ts";
