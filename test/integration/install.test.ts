@@ -16,7 +16,7 @@ import { after, before, describe, test } from "node:test";
 import type { CoveEnv } from "../../src/cli/env.ts";
 import type { PodRow } from "../../src/cli/ps.ts";
 import { guestArtifacts } from "../../src/guest/paths.ts";
-import { buildInstallerImage, ENTRYPOINT } from "../../tools/node-installer/image.ts";
+import { buildInstallerImage, ENTRYPOINT, READY_FILE } from "../../tools/node-installer/image.ts";
 import { NODE_LABEL } from "../../tools/node-installer/label.ts";
 import { CNI_BIN_DIR, removeBridge, writeBridgeConflist } from "../harness/cni.ts";
 import { Containerd, REPO_ROOT } from "../harness/containerd.ts";
@@ -40,6 +40,7 @@ const skip = requireIntegration([
 const BRIDGE = "cove-inst0";
 const NODE = "cove-test-node";
 const INSTALLER = "cove-node-installer";
+const RESTART = `nsenter --target ${process.pid} --mount -- true`;
 
 async function cove(args: string[], bin: string): Promise<string> {
   const r = await run(bin, args, { timeoutMs: 120_000 });
@@ -102,12 +103,16 @@ describe("the node installer image on each containerd version: install, a CRI po
         ];
         await importImage(cd, image, "default", 180_000);
         const log = join(cd.dir, "installer.log");
-        // As the DaemonSet runs it: privileged, the host's root at /host, NODE_NAME, the service
-        // account, the API server's address; the restart command is `true` (the test restarts the
-        // scratch containerd itself).
+        // As the DaemonSet runs it: privileged, the host's PID namespace and root (at /host),
+        // NODE_NAME, the service account, the API server's address. The restart command enters a
+        // host process's mount namespace from the chroot, as the default one does with the node's
+        // init (PID 1 here is a sandbox's process that even root cannot enter), then runs `true`:
+        // the test restarts the scratch containerd itself.
         const runArgs = (restart: string) => [
           "--privileged",
           "--net-host",
+          "--with-ns",
+          `pid:/proc/${process.pid}/ns/pid`,
           "--mount",
           "type=bind,src=/,dst=/host,options=rbind:rw",
           "--mount",
@@ -127,7 +132,7 @@ describe("the node installer image on each containerd version: install, a CRI po
           [
             "run",
             "-d",
-            ...runArgs("true"),
+            ...runArgs(RESTART),
             "--log-uri",
             `file://${log}`,
             image.ref,
@@ -141,17 +146,23 @@ describe("the node installer image on each containerd version: install, a CRI po
         const installerLog = () => (existsSync(log) ? readFileSync(log, "utf8") : "");
         await waitFor(
           "the installer to install and wait",
-          () => installerLog().includes("installed; waiting"),
+          async () => {
+            if (installerLog().includes("installed; waiting")) return true;
+            if (/ STOPPED/.test((await cd.ctr(["tasks", "ls"])).stdout)) throw new Error("the installer exited");
+            return false;
+          },
           120_000,
+          500,
         ).catch((e: Error) => {
           throw new Error(`${e.message}; its log:\n${installerLog()}`);
         });
         const out = installerLog();
         assert.match(out, new RegExp(`cove runtime added \\(config version ${v.configVersion}`));
-        assert.match(out, /containerd restarted \(true\)/);
+        assert.ok(out.includes(`containerd restarted (${RESTART})`), out);
         assert.match(out, new RegExp(`node ${NODE}: labelled ${NODE_LABEL}=true`));
         assert.deepEqual(api.nodes.get(NODE), { [NODE_LABEL]: "true" });
         assert.deepEqual(staged(), [], "the staging directory is gone from the host's /run");
+        await cd.ctrOk(["tasks", "exec", "--exec-id", "ready", INSTALLER, "/bin/cat", READY_FILE]); // the readiness probe
         const installed = readFileSync(cd.configPath);
         assert.ok(installed.subarray(0, original.length).equals(original), "the original text stays as it was");
         assert.equal(existsSync(join(prefix, "bin", "node")), true);
@@ -213,7 +224,7 @@ describe("the node installer image on each containerd version: install, a CRI po
         assert.equal(u.code, 0, describeFailure("the preStop hook", u));
         assert.match(u.stdout, new RegExp(`node ${NODE}: label ${NODE_LABEL} removed`));
         assert.match(u.stdout, /cove runtime removed/);
-        assert.match(u.stdout, /containerd restarted \(true\)/);
+        assert.ok(u.stdout.includes(`containerd restarted (${RESTART})`), u.stdout);
         assert.deepEqual(api.nodes.get(NODE), {}, "the node is unlabelled");
         const stopAt = Date.now();
         await cd.ctrOk(["tasks", "kill", INSTALLER]);

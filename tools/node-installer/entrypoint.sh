@@ -59,11 +59,12 @@ case "$verb" in
     : >"$ready"
     say "installed; waiting (the preStop hook runs: cove-node-installer uninstall)"
     # PID 1 ignores signals it has no handler for: without this trap, SIGTERM would do nothing and
-    # the pod would take its whole grace period to die.
-    trap 'say "stopping"; exit 0' TERM INT
+    # the pod would take its whole grace period to die. With hostPID the sleep would outlive us.
+    trap 'say "stopping"; kill "$sleeper" 2>/dev/null; exit 0' TERM INT
     while :; do
       sleep 3600 &
-      wait $! || true
+      sleeper=$!
+      wait "$sleeper" || true
     done
     ;;
   *)

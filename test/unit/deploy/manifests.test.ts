@@ -98,6 +98,7 @@ describe("deploy/kubernetes manifests", () => {
     const c = pod.containers[0];
     assert.equal(c.image, IMAGE_REF, "the image tools/node-installer builds");
     assert.equal(c.securityContext.privileged, true);
+    assert.equal(pod.hostPID, true, "the restart command enters the node init's mount namespace");
     assert.deepEqual(c.args, ["daemon"]);
     assert.deepEqual(c.lifecycle.preStop.exec.command, [ENTRYPOINT, "uninstall"]);
     assert.deepEqual(c.readinessProbe.exec.command, ["/bin/cat", READY_FILE]);
