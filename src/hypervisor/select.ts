@@ -2,8 +2,8 @@
 // is backed by hardware virtualization (vmx/svm), and QEMU under TCG where it is not (e.g. PVM hosts,
 // whose /dev/kvm cannot run a stock Linux guest; see docs/hosts.md). Backends register here
 // (builtin.ts), so the sandbox never imports a backend itself and tests can register fakes.
+import { NotSupportedError, WrongStateError } from "../common/errors.ts";
 import type { CoveConfig, HypervisorChoice } from "../config/config.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { describeHost, type HostKvm, hasHardwareKvm } from "./host.ts";
 import type { Hypervisor } from "./types.ts";
 
@@ -23,8 +23,7 @@ export function chooseBackend(choice: HypervisorChoice, host: HostKvm): BackendC
   switch (choice) {
     case "embedded":
       if (!hwKvm) {
-        throw new TtrpcError(
-          Code.FAILED_PRECONDITION,
+        throw new WrongStateError(
           `hypervisor = "embedded" needs KVM with hardware virtualization, but ${why}; set hypervisor = "qemu" or "auto"`,
         );
       }
@@ -58,8 +57,7 @@ export function unregisterBackend(kind: BackendKind): void {
 export function backendFactory(choice: BackendChoice): BackendFactory {
   const f = registry.get(choice.kind);
   if (!f) {
-    throw new TtrpcError(
-      Code.UNIMPLEMENTED,
+    throw new NotSupportedError(
       `cove cannot start the pod VM: the ${choice.kind} hypervisor backend (${choice.accel}) is not available in this build of cove (chosen because ${choice.reason})`,
     );
   }

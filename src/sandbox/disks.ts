@@ -11,6 +11,7 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { errorMessage, LimitError } from "../common/errors.ts";
 import type { CoveConfig } from "../config/config.ts";
 import type { DiskConfig, ExtentPlace } from "../hypervisor/types.ts";
 import { shimMetrics } from "../metrics/shim-metrics.ts";
@@ -22,7 +23,6 @@ import { planRootfs } from "../rootfs/plan.ts";
 import { committedChain } from "../rootfs/snapshots.ts";
 import { createWritableLayer } from "../rootfs/writable.ts";
 import type { MountSpec } from "../shim/runtime.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { Rootfs, Storage } from "./agent/index.ts";
 import type { PodVm } from "./pod.ts";
 
@@ -212,7 +212,7 @@ export class PodDisks {
     if (!h) {
       const place = pod.addExtent(disk, path).catch((e: Error) => {
         map.delete(path);
-        throw new TtrpcError(Code.RESOURCE_EXHAUSTED, `cannot attach ${path} to the pod's ${disk} disk: ${e.message}`);
+        throw new LimitError(`cannot attach ${path} to the pod's ${disk} disk: ${e.message}`);
       });
       h = { place, refs: 0 };
       map.set(path, h);
@@ -232,7 +232,7 @@ export class PodDisks {
       try {
         await pod.removeExtent(disk, (await h.place).index);
       } catch (e) {
-        log.warn({ disk, path, err: (e as Error).message }, "removing a disk extent failed");
+        log.warn({ disk, path, err: errorMessage(e) }, "removing a disk extent failed");
       }
     }
   }

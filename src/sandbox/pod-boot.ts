@@ -7,6 +7,7 @@
 // Each step is itself all-or-nothing (PodVm.boot removes its own VM and dir when the agent never
 // answers), so the undo list only ever holds steps that completed.
 import type { Logger } from "pino";
+import { LimitError, WrongStateError } from "../common/errors.ts";
 import { ConfigError, type CoveConfig, loadConfig } from "../config/config.ts";
 import { type HostKvm, probeHost } from "../hypervisor/host.ts";
 import { type BackendChoice, backendFactory, chooseBackend } from "../hypervisor/select.ts";
@@ -15,7 +16,6 @@ import type { PodNetns } from "../network/netns.ts";
 import type { PodNetwork } from "../network/pod-network.ts";
 import type { ContainerdAddress } from "../rootfs/containerd.ts";
 import type { CreateSpec, MountSpec } from "../shim/runtime.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 import type { AgentClientOptions } from "./agent/index.ts";
 import {
   type ContainerDisks,
@@ -76,7 +76,7 @@ function loadPodConfig(spec: CreateSpec, configPath: string | undefined): CoveCo
   try {
     return loadConfig({ configPath: configPathFromOptions(spec.options) ?? configPath });
   } catch (e) {
-    if (e instanceof ConfigError) throw new TtrpcError(Code.FAILED_PRECONDITION, e.message);
+    if (e instanceof ConfigError) throw new WrongStateError(e.message);
     throw e;
   }
 }
@@ -144,7 +144,7 @@ function checkDevices(plan: PodBootPlan, nics: number, log: Logger): void {
   if (max === undefined || need <= max) return;
   const msg = `the pod VM needs ${need} virtio devices (guest image, 2 container disks, vsock, ${nics} NIC(s)); ${plan.hypervisor.name} has ${max}`;
   log.error({ id: plan.id, nics, max_devices: max }, msg);
-  throw new TtrpcError(Code.RESOURCE_EXHAUSTED, msg);
+  throw new LimitError(msg);
 }
 
 /** Boots the pod: on success the caller owns everything in the result; on failure nothing is held. */
