@@ -76,14 +76,21 @@ function decodedNested(dts) {
 /**
  * `$Services`: for each service, each method's request and response, as decoded (`request`,
  * `response`) and as sent (`requestInit`, `responseInit`). Typed handlers and clients are keyed by it.
+ * `$Messages`: every message by its full name, as decoded (`decoded`) and as sent (`init`), for
+ * messages named at run time (events, Any payloads).
  */
 function serviceMap() {
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) => (target.startsWith("/") ? target : join(protoDir, target));
   root.loadSync(files, { keepCase: true }).resolveAll();
   const out = ["export interface $Services {"];
+  const messages = ["export interface $Messages {"];
   const walk = (ns) => {
     for (const o of ns.nestedArray) {
+      if (o instanceof protobuf.Type) {
+        const name = o.fullName.slice(1);
+        messages.push(`    "${name}": { decoded: ${name}; init: ${name}.$Properties };`);
+      }
       if (o instanceof protobuf.Service) {
         out.push(`    "${o.fullName.slice(1)}": {`);
         for (const [name, m] of Object.entries(o.methods)) {
@@ -98,7 +105,7 @@ function serviceMap() {
     }
   };
   walk(root);
-  out.push("}", "");
+  out.push("}", "", ...messages, "}", "");
   return out.join("\n");
 }
 

@@ -4,9 +4,14 @@
 // A message's class type (e.g. `cove.agent.v1.CreateContainerRequest`) is the decoded shape, every
 // field present; its `$Properties` (every field optional) is the shape to send.
 import type { CallContext } from "../ttrpc/types.ts";
-import type { $Services } from "./generated/protos.d.ts";
+import type { $Messages, $Services } from "./generated/protos.d.ts";
 
-export type { $Services, containerd, cove, google, io } from "./generated/protos.d.ts";
+export type { $Messages, $Services, containerd, cove, google, io } from "./generated/protos.d.ts";
+
+/** A message's full name, e.g. "containerd.events.TaskExit". */
+export type MessageName = keyof $Messages;
+/** Message N as sent (every field optional). */
+export type MessageInit<N extends MessageName> = $Messages[N]["init"];
 
 export type ServiceName = keyof $Services;
 export type MethodName<S extends ServiceName> = keyof $Services[S] & string;

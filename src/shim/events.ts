@@ -11,6 +11,7 @@
 // or the one exit of a process it created, so containerd's own activity bounds their number.
 import type { Logger } from "pino";
 import { messageType } from "../proto/root.ts";
+import type { MessageInit } from "../proto/services.ts";
 import { connectUnix, type TtrpcClient } from "../ttrpc/index.ts";
 
 export const TOPICS = {
@@ -36,7 +37,7 @@ export const COALESCE_INTERVAL_MS = 1000;
 export const MAX_COALESCED_KEYS = 1024;
 
 export interface EventSink {
-  publish(type: EventType, event: Record<string, unknown>): void;
+  publish<T extends EventType>(type: T, event: MessageInit<T>): void;
 }
 
 export interface PublisherOptions {
@@ -103,10 +104,11 @@ export class EventPublisher implements EventSink {
     return this.queue.length;
   }
 
-  publish(type: EventType, event: Record<string, unknown>): void {
+  publish<T extends EventType>(type: T, event: MessageInit<T>): void {
     if (this.closed) return;
     // The timestamp is taken now, so events keep the order and time of what happened.
-    const q: Queued = { type, event, at: new Date() };
+    // Typed by the .proto on the way in; the queue and the encoder take any of them.
+    const q: Queued = { type, event: event as unknown as Record<string, unknown>, at: new Date() };
     if (COALESCED.has(type)) {
       this.hold(q, coalesceKey(type, event.container_id));
       return;

@@ -76,7 +76,7 @@ async function fixture(): Promise<Fixture> {
   let shutdowns = 0;
   const service = new TaskService({
     runtime: rt,
-    events: { publish: (t, e) => events.push([t, e]) },
+    events: { publish: (t, e) => events.push([t, e as unknown as Record<string, unknown>]) },
     logger: pino({ level: "silent" }),
     onShutdown: () => shutdowns++,
   });
