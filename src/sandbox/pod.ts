@@ -5,12 +5,13 @@ import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
+import { CoveError, errorMessage, TimeoutError, UnavailableError } from "../common/errors.ts";
 import { printable } from "../common/text.ts";
 import type { CoveConfig } from "../config/config.ts";
 import { guestCmdline } from "../guest/cmdline.ts";
 import type { ExtentPlace, Hypervisor, NetConfig, RunningVm, VmExit } from "../hypervisor/types.ts";
 import type { NetRecord } from "../network/pod-network.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { TtrpcError } from "../ttrpc/index.ts";
 import { agentCmdlineParams, followGuestLog, type GuestLogReader } from "./agent/guest-log.ts";
 import { AGENT_PORT, AgentClient, type AgentClientOptions, vsockDialer } from "./agent/index.ts";
 import { PodDisks } from "./disks.ts";
@@ -120,8 +121,8 @@ export class PodVm {
     } catch (e) {
       if (vm) await vm.kill().catch(() => undefined);
       rmSync(workDir, { recursive: true, force: true });
-      if (e instanceof TtrpcError) throw e;
-      throw new TtrpcError(Code.UNAVAILABLE, `cove: the pod VM did not start: ${(e as Error).message}`);
+      if (e instanceof TtrpcError || e instanceof CoveError) throw e; // already says what failed
+      throw new UnavailableError(`cove: the pod VM did not start: ${errorMessage(e)}`);
     }
   }
 
@@ -141,7 +142,7 @@ export class PodVm {
       try {
         await this.agent.rpc.call("cove.agent.v1.Agent", "DestroySandbox", {}, { timeoutMs: 3000 });
       } catch (e) {
-        log.warn({ err: (e as Error).message }, "DestroySandbox failed (the VM is killed anyway)");
+        log.warn({ err: errorMessage(e) }, "DestroySandbox failed (the VM is killed anyway)");
       }
     }
     this.agent.close();
@@ -168,14 +169,12 @@ async function waitForAgent(
   let last = "";
   for (;;) {
     if (exited) {
-      throw new TtrpcError(
-        Code.UNAVAILABLE,
+      throw new UnavailableError(
         `cove: the pod VM exited during boot (code ${exited.code}, signal ${exited.signal}); console:\n${console()}`,
       );
     }
     if (Date.now() > deadline) {
-      throw new TtrpcError(
-        Code.DEADLINE_EXCEEDED,
+      throw new TimeoutError(
         `cove: the guest agent did not answer on vsock port ${AGENT_PORT} within ${timeoutMs} ms (${printable(last, 512)}); console:\n${console()}`,
       );
     }
@@ -183,7 +182,7 @@ async function waitForAgent(
     try {
       first = await vm.connectVsock(AGENT_PORT, 1000);
     } catch (e) {
-      last = (e as Error).message;
+      last = errorMessage(e);
       await new Promise((r) => setTimeout(r, 50));
       continue;
     }
@@ -201,7 +200,7 @@ async function waitForAgent(
       await agent.check({ timeoutMs: Math.max(1000, Math.min(30_000, deadline - Date.now())) });
       return agent;
     } catch (e) {
-      last = (e as Error).message;
+      last = errorMessage(e);
       agent.close();
     }
   }

@@ -7,6 +7,8 @@
 // VM itself (sandbox-container.ts); every other container runs in the guest (guest-container.ts).
 // It also watches the VM (an unexpected exit ends every process; OOM events) and tears the pod down.
 import type { Logger } from "pino";
+import { errorMessage, NotFoundError, UnavailableError, WrongStateError } from "../common/errors.ts";
+import { grpcStatus } from "../common/grpc-status.ts";
 import type { CoveConfig } from "../config/config.ts";
 import type { HostKvm } from "../hypervisor/host.ts";
 import { type PodMetricsHandle, startPodMetrics } from "../metrics/shim.ts";
@@ -14,7 +16,7 @@ import type { PodNetwork } from "../network/pod-network.ts";
 import { messageType } from "../proto/root.ts";
 import type { ContainerdAddress } from "../rootfs/containerd.ts";
 import type { AnyValue, CreateSpec, ExecSpec, PtySize, RuntimeEvents, TaskRuntime } from "../shim/runtime.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
+import { Code } from "../ttrpc/index.ts";
 import { ContainerTable, type PodContainer } from "./containers.ts";
 import { noDisks, type PodDisks, type PreparedDisks, releaseDisks } from "./disks.ts";
 import { GuestContainerOps, isNotFound, VM_GONE_STATUS } from "./guest-container.ts";
@@ -118,7 +120,7 @@ export class SandboxRuntime implements TaskRuntime {
   ): Promise<{ pod: PodVm; firstDisks?: PreparedDisks }> {
     if (this.pod) return { pod: this.pod };
     if (this.booting) return { pod: (await this.booting).pod };
-    if (!pre) throw new TtrpcError(Code.UNAVAILABLE, "the pod VM is not available (its boot failed)");
+    if (!pre) throw new UnavailableError("the pod VM is not available (its boot failed)");
     const plan = planPodBoot(spec, oci, pre, this.log);
     this.booting = bootPod(plan, first, this.deps, this.log);
     try {
@@ -213,9 +215,9 @@ export class SandboxRuntime implements TaskRuntime {
     try {
       await call();
     } catch (e) {
-      if (!(e instanceof TtrpcError && e.code === Code.DEADLINE_EXCEEDED) || pod.stopping) throw e;
+      if (grpcStatus(e).code !== Code.DEADLINE_EXCEEDED || pod.stopping) throw e;
       this.log.error(
-        { what, err: e.message },
+        { what, err: errorMessage(e) },
         "the guest agent does not answer: stopping the pod VM (every process in it is reported as exited)",
       );
       await pod.vm.kill();
@@ -226,8 +228,8 @@ export class SandboxRuntime implements TaskRuntime {
 
   private alive(): PodVm {
     const pod = this.pod;
-    if (!pod) throw new TtrpcError(Code.FAILED_PRECONDITION, "the pod VM is not running");
-    if (pod.exited) throw new TtrpcError(Code.UNAVAILABLE, "the pod VM has exited");
+    if (!pod) throw new WrongStateError("the pod VM is not running");
+    if (pod.exited) throw new UnavailableError("the pod VM has exited");
     return pod;
   }
 
@@ -274,7 +276,7 @@ export class SandboxRuntime implements TaskRuntime {
     const c = this.containers.need(id);
     const pod = this.alive();
     const p = c.procs.get(execId);
-    if (!p) throw new TtrpcError(Code.NOT_FOUND, `process ${execId} does not exist in ${id}: not found`);
+    if (!p) throw new NotFoundError(`process ${execId} does not exist in ${id}: not found`);
     return await c.ops.start(pod, c, execId, p);
   }
 

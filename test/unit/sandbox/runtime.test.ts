@@ -7,7 +7,7 @@ import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
 import { pino } from "pino";
-import { errorMessage } from "../../../src/common/errors.ts";
+import { CoveError, errorMessage } from "../../../src/common/errors.ts";
 import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { registerBackend, unregisterBackend } from "../../../src/hypervisor/select.ts";
 import { Rollback } from "../../../src/sandbox/rollback.ts";
@@ -276,7 +276,7 @@ test("the guest's console in a boot error reaches containerd bounded, with its c
   await new Promise((r) => setTimeout(r, 200));
   hv.vms[0]!.console.write(`\x1b]0;owned\x07\x1b[2J${"\r\u202e".repeat(50_000)}last words\n`);
   const e = await booting;
-  assert.ok(e instanceof TtrpcError && e.code === Code.DEADLINE_EXCEEDED, String(e));
+  assert.ok(e instanceof CoveError && grpcStatus(e).code === Code.DEADLINE_EXCEEDED, String(e));
   assert.ok(e.message.length < 2700, `an error of ${e.message.length} characters`);
   // biome-ignore lint/suspicious/noControlCharactersInRegex: none may be left.
   assert.doesNotMatch(e.message, /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e]/);
