@@ -6,10 +6,12 @@ import { closeSync } from "node:fs";
 import type { Socket } from "node:net";
 import { makePipe, setWinsize } from "../../../src/native/pty.ts";
 import { socketFromFd } from "../../../src/native/vsock.ts";
+import type { StdioStream } from "../../../src/proto/agent.ts";
 import { precondition } from "../api/errors.ts";
 import { pumpIn, pumpOut } from "../stdio/pump.ts";
 
-export type StreamName = "stdin" | "stdout" | "stderr";
+/** A stdio stream's name, as the stdio port's header names it (src/proto/agent.ts). */
+export type StreamName = StdioStream;
 export type ProcStatus = "created" | "running" | "exited";
 
 export interface StdioWanted {
