@@ -3,7 +3,7 @@
 // the embedded VMM.
 import type { Duplex, Readable } from "node:stream";
 import type { Logger } from "pino";
-import type { NetBackend } from "../virtio/net/backend.ts";
+import type { NetHostEnd } from "../virtio/net/host-end.ts";
 
 export interface DiskConfig {
   /** Stable name used for media changes (e.g. "root", "ctr-1"). */
@@ -21,7 +21,7 @@ export interface NetConfig {
   /** Stable name used in socket names and logs (e.g. "net0"). */
   id: string;
   /** The host end (a tap in the pod's netns); owned by the caller, who closes it after the VM is gone. */
-  backend: NetBackend;
+  hostEnd: NetHostEnd;
   /** The MAC the guest NIC gets: the pod interface's own, so CNI's ARP/neighbour state stays right. */
   mac: string;
   /** The pod interface's MTU (virtio-net's host_mtu); 0 = not offered. */

@@ -1,13 +1,13 @@
 // The host side of a pod's network: for each Ethernet interface CNI put in the pod's namespace,
 // a tap inside that namespace (created by the native addon on a helper thread), the two joined
 // by tc mirred redirects both ways, and the interface's MAC/MTU/addresses/routes read for the
-// guest. The taps become the backends of the VM's virtio-net devices. detach() removes exactly
+// guest. The taps become the host ends of the VM's virtio-net devices. detach() removes exactly
 // what attach() created; the taps also vanish by themselves if the shim dies (their fds close).
 
 import { errorMessage } from "../common/errors.ts";
 import { CommandError } from "../common/exec.ts";
 import { defaultLogger, type Logger } from "../virtio/log.ts";
-import { TapBackend } from "../virtio/net/tap.ts";
+import { Tap } from "../virtio/net/tap.ts";
 import type { DnsConfig } from "./dns.ts";
 import { type PodInterface, readInterfaces } from "./interfaces.ts";
 import { NetnsShell } from "./iproute.ts";
@@ -17,8 +17,8 @@ import { type Redirect, redirectBothWays, removeRedirect } from "./tc.ts";
 export const TAP_PREFIX = "covetap";
 
 export interface WiredInterface extends PodInterface {
-  /** The tap, inside the pod's namespace; hand it to NetDevice as its backend. */
-  tap: TapBackend;
+  /** The tap, inside the pod's namespace; hand it to NetDevice as its host end. */
+  tap: Tap;
 }
 
 /** What the guest agent needs to configure each NIC (found in the guest by MAC). */
@@ -95,7 +95,7 @@ export class PodNetwork {
     const net = new PodNetwork(opts.netns, sh, [], log);
     try {
       for (const iface of found) {
-        const tap = TapBackend.open({ name: `${TAP_PREFIX}%d`, netns: opts.netns });
+        const tap = Tap.open({ name: `${TAP_PREFIX}%d`, netns: opts.netns });
         const wired: WiredInterface = { ...iface, tap };
         try {
           await sh.ip("link", "set", "dev", tap.name, "mtu", String(iface.mtu), "up");

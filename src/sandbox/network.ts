@@ -40,7 +40,7 @@ export async function attachPodNetwork(netns: string, log: Logger): Promise<PodN
 
 /** The backend's NICs for a wired pod network, in interface order. */
 export function nicsOf(net: PodNetwork): NetConfig[] {
-  return net.interfaces.map((i, n) => ({ id: `net${n}`, backend: i.tap, mac: i.mac, mtu: i.mtu }));
+  return net.interfaces.map((i, n) => ({ id: `net${n}`, hostEnd: i.tap, mac: i.mac, mtu: i.mtu }));
 }
 
 /** The host file CRI bind-mounts at /etc/resolv.conf in this spec, if any. */

@@ -8,7 +8,6 @@
 // within the buffers the guest posted; at most one frame held each way.
 import { pino } from "pino";
 import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../src/virtio/device.ts";
-import type { NetBackend } from "../../src/virtio/net/backend.ts";
 import { NET_BATCH, NetDevice } from "../../src/virtio/net/device.ts";
 import {
   ETH_HLEN,
@@ -20,6 +19,7 @@ import {
   VIRTIO_NET_F_GUEST_TSO4,
   VIRTIO_NET_F_MRG_RXBUF,
 } from "../../src/virtio/net/header.ts";
+import type { NetHostEnd } from "../../src/virtio/net/host-end.ts";
 import { TestDriver } from "../unit/virtio/driver.ts";
 import {
   type Fuzzer,
@@ -35,7 +35,7 @@ const REGION = 1 << 20;
 const logger = pino({ level: "silent" });
 
 /** A tap that the fuzzer fills and drains; counts the frames each synchronous turn handles. */
-class FuzzTap implements NetBackend {
+class FuzzTap implements NetHostEnd {
   readonly incoming: Buffer[] = [];
   readonly sent: Buffer[] = [];
   full = false;
@@ -115,7 +115,7 @@ class World {
     readonly rec: Recorder,
   ) {
     this.tap = new FuzzTap(rec);
-    this.dev = new NetDevice({ backend: this.tap, mac: "52:54:00:12:34:56", logger, mtu: 1500 });
+    this.dev = new NetDevice({ hostEnd: this.tap, mac: "52:54:00:12:34:56", logger, mtu: 1500 });
     this.activate();
   }
 

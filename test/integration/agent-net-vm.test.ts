@@ -75,7 +75,7 @@ describe("the agent configures the pod network in the microVM (qemu, virtio-net 
     cni = await CniPod.create("agentvm", "10.250.17");
     net = await PodNetwork.attach({ netns: cni.pod.path });
     const eth0 = net.interfaces[0]!;
-    dev = new NetDevice({ backend: eth0.tap, mac: eth0.mac, mtu: eth0.mtu });
+    dev = new NetDevice({ hostEnd: eth0.tap, mac: eth0.mac, mtu: eth0.mtu });
     const sock = join(dir, "net.sock");
     vu = new VhostUserBackend(dev, sock, { queues: 2 });
     vu.listen();

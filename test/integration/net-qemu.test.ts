@@ -113,7 +113,7 @@ describe("a guest on qemu with our virtio-net over vhost-user, on a CNI pod netw
     cni = await CniPod.create("qemu", "10.250.13");
     net = await PodNetwork.attach({ netns: cni.pod.path });
     const eth0 = net.interfaces[0]!;
-    dev = new NetDevice({ backend: eth0.tap, mac: eth0.mac, mtu: eth0.mtu });
+    dev = new NetDevice({ hostEnd: eth0.tap, mac: eth0.mac, mtu: eth0.mtu });
     const sock = join(dir, "net.sock");
     vu = new VhostUserBackend(dev, sock, { queues: 2 });
     vu.listen();

@@ -63,7 +63,7 @@ describe("pod network wiring: CNI veth ↔ tap with tc redirects", { skip: skip 
       assert.equal(tapLink?.mtu, eth0.mtu, "tap MTU follows the interface");
 
       // The guest: the CNI interface's MAC and IP, behind the tap.
-      dev = new NetDevice({ backend: eth0.tap, mac: eth0.mac, mtu: eth0.mtu });
+      dev = new NetDevice({ hostEnd: eth0.tap, mac: eth0.mac, mtu: eth0.mtu });
       const features =
         bit(VIRTIO_F_VERSION_1) |
         bit(VIRTIO_F_RING_EVENT_IDX) |

@@ -101,7 +101,7 @@ export class EmbeddedHypervisor implements Hypervisor {
       }
       const nets = new Map<string, NetDevice>();
       for (const c of cfg.nets ?? []) {
-        const dev = new NetDevice({ backend: c.backend, mac: c.mac, mtu: c.mtu, logger: log });
+        const dev = new NetDevice({ hostEnd: c.hostEnd, mac: c.mac, mtu: c.mtu, logger: log });
         // reset, not close: the tap belongs to the caller (PodNetwork.detach closes it).
         cleanups.push(() => dev.reset());
         machine.addVirtioDevice(dev);

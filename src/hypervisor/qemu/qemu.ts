@@ -109,7 +109,7 @@ export class QemuHypervisor implements Hypervisor {
       const nets: { socket: string; mac: string; mtu: number }[] = [];
       const netDevices = new Map<string, NetDevice>();
       for (const [n, c] of (cfg.nets ?? []).entries()) {
-        const dev = new NetDevice({ backend: c.backend, mac: c.mac, mtu: c.mtu, logger: log });
+        const dev = new NetDevice({ hostEnd: c.hostEnd, mac: c.mac, mtu: c.mtu, logger: log });
         // reset, not close: the tap belongs to the caller (PodNetwork.detach closes it).
         cleanups.push(() => dev.reset());
         const socket = join(cfg.workDir, `net${n}.sock`);

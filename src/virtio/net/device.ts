@@ -1,8 +1,8 @@
-// The virtio-net device (virtio 1.2 §5.1): one rx/tx queue pair over a NetBackend (a tap).
-// rx (backend → guest) reads the tap only while the guest has buffers posted: the kernel's tap
+// The virtio-net device (virtio 1.2 §5.1): one rx/tx queue pair over a NetHostEnd (a tap).
+// rx (host end → guest) reads the tap only while the guest has buffers posted: the kernel's tap
 // queue is the only buffer, so a guest that stops reading pushes back on the network instead of
 // on our memory. At most one frame is held here, while it waits for enough mergeable buffers.
-// tx (guest → backend) hands the guest's buffers to writev directly (no copy); a full tap
+// tx (guest → host end) hands the guest's buffers to writev directly (no copy); a full tap
 // pauses tx until it drains. Offloads: the guest's checksum/TSO features map to TUNSETOFFLOAD,
 // and the virtio_net_hdr passes through to the tap as-is.
 import { TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6 } from "../../native/tap.ts";
@@ -19,7 +19,6 @@ import {
 import { defaultLogger, type Logger } from "../log.ts";
 import { type DescriptorChain, scatter } from "../queue/chain.ts";
 import type { Queue } from "../queue/queue.ts";
-import type { NetBackend } from "./backend.ts";
 import {
   ETH_HLEN,
   encodeConfig,
@@ -42,6 +41,7 @@ import {
   VIRTIO_NET_F_MTU,
   VIRTIO_NET_F_STATUS,
 } from "./header.ts";
+import type { NetHostEnd } from "./host-end.ts";
 import { NetMetrics } from "./metrics.ts";
 
 export const RX_QUEUE = 0;
@@ -53,7 +53,7 @@ export const NET_BATCH = 128;
 const RX_RETRY_MS = 10;
 
 export interface NetOptions {
-  backend: NetBackend;
+  hostEnd: NetHostEnd;
   /** The guest's MAC (for a pod: the CNI interface's, so neighbours' ARP entries stay right). */
   mac: string;
   /** Offered as VIRTIO_NET_F_MTU when set (the CNI interface's MTU). */
@@ -74,16 +74,16 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
   readonly metrics = new NetMetrics();
   readonly mac: Buffer;
   readonly mtu: number;
-  private readonly backend: NetBackend;
+  private readonly hostEnd: NetHostEnd;
   private readonly log: Logger;
   private mergeable = false;
   private guestCsum = false;
   /** The tap offloads of this activation (TUN_F_*). */
   private offload = 0;
   private linkUp = true;
-  /** One frame read from the backend and not yet delivered (waiting for rx buffers). */
+  /** One frame read from the host end and not yet delivered (waiting for rx buffers). */
   private pendingRx: Buffer | undefined;
-  /** A tx chain the backend was too full to take; retried when it becomes writable. */
+  /** A tx chain the host end was too full to take; retried when it becomes writable. */
   private pendingTx: DescriptorChain | undefined;
   private readonly rxBuf = Buffer.alloc(NET_HDR_SIZE + MAX_FRAME_LEN + 1);
   private wantRead = false;
@@ -94,7 +94,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
 
   constructor(opts: NetOptions) {
     super();
-    this.backend = opts.backend;
+    this.hostEnd = opts.hostEnd;
     this.mac = parseMac(opts.mac);
     if (this.mac[0]! & 1) throw new Error(`MAC ${opts.mac} is a multicast address`);
     const mtu = opts.mtu ?? 0;
@@ -122,7 +122,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
       f |= bit(VIRTIO_NET_F_GUEST_ECN);
     }
     this.features = f;
-    this.backend.onReady((r, w) => {
+    this.hostEnd.onReady((r, w) => {
       if (w) this.processTx();
       if (r) this.processRx();
     });
@@ -151,7 +151,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
       if (off & (TUN_F_TSO4 | TUN_F_TSO6) && has(VIRTIO_NET_F_GUEST_ECN)) off |= TUN_F_TSO_ECN;
     }
     try {
-      this.backend.setOffload(off);
+      this.hostEnd.setOffload(off);
     } catch (e) {
       this.log.warn({ err: (e as Error).message, offload: off }, "could not set tap offloads");
     }
@@ -172,10 +172,10 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
     this.watch(false, false);
   }
 
-  /** Detaches from the backend and closes it (the tap disappears). */
+  /** Detaches from the host end and closes it (the tap disappears). */
   close(): void {
     this.reset();
-    this.backend.close();
+    this.hostEnd.close();
   }
 
   protected failed(reason: string): void {
@@ -192,7 +192,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
     if (readable === this.wantRead && writable === this.wantWrite) return;
     this.wantRead = readable;
     this.wantWrite = writable;
-    this.backend.want(readable, writable);
+    this.hostEnd.want(readable, writable);
   }
 
   private queue(i: number): Queue | undefined {
@@ -200,7 +200,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
     return q && !q.broken && !this.needsReset ? q : undefined;
   }
 
-  // ---- guest → backend (tx) -------------------------------------------------------------------
+  // ---- guest → host end (tx) ------------------------------------------------------------------
 
   private processTx(): void {
     this.txScheduled = false;
@@ -246,7 +246,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
     }
     let n: number;
     try {
-      n = this.backend.send(chain.readable);
+      n = this.hostEnd.send(chain.readable);
     } catch (e) {
       // The kernel validates the header (e.g. a bogus GSO type): the frame is lost, as on a wire.
       this.metrics.txErrors++;
@@ -265,7 +265,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
     setImmediate(() => this.processTx());
   }
 
-  // ---- backend → guest (rx) -------------------------------------------------------------------
+  // ---- host end → guest (rx) ------------------------------------------------------------------
 
   private processRx(): void {
     this.rxScheduled = false;
@@ -290,7 +290,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
         }
         let n: number;
         try {
-          n = this.backend.recv([this.rxBuf]);
+          n = this.hostEnd.recv([this.rxBuf]);
         } catch (e) {
           this.log.warn({ err: (e as Error).message }, "tap read failed");
           this.watch(false, this.wantWrite);

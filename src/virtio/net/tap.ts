@@ -1,11 +1,11 @@
-// A tap device as a virtio-net backend: the fd from tapOpen (created inside the pod's network
+// A tap device as a virtio-net device's host end: the fd from tapOpen (created inside the pod's network
 // namespace), watched on Node's event loop. Reads and writes are non-blocking syscalls made
 // only when libuv says the fd is ready, so the loop never waits on the network.
 import { closeFd } from "../../native/fdpass.ts";
 import { type FdPoll, POLL_READABLE, POLL_WRITABLE, pollFd } from "../../native/poll.ts";
 import { tapOpen, tapReadv, tapSetOffload, tapWritev } from "../../native/tap.ts";
-import type { NetBackend } from "./backend.ts";
 import { NET_HDR_SIZE } from "./header.ts";
+import type { NetHostEnd } from "./host-end.ts";
 
 export interface TapOptions {
   /** Interface name inside the namespace ("%d" lets the kernel number it). */
@@ -14,7 +14,7 @@ export interface TapOptions {
   netns?: string;
 }
 
-export class TapBackend implements NetBackend {
+export class Tap implements NetHostEnd {
   private poll: FdPoll | undefined;
   private events = 0;
   private cb: ((readable: boolean, writable: boolean) => void) | undefined;
@@ -26,14 +26,14 @@ export class TapBackend implements NetBackend {
   ) {}
 
   /** Creates the tap with the virtio 1.0 header size, so guest headers pass through untouched. */
-  static open(opts: TapOptions): TapBackend {
+  static open(opts: TapOptions): Tap {
     const t = tapOpen(opts.name, opts.netns ?? null, NET_HDR_SIZE);
-    return new TapBackend(t.fd, t.name);
+    return new Tap(t.fd, t.name);
   }
 
   /** Adopts an fd opened elsewhere (it must already have IFF_VNET_HDR and a 12-byte header). */
-  static fromFd(fd: number, name: string): TapBackend {
-    return new TapBackend(fd, name);
+  static fromFd(fd: number, name: string): Tap {
+    return new Tap(fd, name);
   }
 
   recv(bufs: Buffer[]): number {

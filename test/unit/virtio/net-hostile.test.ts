@@ -5,13 +5,13 @@ import assert from "node:assert/strict";
 import { it, mock } from "node:test";
 import { bit, VIRTIO_F_VERSION_1 } from "../../../src/virtio/device.ts";
 import { GuestMemory } from "../../../src/virtio/memory.ts";
-import type { NetBackend } from "../../../src/virtio/net/backend.ts";
 import { NetDevice } from "../../../src/virtio/net/device.ts";
 import { NET_HDR_SIZE, VIRTIO_NET_F_MRG_RXBUF } from "../../../src/virtio/net/header.ts";
+import type { NetHostEnd } from "../../../src/virtio/net/host-end.ts";
 import { TestDriver } from "./driver.ts";
 
 /** A tap holding frames to deliver. */
-class Tap implements NetBackend {
+class Tap implements NetHostEnd {
   readonly frames: Buffer[] = [];
   recv(bufs: Buffer[]): number {
     const f = this.frames.shift();
@@ -38,7 +38,7 @@ it("a frame larger than the rx buffers posted waits without spinning, then goes 
   const rx = new TestDriver(64, 0, mem, 0);
   const tx = new TestDriver(64, 0, mem, 1 << 19);
   const tap = new Tap();
-  const dev = new NetDevice({ backend: tap, mac: "52:54:00:12:34:56" });
+  const dev = new NetDevice({ hostEnd: tap, mac: "52:54:00:12:34:56" });
   const rxq = rx.queue();
   let pops = 0;
   const pop = rxq.pop.bind(rxq);

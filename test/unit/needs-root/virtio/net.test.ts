@@ -5,7 +5,6 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../../../../src/virtio/device.ts";
 import { GuestMemory } from "../../../../src/virtio/memory.ts";
-import type { NetBackend } from "../../../../src/virtio/net/backend.ts";
 import { NetDevice } from "../../../../src/virtio/net/device.ts";
 import {
   NET_HDR_SIZE,
@@ -17,7 +16,8 @@ import {
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_HDR_F_NEEDS_CSUM,
 } from "../../../../src/virtio/net/header.ts";
-import { TapBackend } from "../../../../src/virtio/net/tap.ts";
+import type { NetHostEnd } from "../../../../src/virtio/net/host-end.ts";
+import { Tap } from "../../../../src/virtio/net/tap.ts";
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../../src/virtio/queue/chain.ts";
 import { NetGuest } from "../../../harness/netguest.ts";
 import { arpReply, netUnavailable, parseFrame, TestNetns, UdpPeer, udpFrame } from "../../../harness/testnet.ts";
@@ -46,8 +46,8 @@ describe("virtio-net over a tap in a private namespace", { skip: skip && `SKIPPE
   });
 
   function setup(features: bigint, opts: { mtu?: number; staticNeigh?: boolean; rxRing?: number } = {}) {
-    const tap = TapBackend.open({ name: "cvnet%d", netns: ns.path });
-    const dev = new NetDevice({ backend: tap, mac: GUEST_MAC, mtu: opts.mtu });
+    const tap = Tap.open({ name: "cvnet%d", netns: ns.path });
+    const dev = new NetDevice({ hostEnd: tap, mac: GUEST_MAC, mtu: opts.mtu });
     const guest = new NetGuest(dev, features, opts.rxRing);
     if (opts.mtu) ns.ip("link", "set", "dev", tap.name, "mtu", String(opts.mtu));
     ns.ip("addr", "add", `${HOST_IP}/24`, "dev", tap.name);
@@ -269,7 +269,7 @@ describe("virtio-net over a tap in a private namespace", { skip: skip && `SKIPPE
 });
 
 describe("virtio-net without a tap", () => {
-  class FakeBackend implements NetBackend {
+  class FakeBackend implements NetHostEnd {
     offload: number | undefined;
     recv(): number {
       return -1;
@@ -286,15 +286,15 @@ describe("virtio-net without a tap", () => {
   }
 
   it("exposes MAC, link status and MTU in config space", () => {
-    const dev = new NetDevice({ backend: new FakeBackend(), mac: GUEST_MAC, mtu: 1450 });
+    const dev = new NetDevice({ hostEnd: new FakeBackend(), mac: GUEST_MAC, mtu: 1450 });
     const c = dev.readConfig(0, 12);
     assert.equal(c.subarray(0, 6).toString("hex"), GUEST_MAC.replaceAll(":", ""));
     assert.equal(c.readUInt16LE(6), 1, "VIRTIO_NET_S_LINK_UP");
     assert.equal(c.readUInt16LE(10), 1450);
     assert.equal(dev.readConfig(4, 4).readUInt16LE(2), 1, "partial reads at an offset");
     assert.equal(dev.readConfig(100, 4).length, 4, "reads past the end are zeros");
-    assert.throws(() => new NetDevice({ backend: new FakeBackend(), mac: "01:00:5e:00:00:01" }), /multicast/);
-    assert.throws(() => new NetDevice({ backend: new FakeBackend(), mac: "nope" }), /invalid MAC/);
+    assert.throws(() => new NetDevice({ hostEnd: new FakeBackend(), mac: "01:00:5e:00:00:01" }), /multicast/);
+    assert.throws(() => new NetDevice({ hostEnd: new FakeBackend(), mac: "nope" }), /invalid MAC/);
   });
 
   it("maps the guest's offload features to TUNSETOFFLOAD flags", () => {
@@ -307,7 +307,7 @@ describe("virtio-net without a tap", () => {
     ];
     for (const [f, want] of cases) {
       const be = new FakeBackend();
-      const dev = new NetDevice({ backend: be, mac: GUEST_MAC });
+      const dev = new NetDevice({ hostEnd: be, mac: GUEST_MAC });
       const mem = GuestMemory.alloc(1 << 20);
       dev.activate({
         mem,
@@ -320,7 +320,7 @@ describe("virtio-net without a tap", () => {
   });
 
   it("refuses a driver without VERSION_1", () => {
-    const dev = new NetDevice({ backend: new FakeBackend(), mac: GUEST_MAC });
+    const dev = new NetDevice({ hostEnd: new FakeBackend(), mac: GUEST_MAC });
     dev.activate({
       mem: GuestMemory.alloc(1 << 20),
       queues: [],
@@ -349,7 +349,7 @@ describe("virtio-net without a tap", () => {
       }
     }
     const be = new FullOnce();
-    const dev = new NetDevice({ backend: be, mac: GUEST_MAC });
+    const dev = new NetDevice({ hostEnd: be, mac: GUEST_MAC });
     const tx = new TestDriver(16);
     const rx = new TestDriver(16, 0, tx.mem, 0x80000);
     dev.activate({
@@ -375,7 +375,7 @@ describe("virtio-net without a tap", () => {
 
   it("survives a descriptor loop in the tx ring (device needs reset, nothing thrown)", () => {
     const be = new FakeBackend();
-    const dev = new NetDevice({ backend: be, mac: GUEST_MAC });
+    const dev = new NetDevice({ hostEnd: be, mac: GUEST_MAC });
     const drv = new TestDriver(16);
     const rx = new TestDriver(16, 0, drv.mem, 0x80000);
     dev.activate({
