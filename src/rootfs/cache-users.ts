@@ -103,6 +103,7 @@ export class LayerUser {
     // Nobody else uses this id; only a collector may hold the lock for a moment (it finds the file
     // before our record exists), which acquireLock waits out.
     const release = await acquireLock(join(dir, `${id}.lock`), () => {}, { pollMs: 10, timeoutMs: 60_000 });
+    liveUsers(layers); // clears the holds of pods whose shims died since
     return new LayerUser(dir, id, info, release);
   }
 
@@ -147,6 +148,11 @@ export class LayerUser {
     this.closed = true;
     rmSync(join(this.dir, `${this.id}.json`), { force: true });
     this.release();
+    try {
+      liveUsers(join(this.dir, ".."));
+    } catch {
+      // a record another cove wrote: the collector reports it
+    }
   }
 
   private write(): void {
@@ -222,4 +228,28 @@ export function usersByKey(users: LiveUser[]): Map<string, string[]> {
   const m = new Map<string, string[]>();
   for (const u of users) for (const k of u.images) m.set(k, [...(m.get(k) ?? []), u.pod]);
   return m;
+}
+
+/** Beside a pod's task, where its hold is: the `delete` after a shim crash clears dead holds there. */
+export const HOLD_HINT = "cove-layer-cache";
+
+/** Records in a task's bundle which cache the pod holds images of. */
+export function writeHoldHint(bundle: string, layers: string): void {
+  try {
+    writeFileSync(join(bundle, HOLD_HINT), layers, { mode: 0o600 });
+  } catch {
+    // no bundle (tests): the next pod's start clears dead holds instead
+  }
+}
+
+/**
+ * For the shim's `delete` after its daemon died: clears the dead pods' holds in the cache the
+ * bundle's hint names (the dead shim's among them), so they do not wait for the next pod.
+ */
+export function clearDeadHolds(bundle: string): void {
+  try {
+    liveUsers(readFileSync(join(bundle, HOLD_HINT), "utf8"));
+  } catch {
+    // no hint (the task had no layers), or no cache: nothing to clear
+  }
 }

@@ -16,7 +16,7 @@ import type { CoveConfig } from "../config/config.ts";
 import type { DiskConfig, ExtentPlace } from "../hypervisor/types.ts";
 import { shimMetrics } from "../metrics/shim-metrics.ts";
 import { GIB } from "../rootfs/cache-gc.ts";
-import { LayerUser } from "../rootfs/cache-users.ts";
+import { LayerUser, writeHoldHint } from "../rootfs/cache-users.ts";
 import { type ContainerdAddress, containerdLookup } from "../rootfs/containerd.ts";
 import { layerImage, layersDir } from "../rootfs/layers.ts";
 import { planRootfs } from "../rootfs/plan.ts";
@@ -93,11 +93,13 @@ export class PodDisks {
     private readonly podId = "",
   ) {}
 
-  private cacheUser(): Promise<LayerUser> {
-    this.user ??= LayerUser.open(layersDir(this.config.cacheDir), {
+  private cacheUser(bundle: string): Promise<LayerUser> {
+    const layers = layersDir(this.config.cacheDir);
+    this.user ??= LayerUser.open(layers, {
       pod: this.podId,
       ...(this.containerd ? { namespace: this.containerd.namespace } : {}),
     });
+    writeHoldHint(bundle, layers);
     return this.user;
   }
 
@@ -146,7 +148,7 @@ export class PodDisks {
         ? await committedChain(() => containerdLookup(at), c.id, plan.lowers.length, log)
         : undefined;
     const use = {
-      user: await this.cacheUser(),
+      user: await this.cacheUser(c.bundle),
       ...(at ? { containerd: at } : {}),
       collect: { maxBytes: this.config.cache.maxLayersGib * GIB },
     };

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import protobuf from "protobufjs/minimal.js";
 import { errorMessage } from "../common/errors.ts";
 import { closeFd, unixListen } from "../native/fdpass.ts";
+import { clearDeadHolds } from "../rootfs/cache-users.ts";
 import { reapOrphanVm } from "../sandbox/cleanup.ts";
 import { addressPath, DEFAULT_SOCKET_DIR, groupingOf, socketAddress, socketPath } from "./address.ts";
 import { daemonArgs, type ShimFlags } from "./flags.ts";
@@ -266,6 +267,7 @@ export async function deleteTask(flags: ShimFlags, io: DeleteIO): Promise<Uint8A
   // A dead daemon may have left its pod VM running (this bundle's, if it started the pod).
   // (and its pod network's tc redirects, which outlive the shim's taps).
   if (!daemonAlive) await (io.reapVm ?? (async (b: string) => void (await reapOrphanVm(b, warn))))(bundle);
+  if (!daemonAlive) clearDeadHolds(bundle); // the dead pod's hold on layer images (src/rootfs/cache-users.ts)
   let pid = 0;
   try {
     pid = Number.parseInt(readFileSync(join(bundle, "init.pid"), "utf8"), 10) || 0;

@@ -12,7 +12,7 @@ import { pino } from "pino";
 import { tryLock } from "../../../src/native/flock.ts";
 import { collectLayers, listCache } from "../../../src/rootfs/cache-gc.ts";
 import type { LookupOpener } from "../../../src/rootfs/cache-source.ts";
-import { LayerUser, liveUsers, usersDir } from "../../../src/rootfs/cache-users.ts";
+import { clearDeadHolds, LayerUser, liveUsers, usersDir, writeHoldHint } from "../../../src/rootfs/cache-users.ts";
 import { ContainerdError, GRPC_NOT_FOUND } from "../../../src/rootfs/containerd.ts";
 import { layerImage, layerKey, layersDir } from "../../../src/rootfs/layers.ts";
 import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
@@ -301,5 +301,30 @@ test(
       await kill9(pod);
     }
     assert.equal(layerKey({ dir: layerDir }).length, 24);
+  }),
+);
+
+test(
+  "a SIGKILLed shim's hold is cleared by the shim's delete (the bundle's hint), or by the next pod",
+  { timeout: 60_000 },
+  withTmp(async (dir) => {
+    const layers = join(dir, "layers");
+    const k = image(layers);
+    const bundle = join(dir, "bundle");
+    mkdirSync(bundle);
+    writeHoldHint(bundle, layers);
+    let pod = await podProcess(layers, [k]);
+    await kill9(pod);
+    assert.equal(readdirSync(usersDir(layers)).length, 2, "the dead shim's lock and record are still there");
+    clearDeadHolds(bundle);
+    assert.deepEqual(readdirSync(usersDir(layers)), []);
+    // Without a delete: the next pod's start clears it.
+    pod = await podProcess(layers, [k]);
+    await kill9(pod);
+    const next = await LayerUser.open(layers, { pod: "next" });
+    assert.deepEqual(readdirSync(usersDir(layers)).sort(), [`${next.id}.json`, `${next.id}.lock`]);
+    next.close();
+    assert.deepEqual(readdirSync(usersDir(layers)), []);
+    clearDeadHolds(join(dir, "no-such-bundle")); // no hint: nothing to do, no error
   }),
 );
