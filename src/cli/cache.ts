@@ -1,7 +1,9 @@
 // `cove cache ls | prune | gc`: the layer image cache (<cache_dir>/layers) as the shims keep it
 // (src/rootfs/cache-gc.ts): each image's size, last use and the pods using it; removing what no
 // running pod uses.
+
 import { parseArgs } from "node:util";
+import { errorMessage } from "../common/errors.ts";
 import type { CoveConfig } from "../config/config.ts";
 import { type CacheEntry, collectLayers, type GcReport, GIB, listCache } from "../rootfs/cache-gc.ts";
 import { layersDir } from "../rootfs/layers.ts";
@@ -24,7 +26,7 @@ function parse(args: string[], extra: Record<string, { type: "boolean" }>): Cach
       strict: true,
     }).values as CacheArgs;
   } catch (e) {
-    throw new UsageError((e as Error).message);
+    throw new UsageError(errorMessage(e));
   }
 }
 

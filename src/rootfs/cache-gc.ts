@@ -9,9 +9,11 @@
 //     record of a removed image) is removed.
 // Each removal takes the image's own lock without waiting (an image being converted or looked at is
 // skipped) and reads the users again under it. A pass stops at its deadline.
+
 import { readdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
 import { contentHeld, type LookupOpener, readSource, type SourceRecord, sourcePath } from "./cache-source.ts";
 import { type LiveUser, liveUsers, tryAcquire, usersByKey } from "./cache-users.ts";
 import { containerdLookup } from "./containerd.ts";
@@ -228,7 +230,7 @@ export function scheduleCollect(layers: string, opts: GcOptions, log: Logger): v
           );
         }
       } catch (e) {
-        log.warn({ err: (e as Error).message }, "layer cache: collection failed; nothing more removed");
+        log.warn({ err: errorMessage(e) }, "layer cache: collection failed; nothing more removed");
       }
     } while (again);
   })().finally(() => {

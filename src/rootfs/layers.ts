@@ -18,7 +18,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { LimitError } from "../common/errors.ts";
+import { errorMessage, LimitError } from "../common/errors.ts";
 import { runAsync } from "../common/exec.ts";
 import { acquireLock } from "../guest/lock.ts";
 import { Code, TtrpcError } from "../ttrpc/index.ts";
@@ -191,7 +191,7 @@ async function convert(src: LayerSource, path: string, log: Logger): Promise<voi
     renameSync(tmp, path);
   } catch (e) {
     rmSync(tmp, { force: true });
-    const msg = (e as Error).message;
+    const msg = errorMessage(e);
     const full = /No space left|ENOSPC/i.test(msg);
     throw new TtrpcError(
       full ? Code.RESOURCE_EXHAUSTED : Code.INTERNAL,
