@@ -3,6 +3,7 @@
 // text, printed once or served over HTTP for Prometheus (docs/metrics.md).
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
+import { errorMessage } from "../common/errors.ts";
 import { NodeMetrics } from "../metrics/node.ts";
 import { VM_RUN_DIR } from "../sandbox/run-state.ts";
 import { type Command, UsageError } from "./command.ts";
@@ -14,7 +15,7 @@ function parse<O extends Record<string, { type: "string" | "boolean" }>>(args: s
   try {
     return parseArgs({ args, options: { ...COMMON_OPTIONS, ...options }, strict: true }).values;
   } catch (e) {
-    throw new UsageError((e as Error).message);
+    throw new UsageError(errorMessage(e));
   }
 }
 
@@ -81,7 +82,7 @@ ${COMMON_USAGE}`,
       });
       pending.then(
         (text) => res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }).end(text),
-        (e: Error) => res.writeHead(500, { "content-type": "text/plain" }).end(`${e.message}\n`),
+        (e: unknown) => res.writeHead(500, { "content-type": "text/plain" }).end(`${errorMessage(e)}\n`),
       );
     });
     await new Promise<void>((resolve, reject) => {

@@ -6,6 +6,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { AggregatorRegistry, Counter, Gauge, Registry } from "prom-client";
+import { errorMessage } from "../common/errors.ts";
 import { readPodStates, VM_RUN_DIR } from "../sandbox/run-state.ts";
 import { layerCacheSize } from "./cache-size.ts";
 import { getUnix, parseScrape, type ScrapedMetric } from "./scrape.ts";
@@ -53,7 +54,7 @@ export async function scrapePods(o: NodeOptions): Promise<PodScrape[]> {
     try {
       return { pod, dir: e.dir, metrics: parseScrape(await scrape(join(e.dir, METRICS_SOCKET))) };
     } catch (err) {
-      return { pod, dir: e.dir, error: (err as Error).message };
+      return { pod, dir: e.dir, error: errorMessage(err) };
     }
   });
 }

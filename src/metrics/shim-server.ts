@@ -7,6 +7,7 @@ import { createServer, type Server } from "node:http";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
+import { errorMessage } from "../common/errors.ts";
 
 export const METRICS_SOCKET = "metrics.sock";
 /** Concurrent scrapers; more are refused (the node endpoint uses one). */
@@ -31,9 +32,9 @@ export function handler(registry: Registry, log?: Logger) {
     }
     (json ? registry.getMetricsAsJSON().then((m) => JSON.stringify(m)) : registry.metrics()).then(
       (body) => res.writeHead(200, { "content-type": json ? "application/json" : registry.contentType }).end(body),
-      (e: Error) => {
-        log?.warn({ err: e.message }, "metrics: collecting failed");
-        res.writeHead(500, { "content-type": "text/plain" }).end(`collecting metrics failed: ${e.message}\n`);
+      (e: unknown) => {
+        log?.warn({ err: errorMessage(e) }, "metrics: collecting failed");
+        res.writeHead(500, { "content-type": "text/plain" }).end(`collecting metrics failed: ${errorMessage(e)}\n`);
       },
     );
   };

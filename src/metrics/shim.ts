@@ -2,6 +2,7 @@
 // VM work dir's metrics socket; at teardown, stop serving. Metrics never fail the pod: a socket
 // that cannot be bound is logged and the pod runs without.
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
 import type { RunningVm } from "../hypervisor/types.ts";
 import type { PodRunState } from "../sandbox/run-state.ts";
 import { podSource } from "./pod-source.ts";
@@ -37,8 +38,8 @@ export function startPodMetrics(o: {
       o.log.debug({ socket: s.path }, "pod metrics served");
       return s;
     },
-    (e: Error) => {
-      o.log.warn({ err: e.message }, "pod metrics: cannot serve the metrics socket (the pod runs without)");
+    (e: unknown) => {
+      o.log.warn({ err: errorMessage(e) }, "pod metrics: cannot serve the metrics socket (the pod runs without)");
       return undefined;
     },
   );
