@@ -18,10 +18,9 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { errorMessage, LimitError } from "../common/errors.ts";
+import { errorMessage, InternalError, InvalidArgumentError, LimitError, NotFoundError } from "../common/errors.ts";
 import { runAsync } from "../common/exec.ts";
 import { acquireLock } from "../guest/lock.ts";
-import { Code, TtrpcError } from "../ttrpc/index.ts";
 import { collectLayers, type GcOptions, scheduleCollect } from "./cache-gc.ts";
 import { recordSource } from "./cache-source.ts";
 import type { LayerUser } from "./cache-users.ts";
@@ -66,9 +65,9 @@ export function layerKey(src: LayerSource): string {
   try {
     st = statSync(src.dir);
   } catch (e) {
-    throw new TtrpcError(Code.NOT_FOUND, `layer directory ${src.dir}: ${(e as NodeJS.ErrnoException).code ?? e}`);
+    throw new NotFoundError(`layer directory ${src.dir}: ${(e as NodeJS.ErrnoException).code ?? e}`);
   }
-  if (!st.isDirectory()) throw new TtrpcError(Code.INVALID_ARGUMENT, `layer ${src.dir} is not a directory`);
+  if (!st.isDirectory()) throw new InvalidArgumentError(`layer ${src.dir} is not a directory`);
   return hashKey(["dir", src.dir, String(st.dev), String(st.ino), String(st.ctimeMs), ...MKFS_EROFS_ARGS]);
 }
 
@@ -155,9 +154,9 @@ async function takeOrConvert(
   return { key, path, built, ms };
 }
 
-/** A conversion's "the cache disk is full" (as a status now, as a domain error once this file throws those). */
+/** A conversion's "the cache disk is full". */
 function isDiskFull(e: unknown): boolean {
-  return (e instanceof TtrpcError && e.code === Code.RESOURCE_EXHAUSTED) || e instanceof LimitError;
+  return e instanceof LimitError;
 }
 
 /**
@@ -193,8 +192,7 @@ async function convert(src: LayerSource, path: string, log: Logger): Promise<voi
     rmSync(tmp, { force: true });
     const msg = errorMessage(e);
     const full = /No space left|ENOSPC/i.test(msg);
-    throw new TtrpcError(
-      full ? Code.RESOURCE_EXHAUSTED : Code.INTERNAL,
+    throw new (full ? LimitError : InternalError)(
       `cannot convert layer ${layerName(src)} to an erofs image${full ? ` (the layer cache ${join(path, "..")} is full)` : ""}: ${msg}`,
     );
   }

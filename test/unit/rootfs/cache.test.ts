@@ -9,13 +9,15 @@ import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, rmSync, utimes
 import { join, resolve } from "node:path";
 import { test } from "node:test";
 import { pino } from "pino";
+import { CoveError } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { tryLock } from "../../../src/native/flock.ts";
 import { collectLayers, listCache } from "../../../src/rootfs/cache-gc.ts";
 import type { LookupOpener } from "../../../src/rootfs/cache-source.ts";
 import { clearDeadHolds, LayerUser, liveUsers, usersDir, writeHoldHint } from "../../../src/rootfs/cache-users.ts";
 import { ContainerdError, GRPC_NOT_FOUND } from "../../../src/rootfs/containerd.ts";
 import { layerImage, layerKey, layersDir } from "../../../src/rootfs/layers.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 import { MKFS, withTmp } from "./tmp.ts";
 
 const log = pino({ level: "silent" });
@@ -290,7 +292,7 @@ test(
       mkdirSync(other);
       await assert.rejects(
         layerImage(cache, { dir: other }, log, { user: u, collect: { maxBytes: 0 } }),
-        (e: unknown) => e instanceof TtrpcError && e.code === Code.RESOURCE_EXHAUSTED,
+        (e: unknown) => e instanceof CoveError && grpcStatus(e).code === Code.RESOURCE_EXHAUSTED,
       );
       assert.deepEqual(keys(layers).sort(), [used, img.key].sort());
       assert.deepEqual(u.keys, [img.key], "the failed layer is not listed as used");

@@ -7,8 +7,10 @@ import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "
 import { join, resolve } from "node:path";
 import { test } from "node:test";
 import { pino } from "pino";
+import { CoveError } from "../../../src/common/errors.ts";
+import { grpcStatus } from "../../../src/common/grpc-status.ts";
 import { layerImage, layerKey, layersDir } from "../../../src/rootfs/layers.ts";
-import { Code, TtrpcError } from "../../../src/ttrpc/index.ts";
+import { Code } from "../../../src/ttrpc/index.ts";
 import { MKFS, withTmp } from "./tmp.ts";
 
 const log = pino({ level: "silent" });
@@ -118,8 +120,8 @@ test(
     const snapshot = "overlayfs/sha256:beef";
     await withPath(fake.path, () =>
       assert.rejects(layerImage(cache, { dir: layerDir(dir, "layer"), snapshot }, log), (e: unknown) => {
-        assert.ok(e instanceof TtrpcError);
-        assert.equal(e.code, Code.RESOURCE_EXHAUSTED);
+        assert.ok(e instanceof CoveError);
+        assert.equal(grpcStatus(e).code, Code.RESOURCE_EXHAUSTED);
         assert.match(e.message, /cannot convert layer overlayfs\/sha256:beef \(.*\/layer\)/);
         assert.match(e.message, /the layer cache .*cache\/layers is full/);
         return true;
@@ -148,8 +150,8 @@ test(
       }
       process.chdir(cwd);
       await assert.rejects(layerImage(cache, { dir: layer }, log), (e: unknown) => {
-        assert.ok(e instanceof TtrpcError);
-        assert.equal(e.code, Code.INTERNAL);
+        assert.ok(e instanceof CoveError);
+        assert.equal(grpcStatus(e).code, Code.INTERNAL);
         assert.match(e.message, new RegExp(`cannot convert layer ${layer} to an erofs image: .+`));
         return true;
       });
