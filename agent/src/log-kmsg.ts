@@ -4,6 +4,7 @@
 // are skipped (kernelLevel in log-format.ts maps the kernel's priorities). Kernel records never go
 // to the console from here: the kernel prints there itself, by its own console level.
 import { closeSync, constants, openSync, readSync } from "node:fs";
+import { errorMessage } from "../../src/common/errors.ts";
 import { type FdPoll, POLL_READABLE, pollFd } from "../../src/native/poll.ts";
 import { kernelLevel, LEVELS } from "../../src/sandbox/agent/log-format.ts";
 import type { Logger } from "./log.ts";
@@ -47,7 +48,7 @@ export function followKmsg(sink: LogSink, log: Logger, path = "/dev/kmsg"): { st
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (e) {
-    log.warn({ path, err: (e as Error).message }, "cannot read the kernel's messages");
+    log.warn({ path, err: errorMessage(e) }, "cannot read the kernel's messages");
     return undefined;
   }
   const buf = Buffer.alloc(RECORD_MAX);
@@ -61,7 +62,7 @@ export function followKmsg(sink: LogSink, log: Logger, path = "/dev/kmsg"): { st
         const code = (e as NodeJS.ErrnoException).code;
         if (code === "EPIPE") continue; // records were overwritten before we read them: go on
         if (code === "EAGAIN") return;
-        log.warn({ err: (e as Error).message }, "reading /dev/kmsg failed: kernel messages stop here");
+        log.warn({ err: errorMessage(e) }, "reading /dev/kmsg failed: kernel messages stop here");
         stop();
         return;
       }

@@ -9,6 +9,7 @@ import { constants } from "node:os";
 import { join } from "node:path";
 import type { Duplex, Readable, Writable } from "node:stream";
 import { parseArgs } from "node:util";
+import { errorMessage } from "../common/errors.ts";
 import { printable } from "../common/text.ts";
 import {
   CONSOLE_PORT,
@@ -163,7 +164,7 @@ export function runConsoleSession(conn: Duplex, opts: ExecOptions, io: ExecStrea
       try {
         frames = dec.push(d);
       } catch (e) {
-        finish(255, `cove exec: malformed data from the pod VM: ${(e as Error).message}`);
+        finish(255, `cove exec: malformed data from the pod VM: ${errorMessage(e)}`);
         return;
       }
       for (const f of frames) {
@@ -191,7 +192,7 @@ export function runConsoleSession(conn: Duplex, opts: ExecOptions, io: ExecStrea
             try {
               st = parseExit(f.payload);
             } catch (e) {
-              return finish(255, `cove exec: ${(e as Error).message}`);
+              return finish(255, `cove exec: ${errorMessage(e)}`);
             }
             return finish(st.code ?? 128 + signalNumber(st.signal));
           }
@@ -261,7 +262,7 @@ only) to the agent's port ${CONSOLE_PORT}. Exit status: the command's (128 + n f
     try {
       parsed = parse(ours);
     } catch (e) {
-      throw new UsageError((e as Error).message);
+      throw new UsageError(errorMessage(e));
     }
     const id = parsed.positionals[0];
     if (!id) throw new UsageError("a pod or container id is needed");

@@ -3,6 +3,7 @@
 // (PSS) the VMM and shim take, uptime and containers. Needs no containerd.
 import { existsSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { errorMessage } from "../common/errors.ts";
 import { type PodRunState, readPodStates, VM_RUN_DIR } from "../sandbox/run-state.ts";
 import { type Command, UsageError } from "./command.ts";
 import { formatTable } from "./table.ts";
@@ -88,7 +89,7 @@ the host memory the VMM and shim take (PSS), uptime and the pod's containers. Ne
     try {
       v = parseArgs({ args, options: { json: { type: "boolean" }, "run-dir": { type: "string" } } }).values;
     } catch (e) {
-      throw new UsageError((e as Error).message);
+      throw new UsageError(errorMessage(e));
     }
     const { rows, problems } = podRows(v["run-dir"] ?? VM_RUN_DIR);
     process.stdout.write(v.json ? `${JSON.stringify(rows, null, 2)}\n` : formatRows(rows));

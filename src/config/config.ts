@@ -2,6 +2,7 @@
 // are the values in config/cove.toml (a unit test keeps the two in step).
 import { existsSync, readFileSync } from "node:fs";
 import { parse } from "smol-toml";
+import { errorMessage } from "../common/errors.ts";
 import { DEFAULT_CACHE_DIR, guestArtifacts } from "../guest/paths.ts";
 
 export type HypervisorChoice = "auto" | "embedded" | "qemu";
@@ -128,7 +129,7 @@ export function parseConfig(text: string, file: string): CoveConfig {
   try {
     doc = parse(text) as Table;
   } catch (e) {
-    throw new ConfigError(`${file}: not valid TOML: ${(e as Error).message}`);
+    throw new ConfigError(`${file}: not valid TOML: ${errorMessage(e)}`);
   }
   const d = defaultConfig();
   onlyKeys(doc, "", ["hypervisor", "cache_dir", "guest", "qemu", "pod", "cache", "log", "debug"], file);
@@ -231,7 +232,7 @@ export function loadConfig(lookup: ConfigLookup = {}): CoveConfig {
     text = readFileSync(path, "utf8");
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError(`cannot read cove config ${path}: ${code ?? (e as Error).message}`);
+    throw new ConfigError(`cannot read cove config ${path}: ${code ?? errorMessage(e)}`);
   }
   return parseConfig(text, path);
 }

@@ -3,6 +3,7 @@
 // then materialize it and call makeErofs.
 import { chmodSync, copyFileSync, lstatSync, mkdirSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, isAbsolute, join, normalize } from "node:path";
+import { errorMessage } from "../common/errors.ts";
 import { run } from "../common/exec.ts";
 import { fileSha256, keyOf } from "./hash.ts";
 
@@ -22,7 +23,7 @@ export function sharedLibraries(binary: string): string[] {
     out = run(["ldd", binary]);
   } catch (e) {
     // ldd exits 1 for static binaries ("not a dynamic executable").
-    if (String((e as Error).message).includes("not a dynamic executable")) return [];
+    if (String(errorMessage(e)).includes("not a dynamic executable")) return [];
     throw e;
   }
   const libs: string[] = [];

@@ -16,6 +16,7 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
 import type { Json } from "./oci.ts";
 import { isSandboxContainer } from "./sandbox-container.ts";
 
@@ -188,7 +189,7 @@ export function joinCgroup(cgroupsPath: string, host: CgroupHost = realCgroupHos
         writeFileSync(join(j.back, "cgroup.procs"), String(host.pid));
         for (const d of j.made.reverse()) rmdirSettled(d);
       } catch (e) {
-        log?.warn({ cgroup: j.dir, err: (e as Error).message }, "pod cgroup: could not leave or remove");
+        log?.warn({ cgroup: j.dir, err: errorMessage(e) }, "pod cgroup: could not leave or remove");
       }
     }
   };
@@ -252,7 +253,7 @@ export function joinPodCgroup(oci: Json, log: Logger, host: CgroupHost = realCgr
     return cg;
   } catch (e) {
     log.warn(
-      { cgroupsPath: path, err: (e as Error).message },
+      { cgroupsPath: path, err: errorMessage(e) },
       "pod cgroup: could not join the pod's cgroup; the shim and VMM stay charged where they run",
     );
     return undefined;

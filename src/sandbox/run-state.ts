@@ -3,6 +3,7 @@
 // work dir when the VM is torn down (or by `delete` after a shim crash).
 import { readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { errorMessage } from "../common/errors.ts";
 
 /** Parent of every pod VM's work dir (src/sandbox/pod.ts). */
 export const VM_RUN_DIR = "/run/cove/vm";
@@ -100,7 +101,7 @@ export function readPodStates(runDir: string): { dir: string; state?: PodRunStat
       return { dir, state: parsePodState(readFileSync(join(dir, POD_STATE_FILE), "utf8")) };
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      return { dir, error: code === "ENOENT" ? "no pod.json (booting, or from an older cove)" : (e as Error).message };
+      return { dir, error: code === "ENOENT" ? "no pod.json (booting, or from an older cove)" : errorMessage(e) };
     }
   });
 }

@@ -5,6 +5,7 @@ import { fstatSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { errorMessage } from "../common/errors.ts";
 import { createLogger, type DropCountingDestination, openLogFifo } from "../common/logger.ts";
 import { loadConfig } from "../config/config.ts";
 import { registerBuiltinBackends } from "../hypervisor/builtin.ts";
@@ -85,7 +86,7 @@ export function createDaemon(server: net.Server, o: DaemonOptions): Daemon {
       try {
         await runtime.shutdown();
       } catch (e) {
-        logger.error({ err: (e as Error).message }, "sandbox shutdown failed");
+        logger.error({ err: errorMessage(e) }, "sandbox shutdown failed");
       }
       await events.flush(2000);
       events.close();
@@ -105,7 +106,7 @@ export function createDaemon(server: net.Server, o: DaemonOptions): Daemon {
         return;
       }
     } catch (e) {
-      logger.error({ err: (e as Error).message }, "peer credential check failed: connection refused");
+      logger.error({ err: errorMessage(e) }, "peer credential check failed: connection refused");
       socket.destroy();
       return;
     }
@@ -145,7 +146,7 @@ export async function serve(flags: ShimFlags, listenFd?: number): Promise<void> 
   try {
     if (!flags.debug) level = loadConfig({ configPath: flags.configPath || undefined }).log.level;
   } catch (e) {
-    configNote = (e as Error).message; // reported again, to containerd, by Create
+    configNote = errorMessage(e); // reported again, to containerd, by Create
   }
   const logger = createLogger({
     level,
@@ -160,7 +161,7 @@ export async function serve(flags: ShimFlags, listenFd?: number): Promise<void> 
   try {
     setChildSubreaper();
   } catch (e) {
-    logger.warn({ err: (e as Error).message }, "cannot become child subreaper");
+    logger.warn({ err: errorMessage(e) }, "cannot become child subreaper");
   }
   registerBuiltinBackends();
   const runtime = new SandboxRuntime({

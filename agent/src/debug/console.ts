@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync } from "node:fs";
 import type { Socket } from "node:net";
 import type { Readable, Writable } from "node:stream";
+import { errorMessage } from "../../../src/common/errors.ts";
 import { openPty, setWinsize } from "../../../src/native/pty.ts";
 import { socketFromFd } from "../../../src/native/vsock.ts";
 import {
@@ -87,7 +88,7 @@ function serveConnection(conn: Socket, log: Logger, opts: ConsoleOptions): void 
         child = spawn(argv[0]!, argv.slice(1), { stdio: ["pipe", "pipe", "pipe"], env, cwd: "/" });
       }
     } catch (e) {
-      refuse(`cannot start ${argv[0]}: ${(e as Error).message}`);
+      refuse(`cannot start ${argv[0]}: ${errorMessage(e)}`);
       return;
     } finally {
       if (slave >= 0) closeSync(slave);
@@ -145,7 +146,7 @@ function serveConnection(conn: Socket, log: Logger, opts: ConsoleOptions): void 
     try {
       frames = dec.push(d);
     } catch (e) {
-      refuse((e as Error).message);
+      refuse(errorMessage(e));
       return;
     }
     for (const f of frames) {
@@ -155,7 +156,7 @@ function serveConnection(conn: Socket, log: Logger, opts: ConsoleOptions): void 
         try {
           req = parseOpen(f.payload);
         } catch (e) {
-          return refuse((e as Error).message);
+          return refuse(errorMessage(e));
         }
         open(req);
         if (!child) return;

@@ -5,6 +5,7 @@
 // and containers whose spec joins a pid/ipc/uts namespace join the holder's instead.
 // The holder is made after the hostname and the other sysctls are set (its UTS namespace starts as
 // a copy); the pod's IPC sysctls are written by the holder itself, inside its new IPC namespace.
+import { errorMessage } from "../../../src/common/errors.ts";
 import {
   CLONE_NEWIPC,
   CLONE_NEWPID,
@@ -52,7 +53,7 @@ export function startPodNamespaces(log: Logger, ipcSysctls: Record<string, strin
     }
   } catch (e) {
     if (Object.keys(ipcSysctls).length) throw e;
-    log.warn({ err: (e as Error).message }, "pod namespaces: no holder process; containers get their own");
+    log.warn({ err: errorMessage(e) }, "pod namespaces: no holder process; containers get their own");
     return undefined;
   }
   let stopped = false;

@@ -12,6 +12,7 @@
 //  - the message and every other field are cut and have their control characters escaped; levels
 //    are mapped (a guest cannot log above error); ids are checked.
 import type { Duplex } from "node:stream";
+import { errorMessage } from "../../common/errors.ts";
 import { type LevelLogger, RateLimitedLog } from "../../common/rate-limited-log.ts";
 import { printable } from "../../common/text.ts";
 import { LEVELS, LOG_PORT, MAX_LOG_LINE } from "./log-format.ts";
@@ -304,10 +305,7 @@ export function followGuestLog(
     },
     (e: unknown) => {
       if (!reader.isClosed)
-        out.warn(
-          { port: LOG_PORT, err: (e as Error).message },
-          "the guest's log port did not answer: no guest log lines",
-        );
+        out.warn({ port: LOG_PORT, err: errorMessage(e) }, "the guest's log port did not answer: no guest log lines");
     },
   );
   return reader;

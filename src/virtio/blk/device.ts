@@ -2,6 +2,7 @@
 // loop. Requests run concurrently (several in flight per queue) and complete in any order.
 // A disk slot can start empty and get media later (capacity change + config interrupt): the
 // way a container added to a running pod gets its disk without hotplug.
+import { errorMessage } from "../../common/errors.ts";
 import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import {
   type ActivateContext,
@@ -290,7 +291,7 @@ export class BlkDevice extends DeviceBase implements VirtioDevice {
         (r) => ({ status: r.status, written: r.written }),
         (e: unknown) => {
           this.metrics.ioErrors++;
-          this.ioErrorLog.log({ err: (e as Error).message, type: req.type, sector: req.sector }, "blk I/O error");
+          this.ioErrorLog.log({ err: errorMessage(e), type: req.type, sector: req.sector }, "blk I/O error");
           return { status: VIRTIO_BLK_S_IOERR, written: 0 };
         },
       )

@@ -6,6 +6,7 @@
 // capacity) is announced on the back-end channel. Framing is in reader.ts and writer.ts, the
 // socket in connection.ts; here is the device state and one handler per request.
 import { existsSync, unlinkSync } from "node:fs";
+import { errorMessage } from "../../common/errors.ts";
 import { bindPrivate } from "../../common/private-socket.ts";
 import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import { eventfdRead, eventfdWrite } from "../../native/eventfd.ts";
@@ -156,7 +157,7 @@ export class VhostUserBackend {
         this.reply(req, u64Payload(0n));
       }
     } catch (e) {
-      this.log.error({ req: REQ_NAMES[req] ?? req, err: (e as Error).message }, "vhost-user request failed");
+      this.log.error({ req: REQ_NAMES[req] ?? req, err: errorMessage(e) }, "vhost-user request failed");
       for (const fd of fds) safeClose(fd);
       if (flags & FLAG_NEED_REPLY) this.reply(req, u64Payload(1n));
     }
@@ -328,7 +329,7 @@ export class VhostUserBackend {
       n = eventfdRead(fd);
     } catch (e) {
       // Not an eventfd we can read (the front-end passed something else): stop watching it.
-      this.peerError.log({ ring: i, err: (e as Error).message }, "vhost-user kick fd unusable; ring stops");
+      this.peerError.log({ ring: i, err: errorMessage(e) }, "vhost-user kick fd unusable; ring stops");
       r.kickPoll?.stop();
       r.kickPoll = undefined;
       return;
@@ -405,7 +406,7 @@ export class VhostUserBackend {
           eventfdWrite(fd);
         } catch (e) {
           // A call fd we cannot write (not an eventfd): the device must not see a throw mid-ring.
-          this.peerError.log({ ring: i, err: (e as Error).message }, "vhost-user call fd unusable; dropped");
+          this.peerError.log({ ring: i, err: errorMessage(e) }, "vhost-user call fd unusable; dropped");
           safeClose(fd);
           r!.callFd = undefined;
           return;
@@ -448,7 +449,7 @@ export class VhostUserBackend {
     try {
       this.device.reset();
     } catch (e) {
-      this.log.error({ err: (e as Error).message }, "device reset failed");
+      this.log.error({ err: errorMessage(e) }, "device reset failed");
     }
   }
 
@@ -477,7 +478,7 @@ export class VhostUserBackend {
     try {
       this.onDisconnect?.();
     } catch (e) {
-      this.log.error({ err: (e as Error).message }, "onDisconnect handler failed");
+      this.log.error({ err: errorMessage(e) }, "onDisconnect handler failed");
     }
   }
 

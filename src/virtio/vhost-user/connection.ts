@@ -2,6 +2,7 @@
 // (writer.ts), and the back-end channel it may hand us (SET_BACKEND_REQ_FD) for requests we send
 // it. It never closes itself: when the socket ends or breaks it tells its owner, who tears down
 // the device state first and then closes it.
+import { errorMessage } from "../../common/errors.ts";
 import { sendWithFds } from "../../native/fdpass.ts";
 import { type FdPoll, POLL_READABLE, POLL_WRITABLE, pollFd } from "../../native/poll.ts";
 import type { Logger } from "../log.ts";
@@ -69,7 +70,7 @@ export class FrontEndConnection {
       state = this.writer.flush(this.fd);
     } catch (e) {
       // The front-end is gone. Never a throw into dispatch or the poll callback.
-      this.log.debug({ err: (e as Error).message }, "vhost-user send failed; closing the connection");
+      this.log.debug({ err: errorMessage(e) }, "vhost-user send failed; closing the connection");
       this.owner.onEnd();
       return;
     }
@@ -92,7 +93,7 @@ export class FrontEndConnection {
     try {
       if (sendWithFds(this.channelFd, m) !== m.length) this.log.warn("back-end channel full; config change not sent");
     } catch (e) {
-      this.log.warn({ err: (e as Error).message }, "back-end channel broken; config change not sent");
+      this.log.warn({ err: errorMessage(e) }, "back-end channel broken; config change not sent");
       safeClose(this.channelFd);
       this.channelFd = -1;
     }

@@ -3,6 +3,7 @@
 // connect(port) → Duplex for in-process users (the shim's agent channel), listen(port) for
 // guest-initiated connections, and an `acceptor` fallback (hybrid vsock's `<uds>_<port>`).
 
+import { errorMessage } from "../../common/errors.ts";
 import { RateLimitedLog } from "../../common/rate-limited-log.ts";
 import {
   bit,
@@ -417,7 +418,7 @@ export class VsockDevice extends DeviceBase implements VirtioDevice, ConnOwner {
     if (local) go(local);
     else if (this.acceptor) {
       this.acceptor(port).then(go, (e: unknown) => {
-        this.log.debug({ port, err: (e as Error).message }, "vsock acceptor refused");
+        this.log.debug({ port, err: errorMessage(e) }, "vsock acceptor refused");
         go(undefined);
       });
     } else go(undefined);

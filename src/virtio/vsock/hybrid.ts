@@ -6,6 +6,7 @@
 import { chmodSync, existsSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { errorMessage } from "../../common/errors.ts";
 import { PRIVATE_SOCKET_MODE, underPrivateUmask } from "../../common/private-socket.ts";
 import { defaultLogger, type Logger } from "../log.ts";
 import type { VsockStream } from "./connection.ts";
@@ -86,7 +87,7 @@ export class HybridVsock {
           sock.resume();
         },
         (e: unknown) => {
-          this.log.debug({ port, err: (e as Error).message }, "hybrid vsock: guest refused");
+          this.log.debug({ port, err: errorMessage(e) }, "hybrid vsock: guest refused");
           sock.destroy();
         },
       );
