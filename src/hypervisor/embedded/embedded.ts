@@ -4,6 +4,7 @@
 import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import { PassThrough } from "node:stream";
 import { type Logger, pino } from "pino";
+import { errorMessage } from "../../common/errors.ts";
 import { BlkDevice } from "../../virtio/blk/device.ts";
 import { NetDevice } from "../../virtio/net/device.ts";
 import { VsockDevice } from "../../virtio/vsock/device.ts";
@@ -60,7 +61,7 @@ export class EmbeddedHypervisor implements Hypervisor {
         try {
           if (!(await settledWithin(Promise.resolve(c()), IO_DRAIN_MS))) log.warn("a device is still draining its I/O");
         } catch (e) {
-          log.warn({ err: (e as Error).message }, "cleanup step failed");
+          log.warn({ err: errorMessage(e) }, "cleanup step failed");
         }
       }
       if (machine && !(await settledWithin(machine.released, IO_DRAIN_MS))) {

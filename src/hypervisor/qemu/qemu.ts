@@ -5,6 +5,7 @@ import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { type Logger, pino } from "pino";
+import { errorMessage } from "../../common/errors.ts";
 import { BlkDevice } from "../../virtio/blk/device.ts";
 import { NetDevice } from "../../virtio/net/device.ts";
 import { VhostUserBackend } from "../../virtio/vhost-user/backend.ts";
@@ -71,7 +72,7 @@ export class QemuHypervisor implements Hypervisor {
         try {
           await c();
         } catch (e) {
-          log.warn({ err: (e as Error).message }, "cleanup step failed");
+          log.warn({ err: errorMessage(e) }, "cleanup step failed");
         }
       }
     };

@@ -5,6 +5,7 @@
 // tx (guest → host end) hands the guest's buffers to writev directly (no copy); a full tap
 // pauses tx until it drains. Offloads: the guest's checksum/TSO features map to TUNSETOFFLOAD,
 // and the virtio_net_hdr passes through to the tap as-is.
+import { errorMessage } from "../../common/errors.ts";
 import { TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6 } from "../../native/tap.ts";
 import {
   type ActivateContext,
@@ -153,7 +154,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
     try {
       this.hostEnd.setOffload(off);
     } catch (e) {
-      this.log.warn({ err: (e as Error).message, offload: off }, "could not set tap offloads");
+      this.log.warn({ err: errorMessage(e), offload: off }, "could not set tap offloads");
     }
     this.offload = off;
   }
@@ -250,7 +251,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
     } catch (e) {
       // The kernel validates the header (e.g. a bogus GSO type): the frame is lost, as on a wire.
       this.metrics.txErrors++;
-      this.log.debug({ err: (e as Error).message, len }, "tap refused a tx frame");
+      this.log.debug({ err: errorMessage(e), len }, "tap refused a tx frame");
       return "dropped";
     }
     if (n < 0) return "blocked";
@@ -292,7 +293,7 @@ export class NetDevice extends DeviceBase implements VirtioDevice {
         try {
           n = this.hostEnd.recv([this.rxBuf]);
         } catch (e) {
-          this.log.warn({ err: (e as Error).message }, "tap read failed");
+          this.log.warn({ err: errorMessage(e) }, "tap read failed");
           this.watch(false, this.wantWrite);
           break;
         }
