@@ -7,13 +7,14 @@
 //      and containerd snippets, the guest kernel and image), plus node-installer.cjs (main.ts
 //      bundled), and /usr/bin/cove-node-installer (entrypoint.sh).
 // Built from a checkout after `npm run build` and `npm run guest`, cached by the content of every
-// input under <cache>/node-installer/ (older builds there are removed).
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+// input under <cache>/node-installer/ (older builds there are removed), under a lock.
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { guestSources, TREE_FILES } from "../../src/cli/install-layout.ts";
 import { keyOf, sha256 } from "../../src/guest/hash.ts";
+import { acquireLock } from "../../src/guest/lock.ts";
 import { cacheDir, repoRoot } from "../../src/guest/paths.ts";
 import { BUSYBOX_BIN, type BuiltImage, buildImage } from "../../test/harness/image.ts";
 import type { Entry } from "../../test/harness/image-tar.ts";
@@ -115,36 +116,46 @@ function checkBusybox(): void {
 export async function buildInstallerImage(opts: BuildOptions = {}): Promise<BuiltImage> {
   checkBusybox();
   const dir = join(opts.cache ?? cacheDir(opts.env ?? process.env), "node-installer");
+  mkdirSync(dir, { recursive: true });
   const entries = await payloadEntries(opts);
   const key = keyOf({
     recipe: RECIPE,
     entries: entries.map((e) => ({ ...e, content: e.content ? sha256(e.content as Buffer) : undefined })),
   });
-  const payloadTar = join(dir, `payload-${key}.tar`);
-  if (!existsSync(`${payloadTar}.done`)) {
-    mkdirSync(dir, { recursive: true });
-    const tmp = `${payloadTar}.${process.pid}.tmp`;
-    await writeLayer(entries, tmp, false);
-    renameSync(tmp, payloadTar);
-    writeFileSync(`${payloadTar}.done`, "");
-  }
-  const image = await buildImage(
-    {
-      ref: IMAGE_REF,
-      entrypoint: [ENTRYPOINT],
-      cmd: ["daemon"],
-      env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-      layers: [{ tarFile: payloadTar, key }],
-    },
-    dir,
+  // <key>.json names the image tarball built from these inputs.
+  const built = join(dir, `${key}.json`);
+  const release = await acquireLock(join(dir, ".lock"), (pid) =>
+    process.stderr.write(`node installer image: waiting for pid ${pid}'s build\n`),
   );
-  // One build kept: the payload is a few hundred MiB.
-  for (const f of readdirSync(dir)) {
-    const current = f.startsWith(`payload-${key}.tar`) || image.path.endsWith(`/${f.replace(/\.json$/, "")}`);
-    if (!current && (f.startsWith("payload-") || f.endsWith(".tar") || f.endsWith(".tar.json")))
-      rmSync(join(dir, f), { force: true });
+  try {
+    if (existsSync(built)) {
+      const image = JSON.parse(readFileSync(built, "utf8")) as BuiltImage;
+      if (existsSync(image.path)) return image;
+    }
+    // The payload layer goes into the image tarball, then away: one copy of a few hundred MiB.
+    const payloadTar = join(dir, `payload-${key}.tar`);
+    await writeLayer(entries, payloadTar, false);
+    const image = await buildImage(
+      {
+        ref: IMAGE_REF,
+        entrypoint: [ENTRYPOINT],
+        cmd: ["daemon"],
+        env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        layers: [{ tarFile: payloadTar, key }],
+      },
+      dir,
+    );
+    writeFileSync(built, JSON.stringify(image));
+    // One build kept (the busybox layer in layers/ stays: the test images share it).
+    for (const f of readdirSync(dir)) {
+      const path = join(dir, f);
+      if (path !== built && path !== image.path && path !== `${image.path}.json` && f !== "layers" && f !== ".lock")
+        rmSync(path, { force: true });
+    }
+    return image;
+  } finally {
+    release();
   }
-  return image;
 }
 
 // node --import tsx tools/node-installer/image.ts: builds the image and prints where it is.
