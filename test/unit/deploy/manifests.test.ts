@@ -8,6 +8,7 @@ import { before, describe, test } from "node:test";
 import { parseAllDocuments } from "yaml";
 import { ENTRYPOINT, IMAGE_REF, READY_FILE } from "../../../tools/node-installer/image.ts";
 import { NODE_LABEL, NODE_LABEL_VALUE } from "../../../tools/node-installer/label.ts";
+import { coveArgs } from "../../../tools/node-installer/main.ts";
 import { type Manifest, schemaErrors, typeErrors } from "./k8s-schema.ts";
 
 const DIR = resolve("deploy/kubernetes");
@@ -106,6 +107,8 @@ describe("deploy/kubernetes manifests", () => {
       c.env.some((e: Any) => e.name === "NODE_NAME" && e.valueFrom.fieldRef.fieldPath === "spec.nodeName"),
       "NODE_NAME from the downward API",
     );
+    const env = Object.fromEntries(c.env.filter((e: Any) => "value" in e).map((e: Any) => [e.name, e.value]));
+    assert.ok(coveArgs("install", [], env).includes("--restart-command"), "the manifest's restart setting is read");
     const root = pod.volumes.find((v: Any) => v.hostPath?.path === "/");
     assert.ok(root, "the node's root as a hostPath volume");
     assert.deepEqual(
