@@ -19,9 +19,10 @@ const GUEST_RAM = /memory-backend|^\/memfd:/;
 
 /**
  * PSS and USS of a process in MiB, guest RAM apart (zeros when it has gone): the guest RAM pages are
- * shared between QEMU and the shim, so their PSS would otherwise be split between the two.
+ * shared between QEMU and the shim, so their PSS would otherwise be split between the two. The
+ * embedded VMM maps guest RAM anonymously: an unnamed mapping of exactly `guestMib` is guest RAM.
  */
-export function procMem(pid: number): ProcMem {
+export function procMem(pid: number, guestMib = 0): ProcMem {
   let text: string;
   try {
     text = readFileSync(`/proc/${pid}/smaps`, "utf8");
@@ -31,9 +32,10 @@ export function procMem(pid: number): ProcMem {
   const m = { pss: 0, uss: 0, guest: 0 };
   let guestRam = false;
   for (const line of text.split("\n")) {
-    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
     if (head) {
-      guestRam = GUEST_RAM.test(head[1]!);
+      const mib = (Number.parseInt(head[2]!, 16) - Number.parseInt(head[1]!, 16)) / 1048576;
+      guestRam = GUEST_RAM.test(head[3]!) || (guestMib > 0 && head[3] === "" && mib === guestMib);
       continue;
     }
     const f = /^(Pss|Private_Clean|Private_Dirty):\s+(\d+) kB/.exec(line);

@@ -13,14 +13,19 @@
 // processes, once. COVE_BENCH_SHIM_FLAG_SETS="label=flags;label2=flags2" repeats the cove runs with
 // each set of Node flags for the shim (bin/containerd-shim-cove-v2 takes COVE_SHIM_NODE_FLAGS; each
 // set restarts containerd, whose environment the shims inherit); unset: the wrapper's own flags.
+// Then the embedded VMM with N = COVE_BENCH_EMBEDDED_N (default 5; "" skips it): directly where KVM
+// is hardware-backed, else inside the nested test host (COVE_BENCH_NESTED_MIB of memory, default
+// 6144), with a point-to-point CNI network (its kernel has no bridge); its rows come back as JSON.
 // Heavy: run it under the machine-wide lock. Writes bench-results/density.json.
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { chooseAccel } from "../../src/hypervisor/qemu/accel.ts";
 import { CNI_BIN_DIR, removeBridge, writeBridgeConflist } from "../harness/cni.ts";
 import { COVE_RUNTIME_TYPE, Containerd } from "../harness/containerd.ts";
 import { writeCoveConfig } from "../harness/cove-config.ts";
 import { CriClient, type PodSandboxConfig } from "../harness/cri.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage, pauseImage } from "../harness/image.ts";
+import { nestedUnavailable, runNested } from "../harness/nested.ts";
 import { processesWithArg, sleep, waitFor } from "../harness/processes.ts";
 import {
   descendants,
@@ -39,6 +44,16 @@ const IDLE_MS = Number(process.env.COVE_BENCH_IDLE_MS ?? 20_000);
 /** Pods whose guest is read (every one costs an exec). */
 const GUEST_SAMPLES = Number(process.env.COVE_BENCH_GUEST_SAMPLES ?? 3);
 const BRIDGE = "cove-dens0";
+/** The pod VMs' memory ([guest] memory_mib's default: the bench's pods ask for no resources). */
+const GUEST_MIB = 256;
+/** N for the embedded VMM (in the nested test host on a host without hardware virtualization); "" skips it. */
+const EMBEDDED_N = (process.env.COVE_BENCH_EMBEDDED_N ?? "5").split(",").filter(Boolean).map(Number);
+/** The nested test host's memory: N guests of 256 MiB, their shims, containerd and this bench. */
+const NESTED_MIB = Number(process.env.COVE_BENCH_NESTED_MIB ?? 6144);
+/** Set inside the nested test host: run, print the rows as one JSON line, write nothing. */
+const INNER = process.env.COVE_BENCH_INNER === "1";
+/** Pods through `ctr run` instead of CRI (the nested test host cannot wire CRI's pod network). */
+const VIA_CTR = process.env.COVE_BENCH_VIA === "ctr";
 /** label → flags; no flags: the wrapper's defaults. */
 const FLAG_SETS: { label: string; flags?: string }[] = process.env.COVE_BENCH_SHIM_FLAG_SETS
   ? process.env.COVE_BENCH_SHIM_FLAG_SETS.split(";").map((x) => {
@@ -74,53 +89,97 @@ const sum = (ms: ProcMem[]): ProcMem => ({
   guest: ms.reduce((a, m) => a + m.guest, 0),
 });
 
+/** How the bench starts idle pods, runs a script in one, and removes them all. */
+interface PodDriver {
+  /** Starts pod i with one idle container; resolves to the container's id. */
+  start(i: number): Promise<string>;
+  exec(container: string, script: string): Promise<string>;
+  removeAll(): Promise<void>;
+}
+
+/** Pods through CRI; hostPID, so an exec sees the guest's agent (and the same for runc). */
+function criPods(cri: CriClient, runtime: string, n: number): PodDriver {
+  const ids: string[] = [];
+  const hostPid = { security_context: { namespace_options: { pid: "NODE" } } };
+  return {
+    async start(i) {
+      const pod: PodSandboxConfig = {
+        metadata: { name: `d-${runtime}-${i}`, uid: `d-${runtime}-${n}-${i}-${Date.now()}`, namespace: "default" },
+        linux: hostPid,
+      };
+      const id = await cri.runPodSandbox(pod, runtime === "runc" ? "" : "cove");
+      ids.push(id);
+      const config = { metadata: { name: "idle" }, image: { image: BUSYBOX_IMAGE_REF }, command: ["sleep", "1000000"] };
+      const ctr = await cri.createContainer(id, { ...config, linux: hostPid }, pod);
+      await cri.startContainer(ctr);
+      return ctr;
+    },
+    async exec(ctr, script) {
+      const r = await cri.execSync(ctr, ["sh", "-c", script]);
+      if (r.exit_code !== 0) throw new Error(`exec: ${r.stderr.toString()}`);
+      return r.stdout.toString();
+    },
+    async removeAll() {
+      for (const id of ids.splice(0)) {
+        await cri.stopPodSandbox(id).catch(() => {});
+        await cri.removePodSandbox(id).catch(() => {});
+      }
+    },
+  };
+}
+
+/**
+ * Pods through `ctr run` (no network namespace: the guest has loopback only), where CRI's pod
+ * network cannot be wired (the nested test host's kernel has no tc ingress).
+ */
+function ctrPods(cd: Containerd, configPath: string): PodDriver {
+  const ids: string[] = [];
+  return {
+    async start(i) {
+      const id = `d-ctr-${i}`;
+      const rt = ["--runtime", COVE_RUNTIME_TYPE, "--runtime-config-path", configPath];
+      await cd.ctrOk(["run", "-d", ...rt, BUSYBOX_IMAGE_REF, id, "sleep", "1000000"], { timeoutMs: 300_000 });
+      ids.push(id);
+      return id;
+    },
+    async exec(id, script) {
+      const r = await cd.ctrOk(["task", "exec", "--exec-id", `m${Date.now()}`, id, "sh", "-c", script]);
+      return r.stdout;
+    },
+    async removeAll() {
+      for (const id of ids.splice(0)) {
+        await cd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+        await cd.ctr(["task", "rm", "-f", id], { timeoutMs: 60_000 });
+        await cd.ctr(["container", "rm", id]);
+      }
+    },
+  };
+}
+
 /** Starts N pods, measures them, and removes them whatever happened. */
-async function measure(cd: Containerd, cri: CriClient, runtime: string, n: number): Promise<Row> {
-  const pods: string[] = [];
+async function measure(cd: Containerd, pods: PodDriver, runtime: string, n: number, hypervisor = "qemu"): Promise<Row> {
   try {
-    return await startAndMeasure(cd, cri, runtime, n, pods);
+    return await startAndMeasure(cd, pods, runtime, n, hypervisor);
   } finally {
-    for (const id of pods) {
-      await cri.stopPodSandbox(id).catch(() => {});
-      await cri.removePodSandbox(id).catch(() => {});
-    }
+    await pods.removeAll();
     await waitFor("the pods' shims to go", () => processesWithArg(cd.address).length === 0, 120_000);
   }
 }
 
 async function startAndMeasure(
   cd: Containerd,
-  cri: CriClient,
+  driver: PodDriver,
   runtime: string,
   n: number,
-  podIds: string[],
+  hypervisor: string,
 ): Promise<Row> {
-  const handler = runtime === "runc" ? "" : "cove";
   const before = memAvailableMib();
   const starts: number[] = [];
-  const pods: { pod: PodSandboxConfig; id: string; ctr: string }[] = [];
+  const pods: string[] = [];
   for (let i = 0; i < n; i++) {
-    // The guest's root PID namespace (hostPID), so the exec below sees the agent; the same for runc.
-    const pod: PodSandboxConfig = {
-      metadata: { name: `d-${runtime}-${i}`, uid: `d-${runtime}-${n}-${i}-${Date.now()}`, namespace: "default" },
-      linux: { security_context: { namespace_options: { pid: "NODE" } } },
-    };
     const t0 = performance.now();
-    const id = await cri.runPodSandbox(pod, handler);
-    podIds.push(id);
-    const ctr = await cri.createContainer(
-      id,
-      {
-        metadata: { name: "idle" },
-        image: { image: BUSYBOX_IMAGE_REF },
-        command: ["sleep", "1000000"],
-        linux: { security_context: { namespace_options: { pid: "NODE" } } },
-      },
-      pod,
-    );
-    await cri.startContainer(ctr);
+    pods.push(await driver.start(i));
     starts.push(performance.now() - t0);
-    pods.push({ pod, id, ctr });
     process.stderr.write(`  ${runtime} pod ${i + 1}/${n} started in ${starts.at(-1)!.toFixed(0)} ms\n`);
   }
   await sleep(IDLE_MS);
@@ -131,16 +190,13 @@ async function startAndMeasure(
   const shimMem: ProcMem[] = [];
   const restMem: ProcMem[] = [];
   for (const s of shims) {
-    shimMem.push(procMem(s.pid));
-    restMem.push(sum(descendants(s.pid).map(procMem)));
+    shimMem.push(procMem(s.pid, GUEST_MIB));
+    restMem.push(sum(descendants(s.pid).map((pid) => procMem(pid))));
   }
   const guests: GuestMem[] = [];
   if (runtime === "cove") {
-    for (const p of pods.slice(0, GUEST_SAMPLES)) {
-      const r = await cri.execSync(p.ctr, ["sh", "-c", GUEST_MEM_SCRIPT]);
-      if (r.exit_code !== 0) throw new Error(`guest meminfo: ${r.stderr.toString()}`);
-      guests.push(parseGuestMem(r.stdout.toString(), ["sleep", "sh", "cat", "sed"]));
-    }
+    for (const c of pods.slice(0, GUEST_SAMPLES))
+      guests.push(parseGuestMem(await driver.exec(c, GUEST_MEM_SCRIPT), ["sleep", "sh", "cat", "sed"]));
   }
   const after = memAvailableMib();
   const shim = sum(shimMem);
@@ -172,7 +228,7 @@ async function startAndMeasure(
     };
   }
   if (shims.length !== n) process.stderr.write(`  warning: ${shims.length} shims for ${n} pods\n`);
-  if (runtime === "cove") {
+  if (runtime === "cove" && hypervisor === "qemu") {
     const vmms = shims.flatMap((s) => descendants(s.pid)).filter((pid) => /qemu/.test(exeOf(pid)));
     if (vmms.length !== n) process.stderr.write(`  warning: ${vmms.length} VMMs for ${n} pods\n`);
   }
@@ -227,17 +283,32 @@ function print(rows: Row[]): void {
   );
 }
 
-async function main() {
+/** A CNI network for the nested test host, whose kernel has veth but no bridge: point-to-point links. */
+function ptpConflist(dir: string): string {
+  const conf = join(dir, "cni-conf");
+  mkdirSync(conf, { recursive: true });
+  const ipam = { type: "host-local", ranges: [[{ subnet: "10.231.10.0/24" }]], dataDir: join(dir, "ipam") };
+  writeFileSync(
+    join(conf, "10-cove-density.conflist"),
+    JSON.stringify({ cniVersion: "1.0.0", name: "cove-density", plugins: [{ type: "ptp", ipMasq: false, ipam }] }),
+  );
+  return conf;
+}
+
+/** Every run of this bench on one containerd, with the pod VMs on `hypervisor`. */
+async function runOn(hypervisor: string, ns: number[], runtimes: string[]): Promise<Row[]> {
   const dir = mkdtempSync("/tmp/cove-density-");
   const rows: Row[] = [];
   // `hypervisor` is a top-level key: it goes before the file's sections.
   const configPath = writeCoveConfig(dir);
-  writeFileSync(configPath, `hypervisor = "qemu"\n${readFileSync(configPath, "utf8")}`);
+  writeFileSync(configPath, `hypervisor = "${hypervisor}"\n${readFileSync(configPath, "utf8")}`);
   const cd = await Containerd.start({
     criRuntimes: { cove: { runtimeType: COVE_RUNTIME_TYPE, configPath } },
-    cniConfDir: dirname(
-      writeBridgeConflist(join(dir, "cni-conf"), dir, { name: "cove-density", bridge: BRIDGE, prefix: "10.231.9" }),
-    ),
+    cniConfDir: INNER
+      ? ptpConflist(dir)
+      : dirname(
+          writeBridgeConflist(join(dir, "cni-conf"), dir, { name: "cove-density", bridge: BRIDGE, prefix: "10.231.9" }),
+        ),
     cniBinDir: CNI_BIN_DIR,
   });
   const cri = new CriClient(cd.address);
@@ -245,13 +316,14 @@ async function main() {
     const images = join(cd.dir, "images");
     await importImage(cd, await buildImage(pauseImage(), images), "k8s.io");
     await importImage(cd, await buildImage(busyboxImage(), images), "k8s.io");
-    for (const n of NS) {
+    if (VIA_CTR) await importImage(cd, await buildImage(busyboxImage(), images));
+    for (const n of ns) {
       const done = (r: Row) => {
         rows.push(r);
         print([r]);
       };
-      if (RUNTIMES.includes("runc")) done(await measure(cd, cri, "runc", n));
-      if (!RUNTIMES.includes("cove")) continue;
+      if (runtimes.includes("runc")) done(await measure(cd, criPods(cri, "runc", n), "runc", n));
+      if (!runtimes.includes("cove")) continue;
       for (const set of FLAG_SETS) {
         if (set.flags !== undefined) {
           // containerd's environment is what its shims get.
@@ -259,7 +331,9 @@ async function main() {
           await cd.restart();
         }
         try {
-          done({ ...(await measure(cd, cri, "cove", n)), flags: set.label });
+          const pods = VIA_CTR ? ctrPods(cd, configPath) : criPods(cri, "cove", n);
+          const r = await measure(cd, pods, "cove", n, hypervisor);
+          done({ ...r, runtime: hypervisor === "qemu" ? "cove" : `cove ${hypervisor}`, flags: set.label });
         } catch (e) {
           // One flag set that breaks the shim must not lose the others' rows.
           console.log(`cove N=${n} with shim flags ${set.label} (${set.flags}) failed: ${(e as Error).message}`);
@@ -269,9 +343,54 @@ async function main() {
   } finally {
     cri.close();
     await cd.stop();
-    removeBridge(BRIDGE);
+    if (!INNER) removeBridge(BRIDGE);
     rmSync(dir, { recursive: true, force: true });
   }
+  return rows;
+}
+
+/**
+ * The embedded VMM's rows: here where KVM is hardware-backed, else inside the nested test host
+ * (docs/hosts.md), which sees this checkout read-only and writes only under /tmp; there the pods
+ * are `ctr run` pods with loopback only (its kernel has no tc ingress to wire a CRI pod network).
+ */
+async function embeddedRows(): Promise<Row[]> {
+  if (chooseAccel().accel === "kvm") return runOn("embedded", EMBEDDED_N, ["cove"]);
+  const why = nestedUnavailable();
+  if (why) {
+    console.log(`embedded VMM not measured: ${why}`);
+    return [];
+  }
+  // libcni caches results under /var/lib/cni, read-only in there: a tmpfs over it (in that VM only).
+  const r = await runNested("mount -t tmpfs tmpfs /var/lib/cni && node --import tsx test/bench/density.bench.ts 2>&1", {
+    env: {
+      COVE_BENCH_INNER: "1",
+      COVE_BENCH_HYPERVISOR: "embedded",
+      COVE_BENCH_DENSITY_N: EMBEDDED_N.join(","),
+      COVE_BENCH_RUNTIMES: "cove",
+      COVE_BENCH_VIA: "ctr",
+      COVE_BENCH_IDLE_MS: String(IDLE_MS),
+      ...(process.env.COVE_CACHE_DIR ? { COVE_CACHE_DIR: process.env.COVE_CACHE_DIR } : {}),
+    },
+    memoryMiB: NESTED_MIB,
+    cpus: 2,
+    timeoutMs: 2_400_000,
+  });
+  const line = /^DENSITY_ROWS (.*)$/m.exec(r.output);
+  if (r.status !== 0 || !line || line[1] === "[]") {
+    console.log(`embedded VMM run in the nested host failed (status ${r.status}):\n${r.output.slice(-6000)}`);
+    return [];
+  }
+  return JSON.parse(line[1]!) as Row[];
+}
+
+async function main() {
+  const rows = await runOn(INNER ? (process.env.COVE_BENCH_HYPERVISOR ?? "qemu") : "qemu", NS, RUNTIMES);
+  if (INNER) {
+    console.log(`DENSITY_ROWS ${JSON.stringify(rows)}`);
+    return;
+  }
+  if (EMBEDDED_N.length && RUNTIMES.includes("cove")) rows.push(...(await embeddedRows()));
   console.log("\n=== all runs ===");
   print(rows);
   mkdirSync("bench-results", { recursive: true });
