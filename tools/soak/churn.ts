@@ -135,6 +135,20 @@ async function eventually(what: string, f: () => Promise<unknown>): Promise<void
   throw new Error(`${what}: ${(last as Error).message}`);
 }
 
+/** Stops and removes every pod containerd's CRI knows (after a failed cycle). */
+async function removeEveryPod(client: CriClient, log: (l: string) => void): Promise<void> {
+  const { items } = await client.call<{ items: { id: string }[] }>("runtime", "ListPodSandbox", {});
+  for (const { id } of items) {
+    for (const f of [() => client.stopPodSandbox(id), () => client.removePodSandbox(id)]) {
+      try {
+        await eventually(`clean up pod ${id}`, f);
+      } catch (e) {
+        log(`cleanup: ${(e as Error).message}`);
+      }
+    }
+  }
+}
+
 export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   const parent = opts.parentDir ?? "/tmp";
   const cniState = join(parent, `cove-soak-cni-${process.pid}`);
@@ -185,7 +199,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
 
     const reimport = async () => {
       // busybox as it was: the same chain IDs, new snapshots; the app as a new generation.
-      await c.ctrOk(["images", "rm", "--sync", BUSYBOX_IMAGE_REF, APP_IMAGE_REF], { namespace: NS });
+      // As kubelet's image GC does: CRI's RemoveImage drops every reference (the name, and the
+      // sha256:<id> reference CRI keeps), then containerd's GC drops the snapshots.
+      for (const image of [BUSYBOX_IMAGE_REF, APP_IMAGE_REF])
+        await client.call("image", "RemoveImage", { image: { image } });
       await importImage(c, busybox, NS);
       generation++;
       await importImage(c, await app(generation), NS);
@@ -268,8 +285,16 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const baseline = samples[0]![1];
     const cycles: CycleRecord[] = [];
     const plan = opts.steps ?? schedule(opts.seed, opts.cycles, opts.only);
+    const errors: string[] = [];
     for (const [k, step] of plan.entries()) {
-      cycles.push(await cycle(k + 1, step));
+      try {
+        cycles.push(await cycle(k + 1, step));
+      } catch (e) {
+        // A failed cycle is a finding, not the end of the run: its pods are removed the hard way.
+        errors.push(`cycle ${k + 1} (${step.fault}): ${(e as Error).message}`);
+        opts.log(`cycle ${k + 1}: FAILED: ${(e as Error).message}`);
+        await removeEveryPod(client, opts.log);
+      }
       if ((k + 1) % opts.sampleEvery === 0) samples.push([k + 1, sample(where)]);
     }
     // Settled: what is left once background work (a shim's exit, a collection pass) is done.
@@ -279,7 +304,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       await sleep(500);
       final = sample(where);
     }
-    const failures = differences(baseline, final);
+    const failures = [...errors, ...differences(baseline, final)];
     if (failures.length) {
       // What is in the layer cache, to tell which image stayed and why (its snapshot still there?).
       for (const e of listCache(join(where.cacheDir, "layers")).entries) {

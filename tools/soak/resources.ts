@@ -102,7 +102,11 @@ export function sample(w: Where): Sample {
   const pids = [...shims, ...vmms].map((p) => p.pid);
   return {
     "containerd fds": count(() => readdirSync(`/proc/${w.containerdPid}/fd`).length),
-    mounts: [w.dir, w.runDir, "/run/netns"].reduce((s, d) => s + mountsUnder(d).length, 0),
+    // Pods' netns are CRI's /run/netns/cni-*; other names there are other programs' (unit tests).
+    mounts:
+      mountsUnder(w.dir).length +
+      mountsUnder(w.runDir).length +
+      mountsUnder("/run/netns").filter((m) => /^\/run\/netns\/cni-/.test(m.mountPoint)).length,
     "tap fds": tapFds(pids),
     netns: netns(pids),
     "/run/cove entries": count(() => entriesUnder(w.runDir)),
