@@ -12,8 +12,9 @@ import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { parseNetworkConfig } from "../../agent/src/network/config.ts";
 import { configureNetwork } from "../../agent/src/network/configure.ts";
+import { grpcStatus } from "../../src/common/grpc-status.ts";
 import { AgentClient, unixDialer } from "../../src/sandbox/agent/index.ts";
-import { Code, TtrpcError } from "../../src/ttrpc/index.ts";
+import { Code } from "../../src/ttrpc/index.ts";
 
 const REPO = join(dirname(new URL(import.meta.url).pathname), "..", "..");
 const BUSYBOX = "/bin/busybox";
@@ -67,8 +68,9 @@ function routes(ns: string, family: "-4" | "-6"): string[] {
     )
     .sort();
 }
+// The gRPC code the agent service edge would send for what configureNetwork threw.
 function rpcCode(code: number) {
-  return (e: unknown) => e instanceof TtrpcError && e.code === code;
+  return (e: unknown) => grpcStatus(e).code === code;
 }
 
 describe("agent network configuration (private namespaces)", { skip }, () => {
