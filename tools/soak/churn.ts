@@ -120,10 +120,13 @@ async function tolerant(what: string, p: Promise<unknown>, faulted: boolean): Pr
   }
 }
 
-/** A teardown call that must succeed in the end (containerd may need a moment after a fault). */
+/**
+ * A teardown call that must succeed in the end: after a fault containerd's CRI may take a moment to
+ * process the exits (seen on a loaded machine: RemovePodSandbox "container is still running").
+ */
 async function eventually(what: string, f: () => Promise<unknown>): Promise<void> {
   let last: unknown;
-  for (let i = 0; i < 5; i++) {
+  for (let i = 0; i < 30; i++) {
     try {
       await f();
       return;
