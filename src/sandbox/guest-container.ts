@@ -136,9 +136,15 @@ export class GuestContainerOps implements ContainerOps {
 
   async remove(c: PodContainer, pod: PodVm | undefined): Promise<void> {
     if (pod) {
-      await this.host.orStopVm(pod, "Delete", () =>
-        pod.agent.removeContainer(c.id, true).catch((e) => isNotFound(e) || Promise.reject(e)),
-      );
+      try {
+        await this.host.orStopVm(pod, "Delete", () =>
+          pod.agent.removeContainer(c.id, true).catch((e) => isNotFound(e) || Promise.reject(e)),
+        );
+      } catch (e) {
+        // The VM went away during the call (SIGKILLed, crashed): the container went with it. Kept
+        // in the table, it would keep the shim alive after containerd's Shutdown.
+        if (!(await vmGone(pod))) throw e;
+      }
     }
     await this.host.release(c);
     this.host.forget(c.id);
@@ -167,4 +173,18 @@ export class GuestContainerOps implements ContainerOps {
   async stats(pod: PodVm, c: PodContainer): Promise<object> {
     return await pod.agent.statsContainer(c.id);
   }
+}
+
+/** Whether the pod's VM has exited, or exits within a second (its exit is being processed). */
+async function vmGone(pod: PodVm): Promise<boolean> {
+  if (pod.exited) return true;
+  let t: NodeJS.Timeout | undefined;
+  const gone = await Promise.race([
+    pod.vm.wait().then(() => true),
+    new Promise<boolean>((r) => {
+      t = setTimeout(() => r(false), 1000);
+    }),
+  ]);
+  clearTimeout(t);
+  return gone;
 }

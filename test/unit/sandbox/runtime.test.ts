@@ -206,6 +206,29 @@ test("a VM that dies mid-call: every live process exits once with 255; later cal
   await rt.shutdown();
 });
 
+test("the VM dies while the shim removes a container: the container is forgotten, so Shutdown ends the shim", async () => {
+  const { rt, events } = runtime();
+  const sb = writeBundle(host.dir, "sb", { sandbox: true, netns: NETNS });
+  await rt.create(createSpec(sb));
+  await rt.start("sb", "");
+  const c = writeBundle(host.dir, "c1", { netns: NETNS });
+  await rt.create(createSpec(c));
+  await rt.start("c1", "");
+  const vm = hv.vms[0]!;
+  await rt.kill("c1", "", 9, false);
+  await events.until(() => events.exits.some((e) => e.id === "c1"));
+  vm.agent.hang.add("RemoveContainer");
+  const removing = rt.delete("c1", "");
+  await events.until(() => vm.agent.calls.includes("RemoveContainer"));
+  vm.die(1); // SIGKILLed while the shim waits for the agent
+  await removing; // the container is gone with its VM: not an error containerd would retry for
+  assert.ok(!existsSync(join(c.bundle, "work", "cove-upper.ext4")), "its files are removed");
+  await rt.delete("sb", "");
+  // The table is empty: the task service's Shutdown lets the shim exit (it kept it alive before).
+  assert.deepEqual(workDirs(), []);
+  await rt.shutdown();
+});
+
 /** A CRI pod with one guest container running its init and an exec; the agent answers in 200 ms or never. */
 async function podWithSilentAgentFor(method: string) {
   host.deps.agent = { deadlines: { SignalProcess: 200, DeleteProcess: 200, RemoveContainer: 200 } };
