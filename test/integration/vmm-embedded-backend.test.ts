@@ -53,7 +53,7 @@ if (!direct) {
       `node --import tsx --test --test-reporter=spec test/integration/vmm-embedded-backend.test.ts 2>&1`,
       { timeoutMs: 600_000, env: { COVE_TEST_KERNEL: kernel } },
     );
-    assert.equal(r.status, 0, `inner run failed:\n${r.output.slice(-6000)}\nconsole:\n${r.console.slice(-1500)}`);
+    assert.equal(r.status, 0, `inner run failed:\n${r.output.slice(-6000)}\nconsole:\n${r.console.slice(-6000)}`);
     assert.match(r.output, /ℹ pass [1-9]/);
     assert.match(r.output, /ℹ fail 0/);
   });

@@ -26,8 +26,29 @@ echo "cove-nested: up $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
 cd /
 # Output goes to tmpfs first: small synchronous writes straight to the 9p share cost a round trip
 # to QEMU each under TCG (minutes for a chatty command).
+# A watchdog for hangs: when the command prints nothing for 60 s, the console (which the test
+# harness reports on failure) gets the output's last lines and where each Node thread sleeps.
+(
+  last=-1
+  while sleep 60; do
+    size=$(wc -c < /tmp/.cove-nested-output 2>/dev/null || echo 0)
+    if [ "$size" = "$last" ]; then
+      echo "cove-nested: no output for 60 s at $(cut -d' ' -f1 /proc/uptime)s; last lines:"
+      tail -n 8 /tmp/.cove-nested-output
+      for p in /proc/[0-9]*; do
+        case "$(readlink $p/exe 2>/dev/null)" in */node) ;; *) continue ;; esac
+        for t in $p/task/[0-9]*; do
+          echo "  ${p#/proc/}/${t##*/} $(cat $t/comm 2>/dev/null) $(cat $t/wchan 2>/dev/null) $(cut -d' ' -f3 $t/stat 2>/dev/null)"
+        done
+      done
+    fi > /dev/console 2>&1
+    last=$size
+  done
+) &
+watchdog=$!
 HOME=/tmp sh /mnt/cmd.sh > /tmp/.cove-nested-output 2>&1 < /dev/null
 status=$?
+kill $watchdog 2>/dev/null
 cp /tmp/.cove-nested-output /mnt/output
 echo $status > /mnt/status
 sync
