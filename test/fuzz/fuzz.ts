@@ -12,6 +12,7 @@
 // `npm run fuzz` (scripts/fuzz.ts) runs ≥ 10⁶ cases per fuzzer; test/unit/fuzz/fuzzers.test.ts
 // runs a bounded number in CI.
 import { GuestMemory } from "../../src/virtio/memory.ts";
+import { prng } from "../harness/prng.ts";
 
 export interface FuzzOptions {
   /** Seed of case 0; case i uses seed + i. */
@@ -48,17 +49,10 @@ export interface Fuzzer {
 
 /** mulberry32: small, seedable, fast; good enough to explore an input space. */
 export class Rng {
-  private a: number;
-  constructor(seed: number) {
-    this.a = seed >>> 0;
-  }
   /** A float in [0, 1). */
-  next(): number {
-    this.a = (this.a + 0x6d2b79f5) >>> 0;
-    let t = this.a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  readonly next: () => number;
+  constructor(seed: number) {
+    this.next = prng(seed);
   }
   /** An integer in [0, n). */
   int(n: number): number {

@@ -18,6 +18,7 @@ import { COVE_RUNTIME_TYPE, Containerd } from "../../test/harness/containerd.ts"
 import { writeCoveConfig } from "../../test/harness/cove-config.ts";
 import { CriClient, type PodSandboxConfig } from "../../test/harness/cri.ts";
 import { BUSYBOX_IMAGE_REF, buildImage, busyboxImage, importImage, pauseImage } from "../../test/harness/image.ts";
+import { prng } from "../../test/harness/prng.ts";
 import { processesMatching, processesWithArg, sleep, waitFor } from "../../test/harness/processes.ts";
 import { COUNTABLE, differences, type Sample, sample, type Where } from "./resources.ts";
 
@@ -59,18 +60,6 @@ export interface SoakReport {
   final: Sample;
   /** Countable series not back at their baseline: "name: baseline → final". */
   failures: string[];
-}
-
-/** mulberry32: a small, fixed-seed PRNG, so a schedule can be replayed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** What the shim is doing when "kill VM while stopping" strikes. */

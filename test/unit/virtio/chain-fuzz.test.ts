@@ -7,24 +7,13 @@ import { GuestError } from "../../../src/virtio/errors.ts";
 import { GuestMemory } from "../../../src/virtio/memory.ts";
 import { readChain } from "../../../src/virtio/queue/chain.ts";
 import { Queue } from "../../../src/virtio/queue/queue.ts";
-
-function rng(seed: number): () => number {
-  // mulberry32: small, seedable, good enough to explore the input space.
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from "../../harness/prng.ts";
 
 it("descriptor-chain parsing survives random tables", () => {
   const seed = Number(process.env.COVE_FUZZ_SEED ?? Date.now() % 2 ** 31);
   const iters = Number(process.env.COVE_FUZZ_ITERS ?? 20000);
   console.log(`chain fuzz: seed=${seed} iterations=${iters} (COVE_FUZZ_SEED=${seed} to replay)`);
-  const r = rng(seed);
+  const r = prng(seed);
   const memSize = 64 * 1024;
   const mem = new GuestMemory([
     { guestAddr: 0, bytes: Buffer.alloc(memSize / 2) },
@@ -98,7 +87,7 @@ it("descriptor-chain parsing survives random tables", () => {
 it("the queue survives random rings (never throws, breaks cleanly)", () => {
   const seed = Number(process.env.COVE_FUZZ_SEED ?? (Date.now() + 1) % 2 ** 31);
   console.log(`ring fuzz: seed=${seed}`);
-  const r = rng(seed);
+  const r = prng(seed);
   let broken = 0;
   for (let i = 0; i < 2000; i++) {
     const mem = GuestMemory.alloc(16384);

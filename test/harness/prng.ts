@@ -1,0 +1,14 @@
+// mulberry32: a small, seedable, fast PRNG. Fuzzers, seeded tests and the soak schedule use it so a
+// run can be replayed from its printed seed.
+
+/** A float in [0, 1) on each call, the same sequence for the same seed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
